@@ -1,0 +1,284 @@
+"""`metaclaw-mcp`: serve, inspect and manage the library and the turn log.
+
+Each command is a thin layer over the same App methods the MCP tools use.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import MetaClawConfig, load_config
+from .errors import MetaClawError
+
+T = TypeVar("T")
+out = Console()
+err = Console(stderr=True)
+
+cli = typer.Typer(help="metaclaw-mcp: continuous learning for any MCP agent.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+skills_cli = typer.Typer(help="Browse and manage learned skills.", no_args_is_help=True)
+turns_cli = typer.Typer(help="Browse and export the turn log.", no_args_is_help=True)
+config_cli = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+cli.add_typer(skills_cli, name="skills")
+cli.add_typer(turns_cli, name="turns")
+cli.add_typer(config_cli, name="config")
+
+_globals: dict[str, Any] = {}
+
+
+@cli.callback()
+def main_options(
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML config file (default $METACLAW_HOME/config.toml)."),
+    home: Optional[Path] = typer.Option(None, "--home", help="Data folder (default $METACLAW_HOME or ~/.metaclaw)."),
+) -> None:
+    _globals.update(config=config, home=home)
+
+
+def _config(**overrides: Any) -> MetaClawConfig:
+    return load_config(_globals.get("config"), home=_globals.get("home"), **overrides)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def _run(fn: Callable[[Any], Awaitable[T]], **overrides: Any) -> T:
+    """Open the app (no background tasks), run `fn(app)`, close; errors become one clear line."""
+    from .app import open_app
+
+    try:
+        config = _config(**overrides)
+
+        async def go() -> T:
+            async with open_app(config) as app:
+                return await fn(app)
+        return anyio.run(go)
+    except MetaClawError as exc:
+        _fail(str(exc))
+        raise  # unreachable
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+# ---- serve ----
+
+@cli.command()
+def serve(
+    transport: str = typer.Option("stdio", "--transport", "-t", help="stdio, http (streamable HTTP at /mcp) or sse."),
+    host: Optional[str] = typer.Option(None, "--host", help="Bind address for http/sse (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", "-p", help="Port for http/sse (default 8765)."),
+    auth_token: Optional[str] = typer.Option(None, "--auth-token", envvar="METACLAW_AUTH_TOKEN",
+                                             help="Bearer token HTTP/SSE clients must send. Required off loopback."),
+) -> None:
+    """Run the MCP server (stdio by default)."""
+    from .transport import run
+
+    try:
+        config = _config(transport=transport if transport != "stdio" else None, host=host, port=port,
+                         auth_token=auth_token)
+        run(config)
+    except MetaClawError as exc:
+        _fail(str(exc), code=2)
+    except KeyboardInterrupt:
+        pass
+
+
+# ---- status ----
+
+@cli.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Counts of skills and turns, recent reward, trainer state."""
+    data = _run(lambda app: app.status())
+    if as_json:
+        _print_json(data)
+        return
+    t = Table(title=f"metaclaw-mcp {data['version']}", show_header=False)
+    t.add_row("home", data["home"])
+    s = data["skills"]
+    t.add_row("skills", f"{s['total']} ({s['active']} active, {s['candidate']} candidate, {s['retired']} retired)")
+    tr = data["turns"]
+    states = ", ".join(f"{n} {k}" for k, n in sorted(tr["by_state"].items())) or "none"
+    t.add_row("turns", f"{tr['total']} ({states}); {tr['ratings']} ratings")
+    rr = tr["recent_reward"]
+    t.add_row("recent reward", "n/a" if rr["mean"] is None else f"{rr['mean']:+.3f} over the last {rr['n']} rated turns")
+    ev = data["evolutions"]
+    t.add_row("evolution runs", f"{ev['runs']}" + (f" (last {ev['last']})" if ev["last"] else ""))
+    tn = data["training"]
+    t.add_row("training", f"backend {tn['backend']}, model {tn['model_name']}; {tn['backlog']} rated turns waiting, "
+                          f"{tn['steps']}/{tn['max_steps']} steps")
+    ck = tn["last_checkpoint"]
+    t.add_row("last checkpoint", ck["path"] if ck else "none")
+    out.print(t)
+
+
+# ---- skills ----
+
+@skills_cli.command("list")
+def skills_list(
+    namespace: str = typer.Option("default", "--namespace", "-n"),
+    status_: Optional[str] = typer.Option(None, "--status", help="candidate, active or retired."),
+    category: Optional[str] = typer.Option(None, "--category"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List skills (current versions)."""
+    skills = _run(lambda app: app.library.list(namespace, status=status_, category=category))
+    if as_json:
+        _print_json([s.as_dict() for s in skills])
+        return
+    t = Table("id", "slug", "v", "status", "category", "description")
+    for s in skills:
+        t.add_row(str(s.id), s.slug, str(s.version), s.status, s.category,
+                  s.description[:80] + ("…" if len(s.description) > 80 else ""))
+    out.print(t)
+
+
+@skills_cli.command("show")
+def skills_show(ref: str = typer.Argument(..., help="Slug or id."),
+                namespace: str = typer.Option("default", "--namespace", "-n"),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show a skill and its versions."""
+    async def get(app: Any) -> dict[str, Any]:
+        skill = await app.library.get(namespace, ref)
+        return skill.as_dict() | {"versions": await app.library.versions(skill.id)}
+    data = _run(get)
+    if as_json:
+        _print_json(data)
+        return
+    out.print(f"[bold]{data['slug']}[/bold] (id {data['id']}, version {data['version']}, {data['status']}, "
+              f"{data['category']}, source {data['source']})", highlight=False)
+    if data["status_reason"]:
+        out.print(f"reason: {data['status_reason']}", highlight=False)
+    out.print(data["description"] + "\n", highlight=False, markup=False)
+    out.print(data["body"] + "\n", highlight=False, markup=False)
+    for v in data["versions"]:
+        mark = "*" if v["version"] == data["version"] else " "
+        out.print(f"{mark} v{v['version']}  {v['created_at']}  {v['source']}  provenance={v['provenance']}",
+                  highlight=False, markup=False)
+
+
+@skills_cli.command("import")
+def skills_import(path: Path = typer.Argument(..., help="A SKILL.md file or a folder of skill folders."),
+                  namespace: str = typer.Option("default", "--namespace", "-n"),
+                  status_: str = typer.Option("active", "--status", help="Status of new skills.")) -> None:
+    """Import SKILL.md folders (agentskills.io format). Bad files are reported and skipped."""
+    report = _run(lambda app: app.library.import_folder(path, namespace, status=status_))
+    out.print(f"imported {len(report.imported)} skill(s)", highlight=False)
+    for where, why in report.skipped:
+        err.print(f"skipped {where}: {why}", highlight=False, markup=False)
+
+
+@skills_cli.command("export")
+def skills_export(path: Path = typer.Argument(..., help="Folder to write <slug>/SKILL.md into."),
+                  namespace: str = typer.Option("default", "--namespace", "-n"),
+                  status_: Optional[str] = typer.Option(None, "--status")) -> None:
+    """Export skills as SKILL.md folders."""
+    written = _run(lambda app: app.library.export_folder(path, namespace, status=status_))
+    out.print(f"wrote {len(written)} skill(s) to {path}", highlight=False)
+
+
+@skills_cli.command("retire")
+def skills_retire(ref: str, reason: str = typer.Option("retired by hand", "--reason"),
+                  namespace: str = typer.Option("default", "--namespace", "-n")) -> None:
+    """Stop showing a skill (its versions stay, for rollback)."""
+    s = _run(lambda app: app.library.set_status(namespace, ref, "retired", reason))
+    out.print(f"{s.slug} is retired", highlight=False)
+
+
+@skills_cli.command("activate")
+def skills_activate(ref: str, namespace: str = typer.Option("default", "--namespace", "-n")) -> None:
+    """Make a candidate or retired skill active."""
+    s = _run(lambda app: app.library.set_status(namespace, ref, "active", "activated by hand"))
+    out.print(f"{s.slug} is active", highlight=False)
+
+
+@skills_cli.command("rollback")
+def skills_rollback(ref: str, version: Optional[int] = typer.Option(None, "--version", help="Default: the previous one."),
+                    namespace: str = typer.Option("default", "--namespace", "-n")) -> None:
+    """Point a skill at an older version."""
+    s = _run(lambda app: app.library.rollback(namespace, ref, version))
+    out.print(f"{s.slug} is now at version {s.version}", highlight=False)
+
+
+# ---- turns ----
+
+@turns_cli.command("list")
+def turns_list(namespace: Optional[str] = typer.Option("default", "--namespace", "-n"),
+               session: Optional[str] = typer.Option(None, "--session"),
+               state: Optional[str] = typer.Option(None, "--state", help="pending, rated, claimed, trained, skipped."),
+               limit: int = typer.Option(20, "--limit"),
+               as_json: bool = typer.Option(False, "--json")) -> None:
+    """List recent turns, newest first."""
+    rows = _run(lambda app: app.turns.list(namespace, session, state, limit))
+    if as_json:
+        _print_json(rows)
+        return
+    t = Table("turn", "session", "reward", "state", "created", "response")
+    for r in rows:
+        t.add_row(r["id"], r["session_id"], "" if r["reward"] is None else f"{r['reward']:+.2f}", r["train_state"],
+                  r["created_at"][:19], (r["response"] or "").replace("\n", " ")[:60])
+    out.print(t)
+
+
+@turns_cli.command("show")
+def turns_show(turn_id: str) -> None:
+    """Show one turn with its ratings and the skills injected into it (JSON)."""
+    _print_json(_run(lambda app: app.turns.get(turn_id)))
+
+
+@turns_cli.command("export")
+def turns_export(output: Optional[Path] = typer.Option(None, "--out", "-o", help="File (default stdout)."),
+                 namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Default: all."),
+                 rated_only: bool = typer.Option(False, "--rated-only")) -> None:
+    """Export turns as JSONL, one turn per line, oldest first."""
+    async def export(app: Any) -> int:
+        n = 0
+        stream = open(output, "w", encoding="utf-8") if output else sys.stdout
+        try:
+            async for turn in app.turns.iter_export(namespace, rated_only):
+                stream.write(json.dumps(turn, ensure_ascii=False) + "\n")
+                n += 1
+        finally:
+            if output:
+                stream.close()
+        return n
+    n = _run(export)
+    if output:
+        err.print(f"wrote {n} turn(s) to {output}", highlight=False)
+
+
+# ---- config ----
+
+@config_cli.command("show")
+def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print the effective configuration (secrets masked)."""
+    try:
+        shown = _config().shown()
+    except MetaClawError as exc:
+        _fail(str(exc), code=2)
+        return
+    if as_json:
+        _print_json(shown)
+        return
+    t = Table("setting", "value")
+    for k, v in shown.items():
+        t.add_row(k, "" if v is None else str(v))
+    out.print(t)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

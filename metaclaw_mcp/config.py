@@ -1,0 +1,160 @@
+"""One configuration model for the whole process.
+
+Sources, highest priority first: explicit values (CLI flags), environment variables
+(`METACLAW_*`, plus `TINKER_API_KEY`), a TOML file (`--config`, else
+`$METACLAW_HOME/config.toml`), then the defaults below. Field names follow MetaClaw's
+where they exist.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from .errors import ConfigError
+
+CATEGORIES = (
+    "general", "coding", "research", "data_analysis", "writing", "agentic",
+    "communication", "productivity", "security", "devops",
+)
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("METACLAW_HOME") or Path.home() / ".metaclaw").expanduser()
+
+
+class MetaClawConfig(BaseSettings):
+    """Every setting of metaclaw-mcp. See the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="METACLAW_", extra="forbid", validate_default=True)
+
+    # where data lives
+    home: Path = Field(default_factory=default_home, description="Data folder: database, exports, config.toml.")
+    db_path: Path | None = Field(None, description="SQLite file; default $METACLAW_HOME/metaclaw.db.")
+
+    # transport
+    transport: Literal["stdio", "sse", "http"] = "stdio"
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    auth_token: SecretStr | None = Field(None, description="Bearer token HTTP and SSE clients must send.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # skills
+    skill_top_k: int = Field(5, ge=1, le=50)
+    max_new_skills: int = Field(3, ge=0, le=50)
+    load_starter_skills: bool = True
+    max_skill_body_chars: int = Field(8000, ge=200, le=100_000)
+    injection_token_budget: int | None = Field(None, ge=50)
+
+    # input limits
+    max_query_chars: int = Field(32_000, ge=100)
+    max_turn_bytes: int = Field(2_000_000, ge=1_000, description="Cap on a turn's messages + response, in UTF-8 bytes.")
+
+    # rewards and evolution
+    failure_threshold: float = Field(0.0, ge=-1.0, le=1.0, description="A turn whose reward is below this is a failure.")
+    digest_max_failures: int = Field(20, ge=1, le=500)
+
+    # training (MetaClaw's names)
+    backend: Literal["auto", "tinker", "local", "export"] = "auto"
+    model_name: str = "moonshotai/Kimi-K2.5"
+    lora_rank: int = Field(32, ge=1, le=512)
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1, le=4096)
+    max_steps: int = Field(1000, ge=0)
+    loss_fn: Literal["importance_sampling", "ppo", "cispo"] = "importance_sampling"
+    clip_low_threshold: float = Field(0.8, gt=0, le=1)
+    clip_high_threshold: float = Field(1.2, ge=1)
+    save_every: int = Field(10, ge=1)
+    distill_threshold: float = Field(0.5, ge=-1.0, le=1.0)
+    max_seq_len: int = Field(8192, ge=16)
+    tinker_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("tinker_api_key", "METACLAW_TINKER_API_KEY", "TINKER_API_KEY"))
+    tinker_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("tinker_base_url", "METACLAW_TINKER_BASE_URL", "TINKER_BASE_URL"))
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @property
+    def database(self) -> Path:
+        return (self.db_path or self.home / "metaclaw.db").expanduser()
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def effective_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "tinker" if self.tinker_api_key else "export"
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = _TOML_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    def shown(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets masked."""
+        out = self.model_dump(mode="json")
+        for key, value in out.items():
+            if isinstance(getattr(self, key), SecretStr) and value:
+                out[key] = "**********"
+        out["database"] = str(self.database)
+        out["effective_backend"] = self.effective_backend
+        return out
+
+
+# The TOML path is chosen per load; pydantic-settings reads sources from a classmethod.
+_TOML_FILE: dict[str, Path | None] = {"path": None}
+
+
+def load_config(config_file: str | Path | None = None, **overrides: Any) -> MetaClawConfig:
+    """Build the effective config; raise ConfigError naming each bad field and what it allows."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    home = Path(overrides.get("home") or default_home()).expanduser()
+    path = Path(config_file).expanduser() if config_file else home / "config.toml"
+    if config_file and not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    _TOML_FILE["path"] = path if path.is_file() else None
+    try:
+        return MetaClawConfig(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source=str(path) if _TOML_FILE["path"] else None)) from None
+    except (ValueError, OSError) as exc:  # a TOML syntax error arrives here
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    finally:
+        _TOML_FILE["path"] = None
+
+
+def format_validation_error(exc: ValidationError, source: str | None = None) -> str:
+    lines = ["invalid configuration" + (f" (file {source})" if source else "") + ":"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        got = err.get("input")
+        secret = any(w in field for w in ("token", "key"))
+        got_text = "" if isinstance(got, dict) or secret else f" (got {got!r})"
+        lines.append(f"  {field}: {err['msg']}{got_text}; set METACLAW_{field.upper()} or '{field}' in config.toml")
+    return "\n".join(lines)

@@ -1,0 +1,22 @@
+"""The project's exceptions. Messages say what was wrong and what to do next."""
+from __future__ import annotations
+
+
+class MetaClawError(Exception):
+    """Base of every error metaclaw-mcp raises on purpose."""
+
+
+class ConfigError(MetaClawError):
+    """The configuration is invalid; the message names the field and what it allows."""
+
+
+class InvalidInput(MetaClawError):
+    """A caller sent something the store must not accept. Nothing was written."""
+
+
+class NotFound(MetaClawError):
+    """A turn, skill or version that does not exist (in that namespace)."""
+
+
+class Conflict(MetaClawError):
+    """The request is well-formed but clashes with what is stored (a taken name, a trained turn)."""

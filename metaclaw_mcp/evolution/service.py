@@ -1,0 +1,150 @@
+"""Skill evolution, the agent-authored path: a digest of failures out, validated proposals in.
+
+Accepted proposals become `candidate` skills whose provenance is the failure turns they
+address. Every run is recorded in `evolutions` with what was accepted and rejected, and why.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import CATEGORIES
+from ..errors import Conflict, InvalidInput
+from ..models import (AcceptedSkill, Digest, EvolveResult, FailureItem, Message, RejectedProposal,
+                      SkillProposal)
+from ..skills.library import SkillLibrary, content_hash
+from ..skills.skillmd import SkillDoc, validate_doc
+from ..store import Database, dumps, utcnow
+from ..turns import TurnLog
+from .screening import screen
+
+DIGEST_TEXT_CHARS = 600
+
+PROPOSAL_INSTRUCTIONS = f"""\
+These turns failed (low reward or negative feedback). Write at most {{max_new}} skills that would
+have prevented them, then call evolve_skills again with `proposals`. Each skill is reusable
+guidance for a whole class of tasks, not a fix for one turn:
+- name: a slug (lowercase letters, digits, single hyphens; at most 64 chars), e.g. `iso8601-with-offset`;
+- description: starts "Use when ..." and names the situations and words that call for it (at most 1024 chars);
+- body: 3-8 numbered, concrete steps, then one line "Anti-pattern: ..." showing the mistake;
+- category: one of {", ".join(CATEGORIES)};
+- addresses: the turn_ids of the failures it covers.
+Never include secrets, personal data copied from the turns, or instructions to ignore other instructions."""
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return Message.model_validate(m).text()
+    return ""
+
+
+def _clip(text: str, n: int = DIGEST_TEXT_CHARS) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+class Evolution:
+    def __init__(self, db: Database, library: SkillLibrary, turns: TurnLog, failure_threshold: float = 0.0,
+                 digest_max_failures: int = 20):
+        self.db = db
+        self.library = library
+        self.turns = turns
+        self.failure_threshold = failure_threshold
+        self.digest_max_failures = digest_max_failures
+
+    async def digest(self, namespace: str, max_new: int) -> tuple[Digest, list[str]]:
+        failures = await self.turns.failures(namespace, self.failure_threshold, self.digest_max_failures)
+        items = [FailureItem(turn_id=f["turn_id"], session_id=f["session_id"], reward=f["reward"],
+                             request=_clip(_last_user_text(f["messages"])), response=_clip(f["response"]),
+                             feedback=[_clip(x) for x in f["feedback"]]) for f in failures]
+        schema = SkillProposal.model_json_schema()
+        return (Digest(failures=items, instructions=PROPOSAL_INSTRUCTIONS.format(max_new=max_new),
+                       proposal_schema=schema), [f["turn_id"] for f in failures])
+
+    async def evolve(self, namespace: str = "default", max_new: int = 3,
+                     proposals: Sequence[SkillProposal] | None = None, dry_run: bool = False,
+                     source: str = "agent", llm: str | None = None) -> EvolveResult:
+        """With `proposals`: screen and store them. Without: return the digest for the caller to write them."""
+        digest, failure_ids = await self.digest(namespace, max_new)
+        if proposals is None:
+            evo_id = None if dry_run else await self._record(namespace, "digest", failure_ids, [], [], [], llm)
+            return EvolveResult(failures_analyzed=len(failure_ids), accepted=[], rejected=[], digest=digest,
+                                evolution_id=evo_id, dry_run=dry_run)
+        accepted_docs: list[tuple[SkillDoc, list[str]]] = []
+        rejected: list[RejectedProposal] = []
+        hashes: set[str] = set()
+        for p in proposals:
+            reason = await self._check(namespace, p, hashes)
+            if reason is None and len(accepted_docs) >= max_new:
+                reason = f"over max_new={max_new}: only the first {max_new} acceptable proposals are kept"
+            if reason is not None:
+                rejected.append(RejectedProposal(name=p.name, reason=reason))
+                continue
+            hashes.add(content_hash(p.description, p.body))
+            accepted_docs.append((SkillDoc(p.name, p.description, p.body, p.category), list(dict.fromkeys(p.addresses))))
+        accepted: list[AcceptedSkill] = []
+        evo_id = None
+        if not dry_run:
+            async with self.db.transaction() as db:
+                for doc, provenance in accepted_docs:
+                    try:
+                        sid = await self.library.insert(db, doc, namespace, "candidate", source, provenance)
+                    except Conflict as exc:  # a concurrent call took the name between check and insert
+                        rejected.append(RejectedProposal(name=doc.name, reason=str(exc)))
+                        continue
+                    accepted.append(AcceptedSkill(id=sid, slug=doc.name, version=1, status="candidate"))
+                evo_id = await self._insert_run(db, namespace, "llm" if source == "llm" else "agent", failure_ids,
+                                                [p.model_dump() for p in proposals], accepted, rejected, llm)
+        else:
+            accepted = [AcceptedSkill(id=0, slug=d.name, version=1, status="candidate") for d, _ in accepted_docs]
+        return EvolveResult(failures_analyzed=len(failure_ids), accepted=accepted, rejected=rejected,
+                            evolution_id=evo_id, dry_run=dry_run)
+
+    async def _check(self, namespace: str, p: SkillProposal, batch_hashes: set[str]) -> str | None:
+        """Why this proposal must not be stored, or None."""
+        try:
+            validate_doc(SkillDoc(p.name, p.description, p.body, p.category), self.library.max_body_chars,
+                         where=f"proposal {p.name!r}")
+        except InvalidInput as exc:
+            return str(exc)
+        problem = screen(p.name, p.description, p.body)
+        if problem:
+            return f"screening: {problem}"
+        digest = content_hash(p.description, p.body)
+        if digest in batch_hashes:
+            return "exact duplicate of another proposal in this call"
+        dup = await self.library.find_by_hash(namespace, digest)
+        if dup is not None:
+            return f"exact duplicate of skill {dup.slug!r} (id {dup.id}); nothing new to add"
+        taken = await self.db.scalar("SELECT id FROM skills WHERE namespace = ? AND slug = ?", (namespace, p.name))
+        if taken is not None:
+            return f"a skill named {p.name!r} already exists (id {taken}); choose a more specific name"
+        if p.addresses:
+            marks = ",".join("?" * len(p.addresses))
+            known = {r[0] for r in await self.db.fetchall(
+                f"SELECT id FROM turns WHERE namespace = ? AND id IN ({marks})", [namespace, *p.addresses])}
+            unknown = [a for a in p.addresses if a not in known]
+            if unknown:
+                return f"addresses names turns not in namespace {namespace!r}: {', '.join(unknown[:5])}"
+        return None
+
+    async def _record(self, namespace: str, mode: str, failure_ids: list[str], proposals: list[dict[str, Any]],
+                      accepted: list[AcceptedSkill], rejected: list[RejectedProposal], llm: str | None) -> int:
+        async with self.db.transaction() as db:
+            return await self._insert_run(db, namespace, mode, failure_ids, proposals, accepted, rejected, llm)
+
+    @staticmethod
+    async def _insert_run(db: Any, namespace: str, mode: str, failure_ids: list[str], proposals: list[dict[str, Any]],
+                          accepted: list[AcceptedSkill], rejected: list[RejectedProposal], llm: str | None) -> int:
+        cur = await db.execute(
+            "INSERT INTO evolutions(namespace, mode, failures, proposals, accepted, rejected, llm, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (namespace, mode, dumps(failure_ids), dumps(proposals), dumps([a.model_dump() for a in accepted]),
+             dumps([r.model_dump() for r in rejected]), llm, utcnow()))
+        return int(cur.lastrowid)
+
+    async def recent(self, limit: int = 10) -> list[dict[str, Any]]:
+        rows = await self.db.fetchall("SELECT * FROM evolutions ORDER BY id DESC LIMIT ?", (limit,))
+        return [{k: (json.loads(r[k]) if k in ("failures", "proposals", "accepted", "rejected") else r[k])
+                 for k in r.keys()} for r in rows]

@@ -1,0 +1,176 @@
+"""Pydantic models shared by the tools, the store and the CLI.
+
+Input models are strict about what they accept (clients see them as JSON schemas);
+output models are what tools return as structured content.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .config import CATEGORIES
+
+SLUG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+Namespace = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$",
+                                 description="Separate libraries and logs per project or user.")]
+Score = Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False, description="Reward in [-1, 1].")]
+RatingSource = Literal["user", "env", "agent", "judge"]
+SkillStatus = Literal["candidate", "active", "retired"]
+Category = Literal[CATEGORIES]  # type: ignore[valid-type]
+
+
+# ---- messages (OpenAI chat format) ----
+
+class ContentPart(BaseModel):
+    """One part of a multi-part message: text, an image reference, or another typed part."""
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(min_length=1, max_length=64)
+    text: str | None = None
+
+
+class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str | dict[str, Any] = ""
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str | None = Field(None, max_length=256)
+    type: str = "function"
+    function: ToolCallFunction
+
+
+class Message(BaseModel):
+    """An OpenAI-style chat message."""
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = Field(None, max_length=256)
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = Field(None, max_length=256)
+
+    @model_validator(mode="after")
+    def _has_substance(self) -> Message:
+        if self.content is None and not self.tool_calls:
+            raise ValueError(f"a {self.role} message needs content or tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id")
+        return self
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        if self.content:
+            return "\n".join(p.text for p in self.content if p.text)
+        return ""
+
+
+class TokenData(BaseModel):
+    """The sampler's tokens for this turn: what makes it fit for RL."""
+    model_config = ConfigDict(extra="forbid")
+    prompt_ids: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, description="Prompt token ids, as sampled.")
+    completion_ids: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, description="Completion token ids.")
+    logprobs: list[float] | None = Field(None, description="Sampler log-probability of each completion token.")
+
+    @model_validator(mode="after")
+    def _lengths_agree(self) -> TokenData:
+        if self.logprobs is not None:
+            if len(self.logprobs) != len(self.completion_ids):
+                raise ValueError(f"tokens.logprobs has {len(self.logprobs)} values but tokens.completion_ids has "
+                                 f"{len(self.completion_ids)}: give one logprob per completion token")
+            bad = next((i for i, v in enumerate(self.logprobs) if not math.isfinite(v) or v > 0), None)
+            if bad is not None:
+                raise ValueError(f"tokens.logprobs[{bad}] = {self.logprobs[bad]!r}: a log-probability is finite and <= 0")
+        return self
+
+
+# ---- skills ----
+
+class SkillProposal(BaseModel):
+    """A new skill, as an agent or an LLM proposes it."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=SLUG_RE.pattern,
+                      description="Slug: lowercase letters, digits and single hyphens, at most 64 chars.")
+    description: str = Field(min_length=10, max_length=1024, description="When to use it, starting 'Use when ...'.")
+    body: str = Field(min_length=20, description="Concrete steps and one anti-pattern, in markdown.")
+    category: Category = "general"
+    addresses: list[str] = Field(default_factory=list, max_length=200,
+                                 description="Turn ids of the failures this skill addresses.")
+
+    @field_validator("description", "body")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v.strip()
+
+
+class SkillOut(BaseModel):
+    id: int
+    slug: str
+    version: int
+    name: str
+    description: str
+    body: str
+    category: str
+    status: SkillStatus
+    score: float = Field(description="Relevance of this skill to the query (higher is better).")
+
+
+class FetchResult(BaseModel):
+    skills: list[SkillOut]
+    injection: str = Field(description="Markdown to append to the system prompt.")
+    retrieval_id: str = Field(description="Pass to report_turn to link this retrieval to the turn.")
+
+
+class ReportResult(BaseModel):
+    turn_id: str
+    duplicate: bool = Field(description="True when idempotency_key matched an existing turn; nothing new was written.")
+    skills_linked: int = 0
+
+
+class RateResult(BaseModel):
+    turn_id: str
+    reward: float = Field(description="The turn's fused reward after this rating.")
+    reward_source: RatingSource
+    queued_for_training: bool
+
+
+class AcceptedSkill(BaseModel):
+    id: int
+    slug: str
+    version: int
+    status: SkillStatus
+
+
+class RejectedProposal(BaseModel):
+    name: str
+    reason: str
+
+
+class FailureItem(BaseModel):
+    turn_id: str
+    session_id: str
+    reward: float
+    request: str
+    response: str
+    feedback: list[str]
+
+
+class Digest(BaseModel):
+    failures: list[FailureItem]
+    instructions: str
+    proposal_schema: dict[str, Any]
+
+
+class EvolveResult(BaseModel):
+    failures_analyzed: int
+    accepted: list[AcceptedSkill]
+    rejected: list[RejectedProposal]
+    digest: Digest | None = None
+    evolution_id: int | None = None
+    dry_run: bool = False

@@ -1,0 +1,149 @@
+"""MCP wiring only: tools, resources and instructions over the application object."""
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp_types import Resource as MCPResource
+from mcp_types import ToolAnnotations
+from pydantic import Field
+
+from . import __version__
+from .app import App
+from .errors import MetaClawError, NotFound
+from .models import (Category, EvolveResult, FetchResult, Message, Namespace, RateResult, RatingSource,
+                     ReportResult, Score, SkillProposal, TokenData)
+from .skills.skillmd import render_skill_md
+
+INSTRUCTIONS = """\
+metaclaw-mcp lets you learn from your own work across conversations. Around each reply:
+1. Before answering a task, call `fetch_skills` with a one-line description of the task. Add the
+   returned `injection` to your instructions and apply the skills that fit. Keep the `retrieval_id`.
+2. After answering, call `report_turn` with the session id, the messages you answered, your
+   response and the `retrieval_id`. Keep the returned `turn_id`.
+3. When the outcome is known (the user's reaction, a test result, a tool's verdict), call
+   `rate_turn` with that `turn_id` and a score in [-1, 1] (source "user", "env" or "agent") and a
+   one-line reason as `feedback`. Rate failures too: they are what new skills are learned from.
+4. Now and then (for example after a few failures), call `evolve_skills`. Without `proposals` it
+   returns a digest of recent failures and a schema; write skills that would have prevented them
+   and call it again with `proposals`. New skills start as candidates.
+Never put secrets in reports or proposals."""
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn the project's own errors into tool errors (isError) carrying their message."""
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except MetaClawError as exc:
+            raise ToolError(str(exc)) from None
+    return wrapper
+
+
+class MetaClawServer(MCPServer):
+    """MCPServer whose resource list includes every skill in the library."""
+
+    def __init__(self, app: App, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.app = app
+
+    async def list_resources(self) -> list[MCPResource]:
+        listed = await super().list_resources()
+        for status in ("active", "candidate"):
+            for s in await self.app.library.list(namespace=None, status=status):
+                listed.append(MCPResource(uri=f"skill://{s.namespace}/{s.slug}", name=s.slug, title=s.name,
+                                          description=f"[{s.status}, v{s.version}] {s.description}",
+                                          mime_type="text/markdown"))
+        return listed
+
+
+def build_server(app: App) -> MetaClawServer:
+    mcp = MetaClawServer(app, name="metaclaw-mcp", title="MetaClaw skills", version=__version__,
+                         instructions=INSTRUCTIONS, log_level=app.config.log_level)
+
+    @mcp.tool(annotations=ToolAnnotations(title="Fetch learned skills", read_only_hint=True, idempotent_hint=True,
+                                          open_world_hint=False))
+    @tool_errors
+    async def fetch_skills(
+        query: Annotated[str, Field(description="The task in a sentence or two.")],
+        k: Annotated[int, Field(ge=1, le=50, description="How many skills at most.")] = app.config.skill_top_k,
+        session_id: Annotated[str | None, Field(max_length=256)] = None,
+        namespace: Namespace = "default",
+        categories: Annotated[list[Category] | None, Field(description="Only these categories.")] = None,
+        token_budget: Annotated[int | None, Field(ge=50, le=200_000,
+                                                  description="Cap on the injection's size, in tokens.")] = None,
+    ) -> FetchResult:
+        """Return the learned skills that fit a task, and a markdown block to add to your system prompt.
+
+        Call before you answer. Pass the returned retrieval_id to report_turn afterwards."""
+        return await app.fetch_skills(query, k, session_id, namespace, categories, token_budget)
+
+    @mcp.tool(annotations=ToolAnnotations(title="Report a turn", read_only_hint=False, destructive_hint=False,
+                                          idempotent_hint=True, open_world_hint=False))
+    @tool_errors
+    async def report_turn(
+        session_id: Annotated[str, Field(min_length=1, max_length=256, description="The conversation's id.")],
+        messages: Annotated[list[Message], Field(min_length=1, description="The chat messages the response answers.")],
+        response: Annotated[str, Field(description="Your reply.")],
+        retrieval_id: Annotated[str | None, Field(max_length=4096, description="From fetch_skills.")] = None,
+        skill_ids: Annotated[list[int | str] | None, Field(max_length=100,
+                                                           description="Skills used (ids or slugs), if not fetched.")] = None,
+        model: Annotated[str | None, Field(max_length=256)] = None,
+        tokens: Annotated[TokenData | None, Field(description="Sampler tokens, for RL.")] = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: Annotated[str | None, Field(min_length=1, max_length=256,
+                                                     description="Same key, same turn: safe to retry.")] = None,
+        namespace: Namespace = "default",
+    ) -> ReportResult:
+        """Log what you were asked, which skills you used, and what you answered. Returns the turn_id."""
+        return await app.report_turn(session_id, messages, response, retrieval_id, skill_ids, model, tokens,
+                                     metadata, idempotency_key, namespace)
+
+    @mcp.tool(annotations=ToolAnnotations(title="Rate a turn", read_only_hint=False, destructive_hint=False,
+                                          idempotent_hint=False, open_world_hint=False))
+    @tool_errors
+    async def rate_turn(
+        turn_id: Annotated[str, Field(min_length=1, max_length=128)],
+        score: Score,
+        source: RatingSource = "user",
+        feedback: Annotated[str | None, Field(max_length=8000, description="Why, in a line.")] = None,
+    ) -> RateResult:
+        """Attach a reward in [-1, 1] to a reported turn. A user rating outranks env, agent and judge ones."""
+        return await app.rate_turn(turn_id, score, source, feedback)
+
+    @mcp.tool(annotations=ToolAnnotations(title="Evolve skills", read_only_hint=False, destructive_hint=False,
+                                          idempotent_hint=False, open_world_hint=False))
+    @tool_errors
+    async def evolve_skills(
+        namespace: Namespace = "default",
+        max_new: Annotated[int | None, Field(ge=0, le=20, description="Most skills to add.")] = None,
+        proposals: Annotated[list[SkillProposal] | None, Field(max_length=50)] = None,
+        dry_run: bool = False,
+    ) -> EvolveResult:
+        """Turn failures into skills. Without proposals: a digest of recent failures and the proposal schema.
+        With proposals: screen them and store the good ones as candidate skills."""
+        return await app.evolve_skills(namespace, max_new, proposals, dry_run)
+
+    @mcp.resource("metaclaw://status", name="status", title="metaclaw-mcp status", mime_type="application/json")
+    async def status() -> str:
+        """Counts of skills and turns, recent reward, trainer state."""
+        return json.dumps(await app.status(), indent=2)
+
+    @mcp.resource("skill://{namespace}/{slug}", name="skill", title="A learned skill", mime_type="text/markdown")
+    async def skill(namespace: str, slug: str) -> str:
+        """One skill's current version as SKILL.md."""
+        try:
+            record = await app.library.get(namespace, slug)
+        except NotFound as exc:
+            raise ResourceNotFoundError(str(exc)) from None
+        return render_skill_md(record.doc())
+
+    return mcp

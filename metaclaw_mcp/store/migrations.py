@@ -1,0 +1,205 @@
+"""Numbered schema migrations, applied in order and recorded in `schema_migrations`.
+
+Each migration is a small named function of a sqlite3 connection. The store applies the
+pending ones at open, each in one transaction together with its record, so a crash leaves
+the schema at a numbered version. Append new ones; never edit old ones.
+"""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[tuple[int, str, Migration]] = []
+
+
+def run_script(db: sqlite3.Connection, script: str) -> None:
+    """Execute statements one by one (unlike executescript, this does not commit first)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            db.execute(pending)
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {pending[:80]!r}")
+
+
+def migration(number: int) -> Callable[[Migration], Migration]:
+    def register(fn: Migration) -> Migration:
+        MIGRATIONS.append((number, fn.__name__, fn))
+        return fn
+    return register
+
+
+@migration(1)
+def m0001_initial_schema(db: sqlite3.Connection) -> None:
+    run_script(db, """
+    CREATE TABLE turns (
+        id               TEXT PRIMARY KEY,
+        namespace        TEXT NOT NULL,
+        session_id       TEXT NOT NULL,
+        messages         TEXT NOT NULL,            -- JSON list of OpenAI-style messages
+        response         TEXT NOT NULL,
+        model            TEXT,
+        prompt_ids       TEXT,                     -- JSON int list, with the two below: fit for RL
+        completion_ids   TEXT,
+        logprobs         TEXT,
+        metadata         TEXT NOT NULL DEFAULT '{}',
+        retrieval_id     TEXT,
+        idempotency_key  TEXT,
+        request_hash     TEXT NOT NULL,            -- sha256 of the reported content, to check key reuse
+        reward           REAL,                     -- fused from ratings; NULL until rated
+        reward_source    TEXT,
+        train_state      TEXT NOT NULL DEFAULT 'pending'
+                         CHECK (train_state IN ('pending', 'rated', 'claimed', 'trained', 'skipped')),
+        batch_id         INTEGER REFERENCES batches(id),
+        skip_reason      TEXT,
+        created_at       TEXT NOT NULL,
+        rated_at         TEXT,
+        UNIQUE (namespace, idempotency_key)
+    );
+    CREATE INDEX turns_train_state ON turns(train_state, namespace, rated_at);
+    CREATE INDEX turns_session ON turns(namespace, session_id, created_at);
+    CREATE INDEX turns_created ON turns(namespace, created_at);
+    CREATE INDEX turns_batch ON turns(batch_id);
+
+    CREATE TABLE ratings (
+        id          INTEGER PRIMARY KEY,
+        turn_id     TEXT NOT NULL REFERENCES turns(id) ON DELETE CASCADE,
+        source      TEXT NOT NULL CHECK (source IN ('user', 'env', 'agent', 'judge')),
+        score       REAL NOT NULL CHECK (score BETWEEN -1.0 AND 1.0),
+        feedback    TEXT,
+        created_at  TEXT NOT NULL
+    );
+    CREATE INDEX ratings_turn ON ratings(turn_id);
+
+    CREATE TABLE skills (
+        id               INTEGER PRIMARY KEY,
+        namespace        TEXT NOT NULL,
+        slug             TEXT NOT NULL,
+        status           TEXT NOT NULL CHECK (status IN ('candidate', 'active', 'retired')),
+        current_version  INTEGER NOT NULL,
+        status_reason    TEXT,
+        created_at       TEXT NOT NULL,
+        updated_at       TEXT NOT NULL,
+        UNIQUE (namespace, slug)
+    );
+    CREATE INDEX skills_status ON skills(namespace, status);
+
+    CREATE TABLE skill_versions (
+        skill_id        INTEGER NOT NULL REFERENCES skills(id),
+        version         INTEGER NOT NULL,
+        name            TEXT NOT NULL,
+        description     TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        category        TEXT NOT NULL,
+        source          TEXT NOT NULL,              -- starter | agent | llm | import | user
+        provenance      TEXT NOT NULL DEFAULT '[]', -- JSON list of the turn ids it came from
+        parent_version  INTEGER,
+        content_hash    TEXT NOT NULL,
+        metadata        TEXT NOT NULL DEFAULT '{}',
+        created_at      TEXT NOT NULL,
+        PRIMARY KEY (skill_id, version)
+    );
+    CREATE INDEX skill_versions_hash ON skill_versions(content_hash);
+
+    -- Full-text index over the current version of each skill; rowid = skills.id.
+    CREATE VIRTUAL TABLE skills_fts USING fts5(
+        name, description, body, tokenize = 'porter unicode61 remove_diacritics 2'
+    );
+
+    -- Dense vectors per skill version (the embeddings extra fills it).
+    CREATE TABLE skill_embeddings (
+        skill_id    INTEGER NOT NULL,
+        version     INTEGER NOT NULL,
+        model       TEXT NOT NULL,
+        dim         INTEGER NOT NULL,
+        vector      BLOB NOT NULL,                  -- float32, little-endian
+        PRIMARY KEY (skill_id, version, model),
+        FOREIGN KEY (skill_id, version) REFERENCES skill_versions(skill_id, version)
+    );
+
+    -- What fetch_skills showed; the retrieval id itself also names the versions shown.
+    CREATE TABLE retrievals (
+        id          TEXT PRIMARY KEY,
+        namespace   TEXT NOT NULL,
+        session_id  TEXT,
+        query       TEXT NOT NULL,
+        items       TEXT NOT NULL,                  -- JSON [[skill_id, version, score], ...] in rank order
+        created_at  TEXT NOT NULL
+    );
+
+    -- Which skill version was injected into which turn: the basis of credit.
+    CREATE TABLE skill_uses (
+        turn_id   TEXT NOT NULL REFERENCES turns(id) ON DELETE CASCADE,
+        skill_id  INTEGER NOT NULL,
+        version   INTEGER NOT NULL,
+        rank      INTEGER,
+        PRIMARY KEY (turn_id, skill_id),
+        FOREIGN KEY (skill_id, version) REFERENCES skill_versions(skill_id, version)
+    );
+    CREATE INDEX skill_uses_skill ON skill_uses(skill_id, version);
+
+    CREATE TABLE batches (
+        id           INTEGER PRIMARY KEY,
+        namespace    TEXT NOT NULL,
+        kind         TEXT NOT NULL,                 -- rl | distill
+        loss_fn      TEXT NOT NULL,
+        state        TEXT NOT NULL CHECK (state IN ('claimed', 'training', 'trained', 'failed')),
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_error   TEXT,
+        backend      TEXT,
+        created_at   TEXT NOT NULL,
+        finished_at  TEXT
+    );
+    CREATE INDEX batches_state ON batches(state);
+
+    CREATE TABLE train_steps (
+        id          INTEGER PRIMARY KEY,
+        batch_id    INTEGER NOT NULL REFERENCES batches(id),
+        step        INTEGER NOT NULL UNIQUE,
+        loss        REAL,
+        mean_reward REAL,
+        n_datums    INTEGER NOT NULL,
+        metrics     TEXT NOT NULL DEFAULT '{}',
+        created_at  TEXT NOT NULL
+    );
+
+    CREATE TABLE checkpoints (
+        id          INTEGER PRIMARY KEY,
+        step        INTEGER NOT NULL,
+        kind        TEXT NOT NULL,                  -- sampler | state
+        path        TEXT NOT NULL,                  -- tinker://... or a local folder
+        backend     TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+
+    CREATE TABLE evolutions (
+        id           INTEGER PRIMARY KEY,
+        namespace    TEXT NOT NULL,
+        mode         TEXT NOT NULL,                 -- agent | llm | digest
+        failures     TEXT NOT NULL DEFAULT '[]',    -- JSON turn ids read
+        proposals    TEXT NOT NULL DEFAULT '[]',    -- JSON proposals as received
+        accepted     TEXT NOT NULL DEFAULT '[]',    -- JSON [{id, slug, version}]
+        rejected     TEXT NOT NULL DEFAULT '[]',    -- JSON [{name, reason}]
+        llm          TEXT,                          -- provider/model that wrote the proposals
+        created_at   TEXT NOT NULL
+    );
+
+    CREATE TABLE llm_usage (
+        id                 INTEGER PRIMARY KEY,
+        namespace          TEXT NOT NULL,
+        provider           TEXT NOT NULL,
+        purpose            TEXT NOT NULL,           -- judge | evolve
+        prompt_tokens      INTEGER NOT NULL DEFAULT 0,
+        completion_tokens  INTEGER NOT NULL DEFAULT 0,
+        created_at         TEXT NOT NULL
+    );
+
+    -- Small durable settings and counters (trainer paused, running baselines, ...).
+    CREATE TABLE kv (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    """)

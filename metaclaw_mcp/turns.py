@@ -1,0 +1,231 @@
+"""The turn log: reported turns, their ratings and the skill versions injected into them."""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from .errors import InvalidInput, NotFound
+from .models import Message, TokenData
+from .rewards import Rating, fuse
+from .skills.retrieval import parse_retrieval_id
+from .store import Database, dumps, utcnow
+
+MAX_FEEDBACK_CHARS = 8000
+
+
+def new_turn_id() -> str:
+    """Time-ordered and unique: `t-<ms since epoch, hex>-<random>`."""
+    return f"t-{int(time.time() * 1000):x}-{secrets.token_hex(5)}"
+
+
+@dataclass
+class ReportOutcome:
+    turn_id: str
+    duplicate: bool
+    skills_linked: int
+
+
+@dataclass
+class RateOutcome:
+    turn_id: str
+    reward: float
+    reward_source: str
+    queued_for_training: bool
+
+
+def _request_hash(session_id: str, messages: list[dict[str, Any]], response: str) -> str:
+    return hashlib.sha256(dumps([session_id, messages, response]).encode()).hexdigest()
+
+
+class TurnLog:
+    def __init__(self, db: Database, max_turn_bytes: int = 2_000_000):
+        self.db = db
+        self.max_turn_bytes = max_turn_bytes
+
+    async def report(self, *, session_id: str, messages: Sequence[Message], response: str,
+                     retrieval_id: str | None = None, skill_ids: Sequence[int | str] | None = None,
+                     model: str | None = None, tokens: TokenData | None = None,
+                     metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
+                     namespace: str = "default") -> ReportOutcome:
+        """Store one turn and link it to the skill versions that were injected into it."""
+        msgs = [m.model_dump(mode="json", exclude_none=True) for m in messages]
+        if not msgs:
+            raise InvalidInput("messages is empty: give at least the user message the response answers")
+        try:
+            msgs_json, meta_json = dumps(msgs), dumps(metadata or {})
+        except ValueError as exc:
+            raise InvalidInput(f"messages or metadata are not plain JSON: {exc}") from None
+        size = len(msgs_json.encode()) + len(response.encode()) + len(meta_json.encode())
+        if size > self.max_turn_bytes:
+            raise InvalidInput(f"the turn is {size} bytes; at most {self.max_turn_bytes} "
+                               "(messages + response + metadata). Trim long tool outputs before reporting")
+        refs = self._retrieval_refs(retrieval_id)
+        req_hash = _request_hash(session_id, msgs, response)
+        async with self.db.transaction() as db:
+            if idempotency_key is not None:
+                row = await (await db.execute(
+                    "SELECT id, request_hash FROM turns WHERE namespace = ? AND idempotency_key = ?",
+                    (namespace, idempotency_key))).fetchone()
+                if row is not None:
+                    if row["request_hash"] != req_hash:
+                        raise InvalidInput(f"idempotency_key {idempotency_key!r} was already used for turn "
+                                           f"{row['id']} with different content; use a new key for a new turn")
+                    linked = (await (await db.execute("SELECT COUNT(*) FROM skill_uses WHERE turn_id = ?",
+                                                      (row["id"],))).fetchone())[0]
+                    return ReportOutcome(row["id"], True, linked)
+            refs = await self._resolve_skills(db, namespace, refs, skill_ids or [])
+            turn_id = new_turn_id()
+            await db.execute(
+                "INSERT INTO turns(id, namespace, session_id, messages, response, model, prompt_ids, completion_ids,"
+                " logprobs, metadata, retrieval_id, idempotency_key, request_hash, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (turn_id, namespace, session_id, msgs_json, response, model,
+                 dumps(tokens.prompt_ids) if tokens else None, dumps(tokens.completion_ids) if tokens else None,
+                 dumps(tokens.logprobs) if tokens and tokens.logprobs is not None else None,
+                 meta_json, retrieval_id, idempotency_key, req_hash, utcnow()))
+            await db.executemany("INSERT INTO skill_uses(turn_id, skill_id, version, rank) VALUES (?, ?, ?, ?)",
+                                 [(turn_id, sid, ver, rank) for rank, (sid, ver) in enumerate(refs)])
+        return ReportOutcome(turn_id, False, len(refs))
+
+    @staticmethod
+    def _retrieval_refs(retrieval_id: str | None) -> list[tuple[int, int]]:
+        if retrieval_id is None:
+            return []
+        refs = parse_retrieval_id(retrieval_id)
+        if refs is None:
+            raise InvalidInput(f"retrieval_id {retrieval_id[:80]!r} is not one fetch_skills returned; "
+                               "pass the retrieval_id from fetch_skills unchanged, or omit it")
+        return refs
+
+    async def _resolve_skills(self, db: aiosqlite.Connection, namespace: str, refs: list[tuple[int, int]],
+                              skill_ids: Sequence[int | str]) -> list[tuple[int, int]]:
+        """Check the retrieval's versions and resolve `skill_ids` (ids or slugs) to current versions."""
+        out: dict[int, int] = {}
+        for sid, ver in refs:
+            ok = await (await db.execute(
+                "SELECT 1 FROM skill_versions v JOIN skills s ON s.id = v.skill_id "
+                "WHERE v.skill_id = ? AND v.version = ? AND s.namespace = ?", (sid, ver, namespace))).fetchone()
+            if not ok:
+                raise InvalidInput(f"retrieval_id names skill {sid} version {ver}, which is not in namespace "
+                                   f"{namespace!r}; report with the namespace you fetched from")
+            out.setdefault(sid, ver)
+        for ref in skill_ids:
+            col = "id" if isinstance(ref, int) or str(ref).isdigit() else "slug"
+            row = await (await db.execute(f"SELECT id, current_version FROM skills WHERE {col} = ? AND namespace = ?",
+                                          (int(ref) if col == "id" else ref, namespace))).fetchone()
+            if row is None:
+                raise InvalidInput(f"skill_ids: no skill {ref!r} in namespace {namespace!r}")
+            out.setdefault(row["id"], row["current_version"])
+        return list(out.items())
+
+    async def rate(self, turn_id: str, score: float, source: str = "user", feedback: str | None = None) -> RateOutcome:
+        """Add a rating, re-fuse the turn's reward, and queue the turn for training if it still can be."""
+        if feedback is not None and len(feedback) > MAX_FEEDBACK_CHARS:
+            raise InvalidInput(f"feedback has {len(feedback)} chars; at most {MAX_FEEDBACK_CHARS}")
+        async with self.db.transaction() as db:
+            turn = await (await db.execute("SELECT train_state FROM turns WHERE id = ?", (turn_id,))).fetchone()
+            if turn is None:
+                raise NotFound(f"no turn {turn_id[:80]!r}; use the turn_id that report_turn returned")
+            now = utcnow()
+            await db.execute("INSERT INTO ratings(turn_id, source, score, feedback, created_at) VALUES (?, ?, ?, ?, ?)",
+                             (turn_id, source, score, feedback, now))
+            rows = await (await db.execute("SELECT id, source, score, created_at FROM ratings WHERE turn_id = ?",
+                                           (turn_id,))).fetchall()
+            fused = fuse(Rating(r["source"], r["score"], r["created_at"], r["id"]) for r in rows)
+            assert fused is not None  # the rating above is among them
+            reward, reward_source = fused
+            state = "rated" if turn["train_state"] in ("pending", "rated") else turn["train_state"]
+            await db.execute("UPDATE turns SET reward = ?, reward_source = ?, rated_at = ?, train_state = ? WHERE id = ?",
+                             (reward, reward_source, now, state, turn_id))
+        return RateOutcome(turn_id, reward, reward_source, state == "rated")
+
+    async def get(self, turn_id: str) -> dict[str, Any]:
+        row = await self.db.fetchone("SELECT * FROM turns WHERE id = ?", (turn_id,))
+        if row is None:
+            raise NotFound(f"no turn {turn_id[:80]!r}; `metaclaw-mcp turns list` shows recent ones")
+        turn = _turn_dict(row)
+        turn["ratings"] = [dict(r) for r in await self.db.fetchall(
+            "SELECT source, score, feedback, created_at FROM ratings WHERE turn_id = ? ORDER BY id", (turn_id,))]
+        turn["skills"] = [dict(r) for r in await self.db.fetchall(
+            "SELECT u.skill_id, s.slug, u.version, u.rank FROM skill_uses u JOIN skills s ON s.id = u.skill_id "
+            "WHERE u.turn_id = ? ORDER BY u.rank", (turn_id,))]
+        return turn
+
+    async def list(self, namespace: str | None = "default", session_id: str | None = None,
+                   state: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        where, params = [], []
+        for col, val in (("namespace", namespace), ("session_id", session_id), ("train_state", state)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                params.append(val)
+        sql = ("SELECT id, namespace, session_id, model, reward, reward_source, train_state, created_at,"
+               " substr(response, 1, 200) AS response, prompt_ids IS NOT NULL AS has_tokens FROM turns"
+               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created_at DESC, id DESC LIMIT ?")
+        return [dict(r) for r in await self.db.fetchall(sql, [*params, limit])]
+
+    async def iter_export(self, namespace: str | None = None, rated_only: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """Every turn (oldest first) with its ratings, in pages, for JSONL export."""
+        last = ""
+        while True:
+            where = ["id > ?"]
+            params: list[Any] = [last]
+            if namespace is not None:
+                where.append("namespace = ?")
+                params.append(namespace)
+            if rated_only:
+                where.append("reward IS NOT NULL")
+            rows = await self.db.fetchall(f"SELECT * FROM turns WHERE {' AND '.join(where)} ORDER BY id LIMIT 500", params)
+            if not rows:
+                return
+            ids = [r["id"] for r in rows]
+            marks = ",".join("?" * len(ids))
+            ratings: dict[str, list[dict[str, Any]]] = {}
+            for r in await self.db.fetchall(f"SELECT turn_id, source, score, feedback, created_at FROM ratings "
+                                            f"WHERE turn_id IN ({marks}) ORDER BY id", ids):
+                ratings.setdefault(r["turn_id"], []).append({k: r[k] for k in r.keys() if k != "turn_id"})
+            for row in rows:
+                yield _turn_dict(row) | {"ratings": ratings.get(row["id"], [])}
+            last = ids[-1]
+
+    async def failures(self, namespace: str, threshold: float, limit: int) -> list[dict[str, Any]]:
+        """Recent turns rated below `threshold` that no skill version yet cites in its provenance."""
+        rows = await self.db.fetchall(
+            "SELECT t.id, t.session_id, t.reward, t.messages, t.response FROM turns t "
+            "WHERE t.namespace = ? AND t.reward IS NOT NULL AND t.reward < ? AND NOT EXISTS ("
+            "  SELECT 1 FROM skill_versions v JOIN skills s ON s.id = v.skill_id, json_each(v.provenance) p"
+            "  WHERE s.namespace = t.namespace AND p.value = t.id) "
+            "ORDER BY t.rated_at DESC LIMIT ?", (namespace, threshold, limit))
+        out = []
+        for r in rows:
+            feedback = [f["feedback"] for f in await self.db.fetchall(
+                "SELECT feedback FROM ratings WHERE turn_id = ? AND feedback IS NOT NULL ORDER BY id", (r["id"],))]
+            msgs = json.loads(r["messages"])
+            out.append({"turn_id": r["id"], "session_id": r["session_id"], "reward": r["reward"],
+                        "messages": msgs, "response": r["response"], "feedback": feedback})
+        return out
+
+    async def counts(self) -> dict[str, Any]:
+        rows = await self.db.fetchall("SELECT train_state, COUNT(*) FROM turns GROUP BY train_state")
+        by_state = {r[0]: r[1] for r in rows}
+        recent = await self.db.fetchone(
+            "SELECT AVG(reward) AS mean, COUNT(*) AS n FROM (SELECT reward FROM turns WHERE reward IS NOT NULL "
+            "ORDER BY rated_at DESC LIMIT 100)")
+        return {"total": sum(by_state.values()), "by_state": by_state,
+                "ratings": await self.db.scalar("SELECT COUNT(*) FROM ratings"),
+                "recent_reward": {"mean": recent["mean"], "n": recent["n"]}}
+
+
+def _turn_dict(row: sqlite3.Row) -> dict[str, Any]:
+    out = {k: row[k] for k in row.keys() if k != "request_hash"}
+    for key in ("messages", "metadata", "prompt_ids", "completion_ids", "logprobs"):
+        if out.get(key) is not None:
+            out[key] = json.loads(out[key])
+    return out
