@@ -16,11 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import MetaClawConfig, load_config
-from .errors import MetaClawError
+from .errors import ConfigError, MetaClawError
 
 T = TypeVar("T")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # never fold paths and commands in messages
 
 cli = typer.Typer(help="metaclaw-mcp: continuous learning for any MCP agent.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -62,6 +62,9 @@ def _run(fn: Callable[[Any], Awaitable[T]], **overrides: Any) -> T:
             async with open_app(config) as app:
                 return await fn(app)
         return anyio.run(go)
+    except ConfigError as exc:  # a bad setting: exit 2, as `serve` and `config show` do
+        _fail(str(exc), code=2)
+        raise  # unreachable
     except MetaClawError as exc:
         _fail(str(exc))
         raise  # unreachable

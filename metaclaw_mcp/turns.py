@@ -118,9 +118,13 @@ class TurnLog:
                                    f"{namespace!r}; report with the namespace you fetched from")
             out.setdefault(sid, ver)
         for ref in skill_ids:
-            col = "id" if isinstance(ref, int) or str(ref).isdigit() else "slug"
+            is_id = isinstance(ref, int) or (str(ref).isascii() and str(ref).isdigit())
+            col = "id" if is_id else "slug"
+            value = int(ref) if is_id else ref
+            if is_id and not 0 <= value < 2**63:  # SQLite cannot bind it; no skill has such an id
+                raise InvalidInput(f"skill_ids: no skill {ref!r} in namespace {namespace!r}")
             row = await (await db.execute(f"SELECT id, current_version FROM skills WHERE {col} = ? AND namespace = ?",
-                                          (int(ref) if col == "id" else ref, namespace))).fetchone()
+                                          (value, namespace))).fetchone()
             if row is None:
                 raise InvalidInput(f"skill_ids: no skill {ref!r} in namespace {namespace!r}")
             out.setdefault(row["id"], row["current_version"])

@@ -13,7 +13,7 @@ RULES: list[tuple[str, re.Pattern[str]]] = [
         r".{0,20}\b(instructions?|prompts?|rules|messages?|guidelines)", re.I | re.S)),
     ("asks to reveal a system prompt or secrets", re.compile(
         r"\b(reveal|print|show|output|leak|send|share|upload|post)\b.{0,40}\b(system prompt|api[ _-]?keys?|"
-        r"passwords?|credentials?|secrets?|tokens?|private keys?|ssh keys?)\b", re.I | re.S)),
+        r"passwords?|credentials?|secrets?|tokens?|private keys?|ssh keys?)\b", re.I)),  # one line: not across fields
     ("reads credential files", re.compile(
         r"(~|\$HOME|/home/\w+|/root)/\.(ssh|aws|gnupg|netrc|docker/config)|id_(rsa|ed25519|ecdsa)\b|\.env\b.{0,30}\b(send|upload|post)",
         re.I)),

@@ -71,6 +71,10 @@ class Evolution:
             evo_id = None if dry_run else await self._record(namespace, "digest", failure_ids, [], [], [], llm)
             return EvolveResult(failures_analyzed=len(failure_ids), accepted=[], rejected=[], digest=digest,
                                 evolution_id=evo_id, dry_run=dry_run)
+        if source == "agent":  # the caller can fix its own call: a malformed proposal fails the whole call
+            for i, p in enumerate(proposals):
+                validate_doc(SkillDoc(p.name, p.description, p.body, p.category), self.library.max_body_chars,
+                             where=f"proposals.{i} ({p.name!r})")
         accepted_docs: list[tuple[SkillDoc, list[str]]] = []
         rejected: list[RejectedProposal] = []
         hashes: set[str] = set()

@@ -83,8 +83,10 @@ class SkillLibrary:
 
     async def get(self, namespace: str, ref: str | int) -> SkillRecord:
         """A skill by id or slug; NotFound names what was asked for."""
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-            row = await self.db.fetchone(SELECT_SKILL + " WHERE s.id = ? AND s.namespace = ?", (int(ref), namespace))
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isascii() and ref.isdigit()):
+            # an id SQLite cannot bind (>= 2**63) names no skill
+            row = (await self.db.fetchone(SELECT_SKILL + " WHERE s.id = ? AND s.namespace = ?", (int(ref), namespace))
+                   if 0 <= int(ref) < 2**63 else None)
         else:
             row = await self.db.fetchone(SELECT_SKILL + " WHERE s.slug = ? AND s.namespace = ?", (ref, namespace))
         if row is None:

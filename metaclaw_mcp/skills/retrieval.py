@@ -86,7 +86,8 @@ def make_retrieval_id(refs: Sequence[tuple[int, int]]) -> str:
     return "r-" + secrets.token_hex(6) + "-" + ".".join(f"{sid}v{ver}" for sid, ver in refs)
 
 
-RETRIEVAL_ID = re.compile(r"^r-[0-9a-f]{12}-((?:\d+v\d+)(?:\.\d+v\d+)*)?$")
+# At most 18 digits a number, so every id and version fits an SQLite INTEGER (< 2**63).
+RETRIEVAL_ID = re.compile(r"^r-[0-9a-f]{12}-((?:\d{1,18}v\d{1,18})(?:\.\d{1,18}v\d{1,18})*)?$")
 
 
 def parse_retrieval_id(retrieval_id: str) -> list[tuple[int, int]] | None:
