@@ -21,6 +21,7 @@ from .models import (EvolveResult, FetchResult, Message, RateResult, ReportResul
 from .skills.library import SkillLibrary
 from .skills.retrieval import fit_to_budget, make_retrieval_id, render_injection, render_skill
 from .store import Database, dumps, utcnow
+from .training import ExportBackend, Trainer
 from .turns import TurnLog
 
 log = logging.getLogger("metaclaw_mcp")
@@ -36,9 +37,18 @@ class App:
         self.turns = TurnLog(self.db, max_turn_bytes=config.max_turn_bytes)
         self.evolution = Evolution(self.db, self.library, self.turns, config.failure_threshold,
                                    config.digest_max_failures)
+        self.trainer = self._make_trainer()
         self.started_at = utcnow()
         # fetch_skills is read-only: what it showed is logged in the background, off the hot path.
         self._retrieval_log: list[tuple[str, str, str | None, str, str, str]] = []
+
+    def _make_trainer(self) -> Trainer | None:
+        backend = self.config.effective_backend
+        if backend == "export":
+            return Trainer(self.db, self.config, ExportBackend(self.config.exports_dir))
+        # The tinker and local backends are not part of this version: rated turns stay queued in the store.
+        log.warning("training backend %r is not available in this version; rated turns stay queued", backend)
+        return None
 
     # ---- lifecycle ----
 
@@ -63,6 +73,8 @@ class App:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._flush_loop)
+                if self.trainer is not None:
+                    tg.start_soon(self.trainer.run)
                 try:
                     yield self
                 finally:
@@ -124,6 +136,8 @@ class App:
     async def rate_turn(self, turn_id: str, score: float, source: str = "user",
                         feedback: str | None = None) -> RateResult:
         out = await self.turns.rate(turn_id, score, source, feedback)
+        if out.queued_for_training and self.trainer is not None:
+            self.trainer.notify()
         return RateResult(turn_id=out.turn_id, reward=out.reward, reward_source=out.reward_source,  # type: ignore[arg-type]
                           queued_for_training=out.queued_for_training)
 
@@ -150,6 +164,8 @@ class App:
             "evolutions": {"runs": evolutions["n"], "last": evolutions["last"]},
             "training": {
                 "backend": self.config.effective_backend,
+                "available": self.trainer is not None,
+                "paused": bool(await self.db.get_kv("trainer_paused", False)),
                 "model_name": self.config.model_name,
                 "backlog": turns["by_state"].get("rated", 0),
                 "trained": turns["by_state"].get("trained", 0),

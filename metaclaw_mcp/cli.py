@@ -13,6 +13,7 @@ from typing import Any, Optional, TypeVar
 import anyio
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import MetaClawConfig, load_config
@@ -27,9 +28,11 @@ cli = typer.Typer(help="metaclaw-mcp: continuous learning for any MCP agent.", n
 skills_cli = typer.Typer(help="Browse and manage learned skills.", no_args_is_help=True)
 turns_cli = typer.Typer(help="Browse and export the turn log.", no_args_is_help=True)
 config_cli = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+train_cli = typer.Typer(help="The background trainer: status, pause, resume, one step now.", no_args_is_help=True)
 cli.add_typer(skills_cli, name="skills")
 cli.add_typer(turns_cli, name="turns")
 cli.add_typer(config_cli, name="config")
+cli.add_typer(train_cli, name="train")
 
 _globals: dict[str, Any] = {}
 
@@ -47,7 +50,7 @@ def _config(**overrides: Any) -> MetaClawConfig:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True)  # the message is not markup
     raise typer.Exit(code)
 
 
@@ -161,7 +164,7 @@ def skills_show(ref: str = typer.Argument(..., help="Slug or id."),
     out.print(f"[bold]{data['slug']}[/bold] (id {data['id']}, version {data['version']}, {data['status']}, "
               f"{data['category']}, source {data['source']})", highlight=False)
     if data["status_reason"]:
-        out.print(f"reason: {data['status_reason']}", highlight=False)
+        out.print(f"reason: {data['status_reason']}", highlight=False, markup=False)
     out.print(data["description"] + "\n", highlight=False, markup=False)
     out.print(data["body"] + "\n", highlight=False, markup=False)
     for v in data["versions"]:
@@ -187,7 +190,7 @@ def skills_export(path: Path = typer.Argument(..., help="Folder to write <slug>/
                   status_: Optional[str] = typer.Option(None, "--status")) -> None:
     """Export skills as SKILL.md folders."""
     written = _run(lambda app: app.library.export_folder(path, namespace, status=status_))
-    out.print(f"wrote {len(written)} skill(s) to {path}", highlight=False)
+    out.print(f"wrote {len(written)} skill(s) to {path}", highlight=False, markup=False)
 
 
 @skills_cli.command("retire")
@@ -257,7 +260,48 @@ def turns_export(output: Optional[Path] = typer.Option(None, "--out", "-o", help
         return n
     n = _run(export)
     if output:
-        err.print(f"wrote {n} turn(s) to {output}", highlight=False)
+        err.print(f"wrote {n} turn(s) to {output}", highlight=False, markup=False)
+
+
+# ---- train ----
+
+def _trainer(app: Any) -> Any:
+    if app.trainer is None:
+        raise MetaClawError(f"training backend {app.config.effective_backend!r} is not available in this version; "
+                            "rated turns stay queued (set METACLAW_BACKEND=export to export them)")
+    return app.trainer
+
+
+@train_cli.command("status")
+def train_status() -> None:
+    """Steps, backlog, last checkpoint and whether training is paused (JSON)."""
+    async def get(app: Any) -> dict[str, Any]:
+        data = (await app.status())["training"]
+        if app.trainer is not None:
+            data |= await app.trainer.status()
+        return data
+    _print_json(_run(get))
+
+
+@train_cli.command("pause")
+def train_pause() -> None:
+    """Stop claiming new batches (a running server picks this up at its next poll)."""
+    _run(lambda app: _trainer(app).set_paused(True))
+    out.print("training paused", highlight=False)
+
+
+@train_cli.command("resume")
+def train_resume() -> None:
+    """Resume claiming batches."""
+    _run(lambda app: _trainer(app).set_paused(False))
+    out.print("training resumed", highlight=False)
+
+
+@train_cli.command("once")
+def train_once() -> None:
+    """Train one batch now, even if it is smaller than batch_size (a claimed batch is replayed first)."""
+    worked = _run(lambda app: _trainer(app).once(force=True))
+    out.print("trained one batch" if worked else "nothing to train", highlight=False)
 
 
 # ---- config ----

@@ -71,6 +71,10 @@ class MetaClawConfig(BaseSettings):
     save_every: int = Field(10, ge=1)
     distill_threshold: float = Field(0.5, ge=-1.0, le=1.0)
     max_seq_len: int = Field(8192, ge=16)
+    min_batch_size: int = Field(2, ge=1, description="After batch_max_wait_seconds, train a batch this small.")
+    batch_max_wait_seconds: float = Field(600.0, ge=0)
+    max_batch_attempts: int = Field(3, ge=1, description="A batch failing this often has its turns skipped.")
+    train_poll_seconds: float = Field(5.0, gt=0)
     tinker_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("tinker_api_key", "METACLAW_TINKER_API_KEY", "TINKER_API_KEY"))
     tinker_base_url: str | None = Field(

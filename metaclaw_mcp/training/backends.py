@@ -1,0 +1,65 @@
+"""Training backends behind one interface: a batch of datums in, a step result out."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import tinker
+
+from .datums import datum_to_json
+
+
+@dataclass
+class StepResult:
+    loss: float | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[tuple[str, str]] = field(default_factory=list)  # (kind, path)
+
+
+class TrainingBackend(Protocol):
+    name: str
+
+    async def train(self, batch_id: int, step: int, datums: list[tinker.Datum], loss_fn: str,
+                    loss_fn_config: dict[str, float] | None) -> StepResult:
+        """Run one optimisation step on `datums`. Safe to call again for the same batch after a crash."""
+        ...
+
+
+class ExportBackend:
+    """Writes each batch to `<dir>/batch-<id>.jsonl`, one datum a line, ready to replay to Tinker later.
+
+    The file appears whole or not at all (written aside, fsynced, renamed), and a replayed
+    batch rewrites the same file, so a crash can never leave a batch exported twice.
+    """
+
+    name = "export"
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def path_for(self, batch_id: int) -> Path:
+        return self.directory / f"batch-{batch_id:06d}.jsonl"
+
+    async def train(self, batch_id: int, step: int, datums: list[tinker.Datum], loss_fn: str,
+                    loss_fn_config: dict[str, float] | None) -> StepResult:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.path_for(batch_id)
+        tmp = final.with_suffix(".jsonl.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for d in datums:
+                row = datum_to_json(d, loss_fn)
+                if loss_fn_config:
+                    row["loss_fn_config"] = loss_fn_config
+                f.write(json.dumps(row, separators=(",", ":")) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return StepResult(loss=None, metrics={"exported": str(final)}, checkpoints=[])

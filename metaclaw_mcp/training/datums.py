@@ -1,0 +1,130 @@
+"""Rated turns to `tinker.Datum`s: pure functions, no I/O.
+
+Shapes use suffixes: `_G` one value per turn of a group, `_N` one per position of the
+shifted sequence (N = prompt + completion tokens - 1), `_C` one per completion token.
+
+RL layout (importance_sampling / ppo / cispo), for tokens t_0 .. t_{P+C-1}:
+    model_input   = t_0 .. t_{N-1}            (N = P + C - 1)
+    target_tokens = t_1 .. t_N                (what each position predicts)
+    logprobs_N    = 0 for targets in the prompt, the sampler's logprob for completion targets
+    advantages_N  = 0 for targets in the prompt, the turn's advantage for completion targets
+So position i < P - 1 predicts a prompt token (masked), and P - 1 <= i < N a completion token.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tinker
+
+RL_LOSSES = ("importance_sampling", "ppo", "cispo")
+# The keys each loss accepts; anything else raises client-side, so nothing else is ever sent.
+LOSS_KEYS = {
+    "importance_sampling": ("target_tokens", "logprobs", "advantages"),
+    "ppo": ("target_tokens", "logprobs", "advantages"),
+    "cispo": ("target_tokens", "logprobs", "advantages"),
+    "cross_entropy": ("target_tokens", "weights"),
+}
+
+
+class DatumError(ValueError):
+    """A turn cannot become a datum (the message says why); the trainer skips it with that reason."""
+
+
+@dataclass(frozen=True)
+class RLSample:
+    """One rated turn with the sampler's tokens."""
+    turn_id: str
+    prompt_ids: Sequence[int]
+    completion_ids: Sequence[int]
+    logprobs_C: Sequence[float]
+    reward: float
+
+
+def centred_advantages(rewards_G: Sequence[float]) -> np.ndarray:
+    """reward - mean(reward) within a group (no std division); float64, shape (G,)."""
+    r = np.asarray(rewards_G, dtype=np.float64)
+    if r.size == 0:
+        return r
+    if not np.all(np.isfinite(r)):
+        raise DatumError("a reward is not finite")
+    return r - r.mean()
+
+
+def truncate_left(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_seq_len: int) -> list[int]:
+    """The prompt cut from the left so prompt + completion fit `max_seq_len`; the completion is never cut."""
+    if len(completion_ids) + 1 > max_seq_len:
+        raise DatumError(f"completion has {len(completion_ids)} tokens; with one prompt token that exceeds "
+                         f"max_seq_len={max_seq_len}")
+    keep = max_seq_len - len(completion_ids)
+    return list(prompt_ids[-keep:]) if len(prompt_ids) > keep else list(prompt_ids)
+
+
+def rl_datum(sample: RLSample, advantage: float, max_seq_len: int) -> tinker.Datum:
+    """One RL datum with target_tokens (int64), logprobs and advantages (float32), all of length N."""
+    if not sample.completion_ids:
+        raise DatumError("no completion tokens")
+    if len(sample.logprobs_C) != len(sample.completion_ids):
+        raise DatumError(f"{len(sample.logprobs_C)} logprobs for {len(sample.completion_ids)} completion tokens")
+    if not math.isfinite(advantage):
+        raise DatumError(f"advantage {advantage!r} is not finite")
+    prompt = truncate_left(sample.prompt_ids, sample.completion_ids, max_seq_len)
+    if not prompt:
+        raise DatumError("no prompt tokens")
+    tokens = np.asarray([*prompt, *sample.completion_ids], dtype=np.int64)
+    n = len(tokens) - 1
+    first = len(prompt) - 1  # index in the shifted arrays of the first completion target
+    logprobs_N = np.zeros(n, dtype=np.float32)
+    logprobs_N[first:] = np.asarray(sample.logprobs_C, dtype=np.float32)
+    if not np.all(np.isfinite(logprobs_N)):
+        raise DatumError("a logprob is not finite")
+    advantages_N = np.zeros(n, dtype=np.float32)
+    advantages_N[first:] = np.float32(advantage)
+    return tinker.Datum(
+        model_input=tinker.ModelInput.from_ints(tokens[:-1].tolist()),
+        loss_fn_inputs={"target_tokens": tinker.TensorData.from_numpy(tokens[1:]),
+                        "logprobs": tinker.TensorData.from_numpy(logprobs_N),
+                        "advantages": tinker.TensorData.from_numpy(advantages_N)})
+
+
+def sft_datum(tokens: Sequence[int], weights: Sequence[float], max_seq_len: int) -> tinker.Datum:
+    """A cross_entropy datum from a rendered conversation and per-token weights (1 on trained tokens).
+
+    `weights[i]` says whether token i is trained; after the shift, weights_N[i] = weights[i + 1].
+    Over-long sequences lose tokens from the left, never a weighted one.
+    """
+    if len(tokens) != len(weights):
+        raise DatumError(f"{len(tokens)} tokens but {len(weights)} weights")
+    w = np.asarray(weights, dtype=np.float32)
+    if not np.any(w > 0):
+        raise DatumError("no token is weighted")
+    first_trained = int(np.argmax(w > 0))
+    if len(tokens) > max_seq_len:
+        cut = len(tokens) - max_seq_len
+        if cut >= first_trained:
+            raise DatumError(f"the trained tokens alone exceed max_seq_len={max_seq_len}")
+        tokens, w = list(tokens)[cut:], w[cut:]
+    t = np.asarray(tokens, dtype=np.int64)
+    return tinker.Datum(model_input=tinker.ModelInput.from_ints(t[:-1].tolist()),
+                        loss_fn_inputs={"target_tokens": tinker.TensorData.from_numpy(t[1:]),
+                                        "weights": tinker.TensorData.from_numpy(w[1:])})
+
+
+def datum_to_json(datum: tinker.Datum, loss_fn: str) -> dict:
+    """The export format: {"loss_fn", "model_input": [ids], "loss_fn_inputs": {key: [values]}}."""
+    return {"loss_fn": loss_fn, "model_input": datum.model_input.to_ints(),
+            "loss_fn_inputs": {k: v.data for k, v in datum.loss_fn_inputs.items()}}
+
+
+def check_keys(datum: tinker.Datum, loss_fn: str) -> None:
+    """Raise DatumError unless the datum carries exactly the keys `loss_fn` accepts, all of length N."""
+    want = set(LOSS_KEYS[loss_fn])
+    have = set(datum.loss_fn_inputs)
+    if have != want:
+        raise DatumError(f"{loss_fn} takes {sorted(want)}, the datum has {sorted(have)}")
+    n = datum.model_input.length
+    for key, tensor in datum.loss_fn_inputs.items():
+        if len(tensor.data) != n:
+            raise DatumError(f"{key} has {len(tensor.data)} values for {n} input tokens")

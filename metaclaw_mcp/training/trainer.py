@@ -1,0 +1,230 @@
+"""The batcher: a durable state machine over turns, run as a background task of the server process.
+
+turns:   pending -> rated -> claimed(batch) -> trained | skipped(reason)
+batches: claimed -> trained | failed
+
+A batch is claimed in one transaction, trained, then its turns, the step row and any
+checkpoints are committed in one more. A crash in between leaves the batch `claimed`: it is
+replayed on the next start with the same turns and the same baseline, so no turn is trained
+twice and none is lost.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import numpy as np
+import tinker
+
+from ..config import MetaClawConfig
+from ..store import Database, dumps, set_kv, utcnow
+from .backends import StepResult, TrainingBackend
+from .datums import DatumError, RLSample, centred_advantages, check_keys, rl_datum
+
+log = logging.getLogger("metaclaw_mcp.training")
+
+BASELINE_DECAY = 0.9  # running baseline for lone turns: b <- 0.9 b + 0.1 r
+
+
+@dataclass
+class BatchPlan:
+    """What one batch trains: datums with their turn ids, turns skipped with reasons, baseline updates."""
+    datums: list[tinker.Datum]
+    trained: list[str]
+    skipped: dict[str, str]
+    baselines: dict[str, float]
+    mean_reward: float | None
+
+
+def prompt_key(prompt_ids: list[int]) -> str:
+    return hashlib.sha256(json.dumps(prompt_ids).encode()).hexdigest()[:16]
+
+
+def plan_rl_batch(turns: list[dict[str, Any]], baselines: dict[str, float | None], max_seq_len: int) -> BatchPlan:
+    """Group turns by prompt, centre rewards within groups, use the running baseline for lone turns.
+
+    Pure: `turns` are dicts with id, namespace, prompt_ids, completion_ids, logprobs, reward.
+    Constant-reward groups carry no signal and are skipped with that reason.
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for t in turns:
+        groups[(t["namespace"], prompt_key(t["prompt_ids"]))].append(t)
+    datums: list[tinker.Datum] = []
+    trained: list[str] = []
+    skipped: dict[str, str] = {}
+    new_baselines: dict[str, float] = {}
+    for (ns, _), members in groups.items():
+        rewards_G = [m["reward"] for m in members]
+        if len(members) > 1:
+            advantages_G = centred_advantages(rewards_G)
+            if not advantages_G.any():
+                skipped.update({m["id"]: "constant reward within its prompt group: no learning signal"
+                                for m in members})
+                continue
+        else:
+            base = new_baselines.get(ns, baselines.get(ns))
+            r = rewards_G[0]
+            advantages_G = np.asarray([0.0 if base is None else r - base])
+            new_baselines[ns] = r if base is None else BASELINE_DECAY * base + (1 - BASELINE_DECAY) * r
+            if base is None or advantages_G[0] == 0:
+                skipped[members[0]["id"]] = "lone turn with no baseline to compare against yet"
+                continue
+        for m, adv in zip(members, advantages_G):
+            sample = RLSample(m["id"], m["prompt_ids"], m["completion_ids"],
+                              m["logprobs"] or [0.0] * len(m["completion_ids"]), m["reward"])
+            try:
+                datums.append(rl_datum(sample, float(adv), max_seq_len))
+                trained.append(m["id"])
+            except DatumError as exc:
+                skipped[m["id"]] = str(exc)
+    rewards = [t["reward"] for t in turns if t["id"] in set(trained)]
+    return BatchPlan(datums, trained, skipped, new_baselines, sum(rewards) / len(rewards) if rewards else None)
+
+
+class Trainer:
+    def __init__(self, db: Database, config: MetaClawConfig, backend: TrainingBackend):
+        self.db = db
+        self.config = config
+        self.backend = backend
+        self.wake = anyio.Event()
+        self.last_error: str | None = None
+
+    def notify(self) -> None:
+        """A turn became eligible: look now rather than at the next poll."""
+        self.wake.set()
+
+    async def paused(self) -> bool:
+        return bool(await self.db.get_kv("trainer_paused", False))
+
+    async def set_paused(self, paused: bool) -> None:
+        async with self.db.transaction() as db:
+            await set_kv(db, "trainer_paused", paused)
+
+    async def steps_done(self) -> int:
+        return int(await self.db.scalar("SELECT COUNT(*) FROM train_steps") or 0)
+
+    async def run(self) -> None:
+        """Forever: replay claimed batches, claim new ones, train; sleep until woken or the poll interval."""
+        while True:
+            try:
+                worked = await self.once()
+            except Exception as exc:  # keep the server up; the batch stays claimed and is retried
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("training step failed")
+                worked = False
+            if not worked:
+                self.wake = anyio.Event()
+                with anyio.move_on_after(self.config.train_poll_seconds):
+                    await self.wake.wait()
+
+    async def once(self, force: bool = False) -> bool:
+        """Train at most one batch (a replayed one first). `force` ignores pause and a short backlog."""
+        if not force and await self.paused():
+            return False
+        if await self.steps_done() >= self.config.max_steps:
+            return False
+        batch_id = await self.db.scalar("SELECT id FROM batches WHERE state = 'claimed' ORDER BY id LIMIT 1")
+        if batch_id is None:
+            batch_id = await self.claim(force)
+        if batch_id is None:
+            return False
+        await self.train_batch(batch_id)
+        return True
+
+    async def claim(self, force: bool = False) -> int | None:
+        """Claim up to batch_size rated RL turns of one namespace in one transaction, or None if not yet."""
+        cfg = self.config
+        async with self.db.transaction() as db:
+            first = await (await db.execute(
+                "SELECT namespace, rated_at FROM turns WHERE train_state = 'rated' AND prompt_ids IS NOT NULL "
+                "ORDER BY rated_at LIMIT 1")).fetchone()
+            if first is None:
+                return None
+            rows = await (await db.execute(
+                "SELECT id FROM turns WHERE train_state = 'rated' AND prompt_ids IS NOT NULL AND namespace = ? "
+                "ORDER BY rated_at, id LIMIT ?", (first["namespace"], cfg.batch_size))).fetchall()
+            waited = time.time() - _epoch(first["rated_at"])
+            ready = len(rows) >= cfg.batch_size or (waited >= cfg.batch_max_wait_seconds and len(rows) >= cfg.min_batch_size)
+            if not (ready or force):
+                return None
+            cur = await db.execute(
+                "INSERT INTO batches(namespace, kind, loss_fn, state, backend, created_at) VALUES (?, 'rl', ?, 'claimed', ?, ?)",
+                (first["namespace"], cfg.loss_fn, self.backend.name, utcnow()))
+            batch_id = int(cur.lastrowid)
+            await db.executemany("UPDATE turns SET train_state = 'claimed', batch_id = ? WHERE id = ? AND train_state = 'rated'",
+                                 [(batch_id, r["id"]) for r in rows])
+        log.info("claimed batch %d with %d turns", batch_id, len(rows))
+        return batch_id
+
+    async def train_batch(self, batch_id: int) -> None:
+        batch = await self.db.fetchone("SELECT namespace, loss_fn, attempts FROM batches WHERE id = ?", (batch_id,))
+        rows = await self.db.fetchall(
+            "SELECT id, namespace, prompt_ids, completion_ids, logprobs, reward FROM turns WHERE batch_id = ? "
+            "AND train_state = 'claimed' ORDER BY rated_at, id", (batch_id,))
+        turns = [{"id": r["id"], "namespace": r["namespace"], "prompt_ids": json.loads(r["prompt_ids"]),
+                  "completion_ids": json.loads(r["completion_ids"]),
+                  "logprobs": json.loads(r["logprobs"]) if r["logprobs"] else None, "reward": r["reward"]}
+                 for r in rows]
+        baselines = {batch["namespace"]: await self.db.get_kv(f"baseline:{batch['namespace']}")}
+        plan = plan_rl_batch(turns, baselines, self.config.max_seq_len)
+        loss_fn = batch["loss_fn"]
+        for d in plan.datums:
+            check_keys(d, loss_fn)
+        loss_cfg = ({"clip_low_threshold": self.config.clip_low_threshold,
+                     "clip_high_threshold": self.config.clip_high_threshold} if loss_fn in ("ppo", "cispo") else None)
+        step = await self.steps_done() + 1
+        result = StepResult(loss=None)
+        if plan.datums:
+            try:
+                result = await self.backend.train(batch_id, step, plan.datums, loss_fn, loss_cfg)
+            except Exception as exc:
+                await self._failed(batch_id, batch["attempts"] + 1, exc)
+                raise
+        async with self.db.transaction() as db:
+            await db.executemany("UPDATE turns SET train_state = 'trained' WHERE id = ? AND train_state = 'claimed'",
+                                 [(t,) for t in plan.trained])
+            await db.executemany("UPDATE turns SET train_state = 'skipped', skip_reason = ? WHERE id = ? "
+                                 "AND train_state = 'claimed'", [(why, t) for t, why in plan.skipped.items()])
+            await db.execute("UPDATE batches SET state = 'trained', attempts = attempts + 1, finished_at = ? WHERE id = ?",
+                             (utcnow(), batch_id))
+            if plan.datums:
+                await db.execute(
+                    "INSERT INTO train_steps(batch_id, step, loss, mean_reward, n_datums, metrics, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (batch_id, step, result.loss, plan.mean_reward, len(plan.datums), dumps(result.metrics), utcnow()))
+                for kind, path in result.checkpoints:
+                    await db.execute("INSERT INTO checkpoints(step, kind, path, backend, created_at) VALUES (?, ?, ?, ?, ?)",
+                                     (step, kind, path, self.backend.name, utcnow()))
+            for ns, value in plan.baselines.items():
+                await set_kv(db, f"baseline:{ns}", value)
+        self.last_error = None
+        log.info("batch %d: %d trained, %d skipped (step %s)", batch_id, len(plan.trained), len(plan.skipped),
+                 step if plan.datums else "none")
+
+    async def _failed(self, batch_id: int, attempts: int, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:1000]
+        async with self.db.transaction() as db:
+            if attempts >= self.config.max_batch_attempts:
+                await db.execute("UPDATE batches SET state = 'failed', attempts = ?, last_error = ?, finished_at = ? "
+                                 "WHERE id = ?", (attempts, error, utcnow(), batch_id))
+                await db.execute("UPDATE turns SET train_state = 'skipped', skip_reason = ? WHERE batch_id = ? "
+                                 "AND train_state = 'claimed'", (f"batch failed {attempts} times: {error}", batch_id))
+            else:
+                await db.execute("UPDATE batches SET attempts = ?, last_error = ? WHERE id = ?", (attempts, error, batch_id))
+        await anyio.sleep(min(60.0, 2.0 ** attempts))  # back off before the replay
+
+    async def status(self) -> dict[str, Any]:
+        return {"paused": await self.paused(), "backend": self.backend.name, "last_error": self.last_error,
+                "claimed_batches": await self.db.scalar("SELECT COUNT(*) FROM batches WHERE state = 'claimed'"),
+                "failed_batches": await self.db.scalar("SELECT COUNT(*) FROM batches WHERE state = 'failed'")}
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(iso).timestamp()

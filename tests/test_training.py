@@ -1,0 +1,134 @@
+"""Datum building (pure, real tinker types) and the durable batcher with the export backend."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tinker
+
+from metaclaw_mcp.app import open_app
+from metaclaw_mcp.config import load_config
+from metaclaw_mcp.models import Message, TokenData
+from metaclaw_mcp.training.datums import (DatumError, RLSample, centred_advantages, check_keys, datum_to_json,
+                                          rl_datum, sft_datum, truncate_left)
+from metaclaw_mcp.training.trainer import plan_rl_batch
+
+
+def test_rl_datum_alignment_token_by_token():
+    s = RLSample("t", prompt_ids=[10, 11, 12], completion_ids=[20, 21], logprobs_C=[-0.5, -0.25], reward=1.0)
+    d = rl_datum(s, advantage=0.75, max_seq_len=100)
+    assert isinstance(d, tinker.Datum)
+    assert d.model_input.to_ints() == [10, 11, 12, 20]
+    li = d.loss_fn_inputs
+    assert li["target_tokens"].dtype == "int64" and li["target_tokens"].data == [11, 12, 20, 21]
+    assert li["logprobs"].dtype == "float32" and li["logprobs"].data == [0.0, 0.0, -0.5, -0.25]
+    assert li["advantages"].data == [0.0, 0.0, 0.75, 0.75]
+    check_keys(d, "importance_sampling")
+    row = datum_to_json(d, "ppo")
+    assert set(row) == {"loss_fn", "model_input", "loss_fn_inputs"} and row["loss_fn"] == "ppo"
+
+
+def test_truncation_cuts_the_prompt_from_the_left_never_the_completion():
+    assert truncate_left([1, 2, 3, 4, 5], [6, 7], max_seq_len=4) == [4, 5]
+    d = rl_datum(RLSample("t", list(range(1, 50)), [100, 101, 102], [-1.0] * 3, 1.0), 1.0, max_seq_len=8)
+    assert d.model_input.to_ints() == [45, 46, 47, 48, 49, 100, 101]
+    assert d.loss_fn_inputs["advantages"].data == [0, 0, 0, 0, 1, 1, 1]
+    with pytest.raises(DatumError, match="max_seq_len"):
+        truncate_left([1], list(range(10)), max_seq_len=10)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_values_never_become_datums(bad):
+    with pytest.raises(DatumError):
+        rl_datum(RLSample("t", [1, 2], [3], [-0.1], 1.0), bad, 10)
+    with pytest.raises(DatumError):
+        rl_datum(RLSample("t", [1, 2], [3], [bad], 1.0), 0.5, 10)
+
+
+def test_sft_datum_weights_fall_on_the_assistant_tokens_after_the_shift():
+    d = sft_datum([1, 2, 3, 4, 5], [0, 0, 0, 1, 1], max_seq_len=16)
+    assert d.model_input.to_ints() == [1, 2, 3, 4]
+    assert d.loss_fn_inputs["target_tokens"].data == [2, 3, 4, 5]
+    assert d.loss_fn_inputs["weights"].data == [0.0, 0.0, 1.0, 1.0]
+    check_keys(d, "cross_entropy")
+    cut = sft_datum([1, 2, 3, 4, 5], [0, 0, 0, 1, 1], max_seq_len=4)
+    assert cut.model_input.to_ints() == [2, 3, 4] and cut.loss_fn_inputs["weights"].data == [0.0, 1.0, 1.0]
+    with pytest.raises(DatumError):
+        sft_datum([1, 2, 3], [0, 1, 1], max_seq_len=2)
+
+
+def test_advantages_are_centred_per_group_and_constant_groups_skipped():
+    assert np.allclose(centred_advantages([1, -1, 1, 1]), [0.5, -1.5, 0.5, 0.5])
+    turns = [{"id": f"a{i}", "namespace": "n", "prompt_ids": [1, 2], "completion_ids": [3], "logprobs": [-0.1],
+              "reward": r} for i, r in enumerate([1.0, -1.0])]
+    turns += [{"id": f"b{i}", "namespace": "n", "prompt_ids": [7, 8], "completion_ids": [9], "logprobs": [-0.1],
+               "reward": 1.0} for i in range(3)]
+    plan = plan_rl_batch(turns, {}, 64)
+    assert plan.trained == ["a0", "a1"]
+    assert set(plan.skipped) == {"b0", "b1", "b2"} and "constant" in plan.skipped["b0"]
+    assert [d.loss_fn_inputs["advantages"].data[-1] for d in plan.datums] == [1.0, -1.0]
+
+
+def test_a_lone_turn_uses_the_running_baseline():
+    lone = [{"id": "x", "namespace": "n", "prompt_ids": [1], "completion_ids": [2], "logprobs": [-0.1], "reward": 1.0}]
+    first = plan_rl_batch(lone, {"n": None}, 64)
+    assert first.trained == [] and "baseline" in first.skipped["x"] and first.baselines == {"n": 1.0}
+    later = plan_rl_batch(lone, {"n": 0.2}, 64)
+    assert later.trained == ["x"]
+    assert later.datums[0].loss_fn_inputs["advantages"].data[-1] == pytest.approx(0.8)
+    assert later.baselines["n"] == pytest.approx(0.9 * 0.2 + 0.1 * 1.0)
+
+
+async def _rated_rl_turns(app, rewards, prompt=(5, 6, 7)):
+    ids = []
+    for i, r in enumerate(rewards):
+        rep = await app.report_turn(f"s{i}", [Message(role="user", content=f"q{i}")], f"a{i}", model="m",
+                                    tokens=TokenData(prompt_ids=list(prompt), completion_ids=[30 + i, 31],
+                                                     logprobs=[-0.2, -0.3]))
+        await app.rate_turn(rep.turn_id, r, "env")
+        ids.append(rep.turn_id)
+    return ids
+
+
+@pytest.mark.anyio
+async def test_export_batcher_trains_each_turn_once_and_replays_a_claimed_batch(tmp_path):
+    config = load_config(home=tmp_path / "home", batch_size=4, load_starter_skills=False)
+    async with open_app(config) as app:
+        ids = await _rated_rl_turns(app, [1.0, -1.0, 1.0, 1.0])
+        assert await app.trainer.once() is True
+        assert await app.trainer.once() is False  # nothing left
+        files = sorted(config.exports_dir.glob("batch-*.jsonl"))
+        rows = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+        assert len(rows) == 4
+        assert sum(r["loss_fn_inputs"]["advantages"][-1] for r in rows) == pytest.approx(0.0)
+        states = {(await app.turns.get(t))["train_state"] for t in ids}
+        assert states == {"trained"}
+        # a batch claimed just before a crash ...
+        more = await _rated_rl_turns(app, [0.5, -0.5, 0.0, 1.0], prompt=(8, 9))
+        batch_id = await app.trainer.claim()
+        assert batch_id is not None
+    # ... is replayed by the next process, once
+    async with open_app(config) as app:
+        assert await app.trainer.once() is True
+        assert await app.trainer.once() is False
+        assert {(await app.turns.get(t))["train_state"] for t in more} == {"trained"}
+        assert await app.db.scalar("SELECT COUNT(*) FROM train_steps") == 2
+        status = await app.status()
+        assert status["training"]["steps"] == 2 and status["training"]["backlog"] == 0
+    rows = [json.loads(line) for f in sorted(config.exports_dir.glob("batch-*.jsonl")) for line in f.read_text().splitlines()]
+    assert len(rows) == 8
+
+
+@pytest.mark.anyio
+async def test_pause_holds_training_and_max_steps_is_honoured(tmp_path):
+    config = load_config(home=tmp_path / "home", batch_size=2, max_steps=1, load_starter_skills=False)
+    async with open_app(config) as app:
+        await _rated_rl_turns(app, [1.0, -1.0])
+        await app.trainer.set_paused(True)
+        assert await app.trainer.once() is False
+        await app.trainer.set_paused(False)
+        assert await app.trainer.once() is True
+        await _rated_rl_turns(app, [1.0, -1.0], prompt=(3, 4))
+        assert await app.trainer.once() is False  # max_steps=1 reached
+        assert (await app.status())["training"]["backlog"] == 2
