@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -21,8 +22,10 @@ from .models import (EvolveResult, FetchResult, Message, RateResult, ReportResul
 from .skills.library import SkillLibrary
 from .skills.retrieval import fit_to_budget, make_retrieval_id, render_injection, render_skill
 from .store import Database, dumps, utcnow
-from .training import ExportBackend, Trainer
 from .turns import TurnLog
+
+if TYPE_CHECKING:
+    from .training import Trainer
 
 log = logging.getLogger("metaclaw_mcp")
 
@@ -37,14 +40,16 @@ class App:
         self.turns = TurnLog(self.db, max_turn_bytes=config.max_turn_bytes)
         self.evolution = Evolution(self.db, self.library, self.turns, config.failure_threshold,
                                    config.digest_max_failures)
-        self.trainer = self._make_trainer()
         self.started_at = utcnow()
         # fetch_skills is read-only: what it showed is logged in the background, off the hot path.
         self._retrieval_log: list[tuple[str, str, str | None, str, str, str]] = []
 
-    def _make_trainer(self) -> Trainer | None:
+    @cached_property
+    def trainer(self) -> Trainer | None:
+        """The background trainer, built on first use (it imports tinker, which the CLI rarely needs)."""
         backend = self.config.effective_backend
         if backend == "export":
+            from .training import ExportBackend, Trainer
             return Trainer(self.db, self.config, ExportBackend(self.config.exports_dir))
         # The tinker and local backends are not part of this version: rated turns stay queued in the store.
         log.warning("training backend %r is not available in this version; rated turns stay queued", backend)
@@ -141,10 +146,12 @@ class App:
         return RateResult(turn_id=out.turn_id, reward=out.reward, reward_source=out.reward_source,  # type: ignore[arg-type]
                           queued_for_training=out.queued_for_training)
 
+    def max_new(self, max_new: int | None) -> int:
+        return self.config.max_new_skills if max_new is None else max_new
+
     async def evolve_skills(self, namespace: str = "default", max_new: int | None = None,
                             proposals: Sequence[SkillProposal] | None = None, dry_run: bool = False) -> EvolveResult:
-        max_new = self.config.max_new_skills if max_new is None else max_new
-        return await self.evolution.evolve(namespace, max_new, proposals, dry_run)
+        return await self.evolution.evolve(namespace, self.max_new(max_new), proposals, dry_run)
 
     # ---- status ----
 
@@ -164,7 +171,7 @@ class App:
             "evolutions": {"runs": evolutions["n"], "last": evolutions["last"]},
             "training": {
                 "backend": self.config.effective_backend,
-                "available": self.trainer is not None,
+                "available": self.config.effective_backend == "export",
                 "paused": bool(await self.db.get_kv("trainer_paused", False)),
                 "model_name": self.config.model_name,
                 "backlog": turns["by_state"].get("rated", 0),

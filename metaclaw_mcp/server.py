@@ -7,9 +7,10 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 from mcp.server import MCPServer
+from mcp.server.mcpserver import Context, Resolve, Sample
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp_types import CreateMessageResult, SamplingMessage, TextContent, ToolAnnotations
 from mcp_types import Resource as MCPResource
-from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from . import __version__
@@ -63,6 +64,22 @@ class MetaClawServer(MCPServer):
                                           description=f"[{s.status}, v{s.version}] {s.description}",
                                           mime_type="text/markdown"))
         return listed
+
+
+async def ask_client_model(ctx: Context, namespace: str = "default", max_new: int | None = None,
+                           proposals: Any = None) -> Sample | None:
+    """Resolver: ask the connected client's model for proposals when it can sample and the caller brought none."""
+    caps = ctx.client_capabilities
+    if proposals is not None or caps is None or caps.sampling is None:
+        return None
+    app: App = ctx.mcp_server.app  # type: ignore[attr-defined]
+    prompt = await app.evolution.llm_prompt(namespace, app.max_new(max_new))
+    if prompt is None:
+        return None
+    system, user = prompt
+    return Sample([SamplingMessage(role="user", content=TextContent(type="text", text=user))],
+                  system_prompt=system, max_tokens=4000, temperature=0.3,
+                  metadata={"purpose": "metaclaw-mcp evolve_skills"})
 
 
 def build_server(app: App) -> MetaClawServer:
@@ -127,9 +144,17 @@ def build_server(app: App) -> MetaClawServer:
         max_new: Annotated[int | None, Field(ge=0, le=20, description="Most skills to add.")] = None,
         proposals: Annotated[list[SkillProposal] | None, Field(max_length=50)] = None,
         dry_run: bool = False,
+        sampled: Annotated[CreateMessageResult | None, Resolve(ask_client_model)] = None,
     ) -> EvolveResult:
-        """Turn failures into skills. Without proposals: a digest of recent failures and the proposal schema.
-        With proposals: screen them and store the good ones as candidate skills."""
+        """Turn failures into skills. With proposals: screen them and store the good ones as candidate skills.
+        Without: ask your model (MCP sampling) to write them from recent failures; a client that cannot
+        sample gets a digest of the failures and the proposal schema, to write proposals and call again."""
+        if sampled is not None and proposals is None:
+            answer = sampled.content.text if isinstance(sampled.content, TextContent) else ""
+            prompt = await app.evolution.llm_prompt(namespace, app.max_new(max_new))
+            return await app.evolution.evolve_from_answer(namespace, app.max_new(max_new), answer,
+                                                          llm=f"sampling:{sampled.model}",
+                                                          prompt=prompt[1] if prompt else None, dry_run=dry_run)
         return await app.evolve_skills(namespace, max_new, proposals, dry_run)
 
     @mcp.resource("metaclaw://status", name="status", title="metaclaw-mcp status", mime_type="application/json")

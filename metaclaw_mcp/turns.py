@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import sqlite3
 import time
@@ -14,7 +15,7 @@ import aiosqlite
 
 from .errors import InvalidInput, NotFound
 from .models import Message, TokenData
-from .rewards import Rating, fuse
+from .rewards import SOURCE_PRIORITY, Rating, fuse
 from .skills.retrieval import parse_retrieval_id
 from .store import Database, dumps, utcnow
 
@@ -132,6 +133,10 @@ class TurnLog:
 
     async def rate(self, turn_id: str, score: float, source: str = "user", feedback: str | None = None) -> RateOutcome:
         """Add a rating, re-fuse the turn's reward, and queue the turn for training if it still can be."""
+        if source not in SOURCE_PRIORITY:
+            raise InvalidInput(f"source {source!r} is not one of {', '.join(SOURCE_PRIORITY)}")
+        if not isinstance(score, (int, float)) or not math.isfinite(score) or not -1.0 <= score <= 1.0:
+            raise InvalidInput(f"score {score!r} must be a finite number in [-1, 1]")
         if feedback is not None and len(feedback) > MAX_FEEDBACK_CHARS:
             raise InvalidInput(f"feedback has {len(feedback)} chars; at most {MAX_FEEDBACK_CHARS}")
         async with self.db.transaction() as db:

@@ -17,6 +17,7 @@ from ..skills.library import SkillLibrary, content_hash
 from ..skills.skillmd import SkillDoc, validate_doc
 from ..store import Database, dumps, utcnow
 from ..turns import TurnLog
+from .prompts import SYSTEM, build_prompt, parse_proposals
 from .screening import screen
 
 DIGEST_TEXT_CHARS = 600
@@ -62,9 +63,27 @@ class Evolution:
         return (Digest(failures=items, instructions=PROPOSAL_INSTRUCTIONS.format(max_new=max_new),
                        proposal_schema=schema), [f["turn_id"] for f in failures])
 
+    async def llm_prompt(self, namespace: str, max_new: int) -> tuple[str, str] | None:
+        """(system, user) messages asking an LLM for proposals, or None when there are no failures."""
+        digest, _ = await self.digest(namespace, max_new)
+        if not digest.failures:
+            return None
+        text = " ".join(f"{f.request} {' '.join(f.feedback)}" for f in digest.failures)
+        nearby = await self.library.search(text, namespace, k=8, statuses=("active", "candidate"))
+        return SYSTEM, build_prompt(digest, [(s.slug, s.description[:200]) for s in nearby], max_new)
+
+    async def evolve_from_answer(self, namespace: str, max_new: int, answer: str, llm: str | None,
+                                 prompt: str | None = None, dry_run: bool = False) -> EvolveResult:
+        """Screen and store the proposals in an LLM's answer; unparseable items are rejected with reasons."""
+        proposals, unparsed = parse_proposals(answer)
+        return await self.evolve(namespace, max_new, proposals, dry_run, source="llm", llm=llm,
+                                 pre_rejected=unparsed, audit=(prompt, answer))
+
     async def evolve(self, namespace: str = "default", max_new: int = 3,
                      proposals: Sequence[SkillProposal] | None = None, dry_run: bool = False,
-                     source: str = "agent", llm: str | None = None) -> EvolveResult:
+                     source: str = "agent", llm: str | None = None,
+                     pre_rejected: Sequence[RejectedProposal] = (),
+                     audit: tuple[str | None, str | None] = (None, None)) -> EvolveResult:
         """With `proposals`: screen and store them. Without: return the digest for the caller to write them."""
         digest, failure_ids = await self.digest(namespace, max_new)
         if proposals is None:
@@ -76,7 +95,7 @@ class Evolution:
                 validate_doc(SkillDoc(p.name, p.description, p.body, p.category), self.library.max_body_chars,
                              where=f"proposals.{i} ({p.name!r})")
         accepted_docs: list[tuple[SkillDoc, list[str]]] = []
-        rejected: list[RejectedProposal] = []
+        rejected: list[RejectedProposal] = list(pre_rejected)
         hashes: set[str] = set()
         for p in proposals:
             reason = await self._check(namespace, p, hashes)
@@ -99,7 +118,7 @@ class Evolution:
                         continue
                     accepted.append(AcceptedSkill(id=sid, slug=doc.name, version=1, status="candidate"))
                 evo_id = await self._insert_run(db, namespace, "llm" if source == "llm" else "agent", failure_ids,
-                                                [p.model_dump() for p in proposals], accepted, rejected, llm)
+                                                [p.model_dump() for p in proposals], accepted, rejected, llm, audit)
         else:
             accepted = [AcceptedSkill(id=0, slug=d.name, version=1, status="candidate") for d, _ in accepted_docs]
         return EvolveResult(failures_analyzed=len(failure_ids), accepted=accepted, rejected=rejected,
@@ -140,12 +159,13 @@ class Evolution:
 
     @staticmethod
     async def _insert_run(db: Any, namespace: str, mode: str, failure_ids: list[str], proposals: list[dict[str, Any]],
-                          accepted: list[AcceptedSkill], rejected: list[RejectedProposal], llm: str | None) -> int:
+                          accepted: list[AcceptedSkill], rejected: list[RejectedProposal], llm: str | None,
+                          audit: tuple[str | None, str | None] = (None, None)) -> int:
         cur = await db.execute(
-            "INSERT INTO evolutions(namespace, mode, failures, proposals, accepted, rejected, llm, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO evolutions(namespace, mode, failures, proposals, accepted, rejected, llm, prompt, answer,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (namespace, mode, dumps(failure_ids), dumps(proposals), dumps([a.model_dump() for a in accepted]),
-             dumps([r.model_dump() for r in rejected]), llm, utcnow()))
+             dumps([r.model_dump() for r in rejected]), llm, audit[0], audit[1], utcnow()))
         return int(cur.lastrowid)
 
     async def recent(self, limit: int = 10) -> list[dict[str, Any]]:

@@ -203,3 +203,12 @@ def m0001_initial_schema(db: sqlite3.Connection) -> None:
         value  TEXT NOT NULL
     );
     """)
+
+
+@migration(2)
+def m0002_evolution_prompt_and_answer(db: sqlite3.Connection) -> None:
+    """Keep what an LLM-driven evolution run sent and received, for auditing."""
+    run_script(db, """
+    ALTER TABLE evolutions ADD COLUMN prompt TEXT;
+    ALTER TABLE evolutions ADD COLUMN answer TEXT;
+    """)
