@@ -47,13 +47,10 @@ class App:
     @cached_property
     def trainer(self) -> Trainer | None:
         """The background trainer, built on first use (it imports tinker, which the CLI rarely needs)."""
-        backend = self.config.effective_backend
-        if backend == "export":
-            from .training import ExportBackend, Trainer
-            return Trainer(self.db, self.config, ExportBackend(self.config.exports_dir))
-        # The tinker and local backends are not part of this version: rated turns stay queued in the store.
-        log.warning("training backend %r is not available in this version; rated turns stay queued", backend)
-        return None
+        from .training import make_backend, Trainer
+
+        backend = make_backend(self.config)
+        return None if backend is None else Trainer(self.db, self.config, backend)
 
     # ---- lifecycle ----
 
@@ -171,7 +168,7 @@ class App:
             "evolutions": {"runs": evolutions["n"], "last": evolutions["last"]},
             "training": {
                 "backend": self.config.effective_backend,
-                "available": self.config.effective_backend == "export",
+                "available": self.config.effective_backend in ("export", "tinker", "local"),
                 "paused": bool(await self.db.get_kv("trainer_paused", False)),
                 "model_name": self.config.model_name,
                 "backlog": turns["by_state"].get("rated", 0),

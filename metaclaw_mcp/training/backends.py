@@ -12,6 +12,14 @@ import tinker
 from .datums import datum_to_json
 
 
+class TrainingHalted(RuntimeError):
+    """Training cannot go on until a person acts (bad credentials, billing); the message says what to do."""
+
+
+class TransientTrainingError(RuntimeError):
+    """The service or network failed, not the batch: wait and replay it, without counting an attempt."""
+
+
 @dataclass
 class StepResult:
     loss: float | None
@@ -27,6 +35,10 @@ class TrainingBackend(Protocol):
         """Run one optimisation step on `datums`. Safe to call again for the same batch after a crash."""
         ...
 
+    async def restore(self, state_path: str | None) -> None:
+        """Continue from the newest training state the store has committed (None: from scratch)."""
+        ...
+
 
 class ExportBackend:
     """Writes each batch to `<dir>/batch-<id>.jsonl`, one datum a line, ready to replay to Tinker later.
@@ -39,6 +51,9 @@ class ExportBackend:
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
+
+    async def restore(self, state_path: str | None) -> None:
+        return None  # files carry no state: a replayed batch rewrites its own file
 
     def path_for(self, batch_id: int) -> Path:
         return self.directory / f"batch-{batch_id:06d}.jsonl"

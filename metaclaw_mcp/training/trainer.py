@@ -24,7 +24,7 @@ import tinker
 
 from ..config import MetaClawConfig
 from ..store import Database, dumps, set_kv, utcnow
-from .backends import StepResult, TrainingBackend
+from .backends import StepResult, TrainingBackend, TrainingHalted, TransientTrainingError
 from .datums import DatumError, RLSample, centred_advantages, check_keys, rl_datum
 
 log = logging.getLogger("metaclaw_mcp.training")
@@ -94,6 +94,8 @@ class Trainer:
         self.backend = backend
         self.wake = anyio.Event()
         self.last_error: str | None = None
+        self._restored = False
+        self._transient_failures = 0
 
     def notify(self) -> None:
         """A turn became eligible: look now rather than at the next poll."""
@@ -102,18 +104,38 @@ class Trainer:
     async def paused(self) -> bool:
         return bool(await self.db.get_kv("trainer_paused", False))
 
+    async def steps_done(self) -> int:
+        return int(await self.db.scalar("SELECT COUNT(*) FROM train_steps") or 0)
+
+    async def halted(self) -> str | None:
+        return await self.db.get_kv("trainer_halted")
+
     async def set_paused(self, paused: bool) -> None:
         async with self.db.transaction() as db:
             await set_kv(db, "trainer_paused", paused)
-
-    async def steps_done(self) -> int:
-        return int(await self.db.scalar("SELECT COUNT(*) FROM train_steps") or 0)
+            if not paused:
+                await db.execute("DELETE FROM kv WHERE key = 'trainer_halted'")
 
     async def run(self) -> None:
         """Forever: replay claimed batches, claim new ones, train; sleep until woken or the poll interval."""
         while True:
             try:
                 worked = await self.once()
+                self._transient_failures = 0
+            except TrainingHalted as exc:  # needs a person: pause, say why, keep every turn queued
+                self.last_error = str(exc)
+                async with self.db.transaction() as db:
+                    await set_kv(db, "trainer_halted", str(exc))
+                    await set_kv(db, "trainer_paused", True)
+                log.error("training halted: %s", exc)
+                worked = False
+            except TransientTrainingError as exc:  # wait it out; the claimed batch is replayed
+                self._transient_failures += 1
+                self.last_error = str(exc)
+                delay = min(300.0, 2.0 ** self._transient_failures)
+                log.warning("training will retry in %.0f s: %s", delay, exc)
+                await anyio.sleep(delay)
+                continue
             except Exception as exc:  # keep the server up; the batch stays claimed and is retried
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("training step failed")
@@ -129,6 +151,11 @@ class Trainer:
             return False
         if await self.steps_done() >= self.config.max_steps:
             return False
+        if not self._restored:
+            await self.backend.restore(await self.db.scalar(
+                "SELECT path FROM checkpoints WHERE kind = 'state' AND backend = ? ORDER BY step DESC, id DESC LIMIT 1",
+                (self.backend.name,)))
+            self._restored = True
         batch_id = await self.db.scalar("SELECT id FROM batches WHERE state = 'claimed' ORDER BY id LIMIT 1")
         if batch_id is None:
             batch_id = await self.claim(force)
@@ -183,6 +210,8 @@ class Trainer:
         if plan.datums:
             try:
                 result = await self.backend.train(batch_id, step, plan.datums, loss_fn, loss_cfg)
+            except (TrainingHalted, TransientTrainingError):
+                raise  # not the batch's fault: it stays claimed, no attempt counted
             except Exception as exc:
                 await self._failed(batch_id, batch["attempts"] + 1, exc)
                 raise
@@ -220,7 +249,8 @@ class Trainer:
         await anyio.sleep(min(60.0, 2.0 ** attempts))  # back off before the replay
 
     async def status(self) -> dict[str, Any]:
-        return {"paused": await self.paused(), "backend": self.backend.name, "last_error": self.last_error,
+        return {"paused": await self.paused(), "halted": await self.halted(), "backend": self.backend.name,
+                "last_error": self.last_error,
                 "claimed_batches": await self.db.scalar("SELECT COUNT(*) FROM batches WHERE state = 'claimed'"),
                 "failed_batches": await self.db.scalar("SELECT COUNT(*) FROM batches WHERE state = 'failed'")}
 
