@@ -58,6 +58,29 @@ class MetaClawConfig(BaseSettings):
     failure_threshold: float = Field(0.0, ge=-1.0, le=1.0, description="A turn whose reward is below this is a failure.")
     digest_max_failures: int = Field(20, ge=1, le=500)
 
+    # LLM for the judge and evolution
+    llm_provider: Literal["none", "sampling", "openai"] = Field(
+        "sampling", description="none; sampling: the connected client's model, when it can sample; "
+                                "openai: the OpenAI-compatible API at llm_base_url (also runs the background judge).")
+    llm_base_url: str | None = Field(None, description="OpenAI-compatible API root, e.g. https://api.openai.com/v1.")
+    llm_api_key: SecretStr | None = Field(None, description="Bearer key for llm_base_url (none for local servers).")
+    llm_model: str | None = Field(None, min_length=1, description="Model name sent to llm_base_url.")
+    llm_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="Deadline of one LLM attempt.")
+    llm_max_retries: int = Field(4, ge=0, le=20, description="Retries after the first attempt on 429, 5xx, timeouts.")
+    llm_max_concurrency: int = Field(4, ge=1, le=256, description="LLM requests in flight at once.")
+    llm_token_cap: int | None = Field(None, ge=1, description="Total LLM tokens a namespace may use; unset = no cap.")
+    judge_enabled: bool = Field(False, description="Rate unrated turns with the LLM judge (needs llm_provider=openai).")
+    judge_delay_seconds: float = Field(300.0, ge=0, description="Judge a turn this long after it is reported, "
+                                                                "so the user's next message can be read.")
+    judge_votes: int = Field(3, ge=1, le=9, description="Judge votes per turn; the majority verdict is stored.")
+
+    @field_validator("llm_base_url", mode="after")
+    @classmethod
+    def _llm_base_url_is_http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (e.g. https://api.openai.com/v1)")
+        return v
+
     # training (MetaClaw's names)
     backend: Literal["auto", "tinker", "local", "export"] = "auto"
     model_name: str = "moonshotai/Kimi-K2.5"
@@ -71,6 +94,7 @@ class MetaClawConfig(BaseSettings):
     save_every: int = Field(10, ge=1)
     distill_threshold: float = Field(0.5, ge=-1.0, le=1.0)
     max_seq_len: int = Field(8192, ge=16)
+    tokenizer_path: str | None = Field(None, description="Tokenizer for distillation (folder or hub id); default model_name.")
     min_batch_size: int = Field(2, ge=1, description="After batch_max_wait_seconds, train a batch this small.")
     batch_max_wait_seconds: float = Field(600.0, ge=0)
     max_batch_attempts: int = Field(3, ge=1, description="A batch failing this often has its turns skipped.")

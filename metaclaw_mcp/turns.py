@@ -140,7 +140,7 @@ class TurnLog:
         if feedback is not None and len(feedback) > MAX_FEEDBACK_CHARS:
             raise InvalidInput(f"feedback has {len(feedback)} chars; at most {MAX_FEEDBACK_CHARS}")
         async with self.db.transaction() as db:
-            turn = await (await db.execute("SELECT train_state FROM turns WHERE id = ?", (turn_id,))).fetchone()
+            turn = await (await db.execute("SELECT train_state, batch_id FROM turns WHERE id = ?", (turn_id,))).fetchone()
             if turn is None:
                 raise NotFound(f"no turn {turn_id[:80]!r}; use the turn_id that report_turn returned")
             now = utcnow()
@@ -151,9 +151,13 @@ class TurnLog:
             fused = fuse(Rating(r["source"], r["score"], r["created_at"], r["id"]) for r in rows)
             assert fused is not None  # the rating above is among them
             reward, reward_source = fused
-            state = "rated" if turn["train_state"] in ("pending", "rated") else turn["train_state"]
-            await db.execute("UPDATE turns SET reward = ?, reward_source = ?, rated_at = ?, train_state = ? WHERE id = ?",
-                             (reward, reward_source, now, state, turn_id))
+            # A turn skipped before any batch (e.g. rated too low to imitate) is queued again by a new rating.
+            requeue = turn["train_state"] in ("pending", "rated") or (turn["train_state"] == "skipped"
+                                                                       and turn["batch_id"] is None)
+            state = "rated" if requeue else turn["train_state"]
+            await db.execute("UPDATE turns SET reward = ?, reward_source = ?, rated_at = ?, train_state = ?, "
+                             "skip_reason = CASE WHEN ? = 'rated' THEN NULL ELSE skip_reason END WHERE id = ?",
+                             (reward, reward_source, now, state, state, turn_id))
         return RateOutcome(turn_id, reward, reward_source, state == "rated")
 
     async def get(self, turn_id: str) -> dict[str, Any]:

@@ -132,3 +132,57 @@ async def test_pause_holds_training_and_max_steps_is_honoured(tmp_path):
         await _rated_rl_turns(app, [1.0, -1.0], prompt=(3, 4))
         assert await app.trainer.once() is False  # max_steps=1 reached
         assert (await app.status())["training"]["backlog"] == 2
+
+
+TOKENIZER_DIR = str(__import__("pathlib").Path(__file__).parent / "data" / "smollm2-tokenizer")
+
+
+@pytest.fixture(scope="module")
+def smol_tokenizer():
+    """SmolLM2-135M-Instruct's real tokenizer and chat template, made once from the packaged GGUF."""
+    from metaclaw_mcp.training.render import load_tokenizer
+    return load_tokenizer(TOKENIZER_DIR)
+
+
+def test_distillation_weights_fall_exactly_on_the_reply_with_the_real_chat_template(smol_tokenizer):
+    from metaclaw_mcp.training.render import render_sft
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]}]
+    tokens, weights = render_sft(smol_tokenizer, messages, "Paris.")
+    trained = [t for t, w in zip(tokens, weights) if w]
+    assert smol_tokenizer.decode(trained) == "Paris.<|im_end|>"
+    first = weights.index(1.0)
+    assert smol_tokenizer.decode(tokens[:first]).endswith("<|im_start|>assistant\n")
+    assert "Capital of France?" in smol_tokenizer.decode(tokens[:first])
+    assert weights[-1] == 0.0 and smol_tokenizer.decode(tokens[-1:]) == "\n"  # template padding is not trained
+    d = sft_datum(tokens, weights, max_seq_len=4096)
+    shifted = d.loss_fn_inputs["weights"].data
+    targets = d.loss_fn_inputs["target_tokens"].data
+    assert smol_tokenizer.decode([t for t, w in zip(targets, shifted) if w]) == "Paris.<|im_end|>"
+
+
+@pytest.mark.anyio
+async def test_text_only_turns_are_distilled_when_rated_well_and_left_to_evolution_when_not(tmp_path):
+    config = load_config(home=tmp_path / "home", batch_size=2, load_starter_skills=False, tokenizer_path=TOKENIZER_DIR,
+                         distill_threshold=0.5)
+    async with open_app(config) as app:
+        good, bad = [], None
+        for i in range(2):
+            rep = await app.report_turn("s", [Message(role="user", content=f"Say hi {i}")], f"Hi {i}!")
+            await app.rate_turn(rep.turn_id, 1.0)
+            good.append(rep.turn_id)
+        rep = await app.report_turn("s", [Message(role="user", content="Say bye")], "No.")
+        await app.rate_turn(rep.turn_id, -1.0, feedback="rude")
+        bad = rep.turn_id
+        assert await app.trainer.once() is True
+        assert {(await app.turns.get(t))["train_state"] for t in good} == {"trained"}
+        low = await app.turns.get(bad)
+        assert low["train_state"] == "skipped" and "distill_threshold" in low["skip_reason"]
+        batch = await app.db.fetchone("SELECT kind, loss_fn FROM batches")
+        assert (batch["kind"], batch["loss_fn"]) == ("distill", "cross_entropy")
+        # a better rating later puts the skipped turn back in the queue
+        out = await app.rate_turn(bad, 1.0, "user")
+        assert out.queued_for_training is True and (await app.turns.get(bad))["skip_reason"] is None
+    rows = [json.loads(line) for f in sorted(config.exports_dir.glob("batch-*.jsonl")) for line in f.read_text().splitlines()]
+    assert len(rows) == 2 and {r["loss_fn"] for r in rows} == {"cross_entropy"}
+    assert all(set(r["loss_fn_inputs"]) == {"target_tokens", "weights"} for r in rows)

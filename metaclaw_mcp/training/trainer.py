@@ -25,7 +25,8 @@ import tinker
 from ..config import MetaClawConfig
 from ..store import Database, dumps, set_kv, utcnow
 from .backends import StepResult, TrainingBackend, TrainingHalted, TransientTrainingError
-from .datums import DatumError, RLSample, centred_advantages, check_keys, rl_datum
+from .datums import DatumError, RLSample, centred_advantages, check_keys, rl_datum, sft_datum
+from .render import render_sft
 
 log = logging.getLogger("metaclaw_mcp.training")
 
@@ -87,6 +88,21 @@ def plan_rl_batch(turns: list[dict[str, Any]], baselines: dict[str, float | None
     return BatchPlan(datums, trained, skipped, new_baselines, sum(rewards) / len(rewards) if rewards else None)
 
 
+def plan_distill_batch(turns: list[tuple[str, list[dict[str, Any]], str, float]], tokenizer: Any,
+                       max_seq_len: int) -> BatchPlan:
+    """Text-only turns (id, messages, response, reward) as cross_entropy datums on the reply's tokens."""
+    datums, trained, skipped = [], [], {}
+    for turn_id, messages, response, _ in turns:
+        try:
+            tokens, weights = render_sft(tokenizer, messages, response)
+            datums.append(sft_datum(tokens, weights, max_seq_len))
+            trained.append(turn_id)
+        except DatumError as exc:
+            skipped[turn_id] = str(exc)
+    rewards = [r for t, _, _, r in turns if t in set(trained)]
+    return BatchPlan(datums, trained, skipped, {}, sum(rewards) / len(rewards) if rewards else None)
+
+
 class Trainer:
     def __init__(self, db: Database, config: MetaClawConfig, backend: TrainingBackend):
         self.db = db
@@ -96,6 +112,8 @@ class Trainer:
         self.last_error: str | None = None
         self._restored = False
         self._transient_failures = 0
+        self._tokenizer: Any = None
+        self._tokenizer_error: str | None = None
 
     def notify(self) -> None:
         """A turn became eligible: look now rather than at the next poll."""
@@ -165,41 +183,83 @@ class Trainer:
         return True
 
     async def claim(self, force: bool = False) -> int | None:
-        """Claim up to batch_size rated RL turns of one namespace in one transaction, or None if not yet."""
+        """Claim a batch in one transaction: RL turns (with sampler tokens) first, then text-only turns
+        to distil. None when no batch is ready yet."""
+        return await self._claim("rl", force) or await self._claim("distill", force)
+
+    async def _claim(self, kind: str, force: bool) -> int | None:
         cfg = self.config
+        if kind == "rl":
+            eligible = "train_state = 'rated' AND prompt_ids IS NOT NULL"
+            params: tuple[Any, ...] = ()
+        else:
+            eligible = "train_state = 'rated' AND prompt_ids IS NULL AND reward >= ?"
+            params = (cfg.distill_threshold,)
+        if kind == "distill":
+            async with self.db.transaction() as db:  # low-rated text-only turns teach nothing by imitation
+                await db.execute("UPDATE turns SET train_state = 'skipped', skip_reason = ? WHERE train_state = 'rated' "
+                                 "AND prompt_ids IS NULL AND reward < ?",
+                                 (f"text-only turn rated below distill_threshold={cfg.distill_threshold}: "
+                                  "not imitated; it feeds skill evolution", cfg.distill_threshold))
+            if await self.tokenizer() is None:  # loaded outside any transaction: it can take seconds
+                return None
         async with self.db.transaction() as db:
-            first = await (await db.execute(
-                "SELECT namespace, rated_at FROM turns WHERE train_state = 'rated' AND prompt_ids IS NOT NULL "
-                "ORDER BY rated_at LIMIT 1")).fetchone()
+            first = await (await db.execute(f"SELECT namespace, rated_at FROM turns WHERE {eligible} "
+                                            "ORDER BY rated_at LIMIT 1", params)).fetchone()
             if first is None:
                 return None
             rows = await (await db.execute(
-                "SELECT id FROM turns WHERE train_state = 'rated' AND prompt_ids IS NOT NULL AND namespace = ? "
-                "ORDER BY rated_at, id LIMIT ?", (first["namespace"], cfg.batch_size))).fetchall()
+                f"SELECT id FROM turns WHERE {eligible} AND namespace = ? ORDER BY rated_at, id LIMIT ?",
+                (*params, first["namespace"], cfg.batch_size))).fetchall()
             waited = time.time() - _epoch(first["rated_at"])
             ready = len(rows) >= cfg.batch_size or (waited >= cfg.batch_max_wait_seconds and len(rows) >= cfg.min_batch_size)
             if not (ready or force):
                 return None
+            loss_fn = cfg.loss_fn if kind == "rl" else "cross_entropy"
             cur = await db.execute(
-                "INSERT INTO batches(namespace, kind, loss_fn, state, backend, created_at) VALUES (?, 'rl', ?, 'claimed', ?, ?)",
-                (first["namespace"], cfg.loss_fn, self.backend.name, utcnow()))
+                "INSERT INTO batches(namespace, kind, loss_fn, state, backend, created_at) VALUES (?, ?, ?, 'claimed', ?, ?)",
+                (first["namespace"], kind, loss_fn, self.backend.name, utcnow()))
             batch_id = int(cur.lastrowid)
             await db.executemany("UPDATE turns SET train_state = 'claimed', batch_id = ? WHERE id = ? AND train_state = 'rated'",
                                  [(batch_id, r["id"]) for r in rows])
-        log.info("claimed batch %d with %d turns", batch_id, len(rows))
+        log.info("claimed %s batch %d with %d turns", kind, batch_id, len(rows))
         return batch_id
 
+    async def tokenizer(self) -> Any:
+        """The base model's tokenizer for distillation, loaded once; None (with the reason in status) if unavailable."""
+        if self._tokenizer is None and self._tokenizer_error is None:
+            from .render import load_tokenizer
+            source = self.config.tokenizer_path or self.config.model_name
+            try:
+                self._tokenizer = await anyio.to_thread.run_sync(load_tokenizer, source)
+            except Exception as exc:  # offline, or an unknown model: text-only turns wait, nothing is lost
+                self._tokenizer_error = (f"no tokenizer for distillation from {source!r} ({type(exc).__name__}); "
+                                         "set tokenizer_path to a local tokenizer folder")
+                log.warning("%s", self._tokenizer_error)
+        return self._tokenizer
+
+    async def _plan(self, batch_id: int, kind: str, namespace: str) -> BatchPlan:
+        if kind == "rl":
+            rows = await self.db.fetchall(
+                "SELECT id, namespace, prompt_ids, completion_ids, logprobs, reward FROM turns WHERE batch_id = ? "
+                "AND train_state = 'claimed' ORDER BY rated_at, id", (batch_id,))
+            turns = [{"id": r["id"], "namespace": r["namespace"], "prompt_ids": json.loads(r["prompt_ids"]),
+                      "completion_ids": json.loads(r["completion_ids"]),
+                      "logprobs": json.loads(r["logprobs"]) if r["logprobs"] else None, "reward": r["reward"]}
+                     for r in rows]
+            baselines = {namespace: await self.db.get_kv(f"baseline:{namespace}")}
+            return plan_rl_batch(turns, baselines, self.config.max_seq_len)
+        tokenizer = await self.tokenizer()
+        if tokenizer is None:
+            raise TransientTrainingError(self._tokenizer_error or "no tokenizer")
+        rows = await self.db.fetchall("SELECT id, messages, response, reward FROM turns WHERE batch_id = ? "
+                                      "AND train_state = 'claimed' ORDER BY rated_at, id", (batch_id,))
+        return plan_distill_batch([(r["id"], json.loads(r["messages"]), r["response"], r["reward"]) for r in rows],
+                                  tokenizer, self.config.max_seq_len)
+
     async def train_batch(self, batch_id: int) -> None:
-        batch = await self.db.fetchone("SELECT namespace, loss_fn, attempts FROM batches WHERE id = ?", (batch_id,))
-        rows = await self.db.fetchall(
-            "SELECT id, namespace, prompt_ids, completion_ids, logprobs, reward FROM turns WHERE batch_id = ? "
-            "AND train_state = 'claimed' ORDER BY rated_at, id", (batch_id,))
-        turns = [{"id": r["id"], "namespace": r["namespace"], "prompt_ids": json.loads(r["prompt_ids"]),
-                  "completion_ids": json.loads(r["completion_ids"]),
-                  "logprobs": json.loads(r["logprobs"]) if r["logprobs"] else None, "reward": r["reward"]}
-                 for r in rows]
-        baselines = {batch["namespace"]: await self.db.get_kv(f"baseline:{batch['namespace']}")}
-        plan = plan_rl_batch(turns, baselines, self.config.max_seq_len)
+        batch = await self.db.fetchone("SELECT namespace, kind, loss_fn, attempts FROM batches WHERE id = ?", (batch_id,))
+        plan = await self._plan(batch_id, batch["kind"], batch["namespace"])
         loss_fn = batch["loss_fn"]
         for d in plan.datums:
             check_keys(d, loss_fn)
@@ -252,7 +312,8 @@ class Trainer:
         return {"paused": await self.paused(), "halted": await self.halted(), "backend": self.backend.name,
                 "last_error": self.last_error,
                 "claimed_batches": await self.db.scalar("SELECT COUNT(*) FROM batches WHERE state = 'claimed'"),
-                "failed_batches": await self.db.scalar("SELECT COUNT(*) FROM batches WHERE state = 'failed'")}
+                "failed_batches": await self.db.scalar("SELECT COUNT(*) FROM batches WHERE state = 'failed'"),
+                "distillation": self._tokenizer_error or ("ready" if self._tokenizer is not None else "not loaded yet")}
 
 
 def _epoch(iso: str) -> float:
