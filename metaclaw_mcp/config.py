@@ -95,6 +95,7 @@ class MetaClawConfig(BaseSettings):
     distill_threshold: float = Field(0.5, ge=-1.0, le=1.0)
     max_seq_len: int = Field(8192, ge=16)
     tokenizer_path: str | None = Field(None, description="Tokenizer for distillation (folder or hub id); default model_name.")
+    local_model_path: str | None = Field(None, description="Model folder for the local backend; default: packaged SmolLM2-135M.")
     min_batch_size: int = Field(2, ge=1, description="After batch_max_wait_seconds, train a batch this small.")
     batch_max_wait_seconds: float = Field(600.0, ge=0)
     max_batch_attempts: int = Field(3, ge=1, description="A batch failing this often has its turns skipped.")
