@@ -201,6 +201,8 @@ class Trainer:
                                  "AND prompt_ids IS NULL AND reward < ?",
                                  (f"text-only turn rated below distill_threshold={cfg.distill_threshold}: "
                                   "not imitated; it feeds skill evolution", cfg.distill_threshold))
+            if not await self.db.scalar(f"SELECT 1 FROM turns WHERE {eligible} LIMIT 1", params):
+                return None  # nothing to distil: don't load a tokenizer (that may mean a slow hub look-up)
             if await self.tokenizer() is None:  # loaded outside any transaction: it can take seconds
                 return None
         async with self.db.transaction() as db:
