@@ -19,9 +19,12 @@ from .errors import InvalidInput
 from .evolution.service import Evolution
 from .models import (EvolveResult, FetchResult, Message, RateResult, ReportResult, SkillOut, SkillProposal,
                      TokenData)
+from .skills.index import Retriever
 from .skills.library import SkillLibrary
-from .skills.retrieval import fit_to_budget, make_retrieval_id, render_injection, render_skill
+from .skills.retrieval import build_query, fit_to_budget, make_retrieval_id, render_injection, render_skill
 from .store import Database, dumps, utcnow
+from .llm import ChatMessage, make_chat_model
+from .rewards.judge import Judge
 from .turns import TurnLog
 
 if TYPE_CHECKING:
@@ -41,6 +44,8 @@ class App:
         self.evolution = Evolution(self.db, self.library, self.turns, config.failure_threshold,
                                    config.digest_max_failures)
         self.started_at = utcnow()
+        self.llm = make_chat_model(config, self.db)  # None unless a server-side LLM is configured
+        self.judge = self._make_judge()
         # fetch_skills is read-only: what it showed is logged in the background, off the hot path.
         self._retrieval_log: list[tuple[str, str, str | None, str, str, str]] = []
 
@@ -51,6 +56,18 @@ class App:
 
         backend = make_backend(self.config)
         return None if backend is None else Trainer(self.db, self.config, backend)
+
+    def _make_judge(self) -> Judge | None:
+        if not self.config.judge_enabled:
+            return None
+        if self.llm is None:
+            log.warning("judge_enabled needs llm_provider='openai' with llm_base_url and llm_model; the judge is off")
+            return None
+        return Judge(self.db, self.turns, self.llm, self.config, on_rated=self._on_rated)
+
+    def _on_rated(self, out: Any) -> None:
+        if out.queued_for_training and self.trainer is not None:
+            self.trainer.notify()
 
     # ---- lifecycle ----
 
@@ -66,6 +83,8 @@ class App:
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
             await self.flush_retrievals()
+            if self.llm is not None:
+                await self.llm.aclose()
             await self.db.close()
 
     @asynccontextmanager
@@ -75,8 +94,11 @@ class App:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._flush_loop)
+                tg.start_soon(self._credit_loop)
                 if self.trainer is not None:
                     tg.start_soon(self.trainer.run)
+                if self.judge is not None:
+                    tg.start_soon(self.judge.run, self.config.judge_poll_seconds)
                 try:
                     yield self
                 finally:
@@ -104,7 +126,8 @@ class App:
 
     async def fetch_skills(self, query: str, k: int | None = None, session_id: str | None = None,
                            namespace: str = "default", categories: Sequence[str] | None = None,
-                           token_budget: int | None = None) -> FetchResult:
+                           token_budget: int | None = None,
+                           messages: Sequence[Message | dict[str, Any]] | None = None) -> FetchResult:
         if len(query) > self.config.max_query_chars:
             raise InvalidInput(f"query has {len(query)} chars; at most {self.config.max_query_chars}. "
                                "Send the task in a sentence or two, not the whole conversation")
@@ -112,18 +135,43 @@ class App:
             raise InvalidInput("query is empty: describe the task the skills are for")
         k = k or self.config.skill_top_k
         budget = token_budget if token_budget is not None else self.config.injection_token_budget
-        found = await self.library.search(query, namespace, k=k, categories=categories)
-        blocks = [render_skill(s.slug, s.description, s.body) for s in found]
+        search_query = build_query(query, messages, self.config.query_messages)
+        hits = await self.retriever.search(search_query, namespace, k=k, categories=categories)
+        blocks = [render_skill(h.record.slug, h.record.description, h.record.body) for h in hits]
         keep = fit_to_budget(blocks, budget)
-        chosen = [found[i] for i in keep]
-        retrieval_id = make_retrieval_id([(s.id, s.version) for s in chosen])
+        chosen = [hits[i] for i in keep]
+        retrieval_id = make_retrieval_id([(h.record.id, h.record.version) for h in chosen])
         self._retrieval_log.append((retrieval_id, namespace, session_id, query[:2000],
-                                    dumps([[s.id, s.version, round(s.score, 4)] for s in chosen]), utcnow()))
+                                    dumps([[h.record.id, h.record.version, round(h.score, 4), h.why] for h in chosen]),
+                                    utcnow()))
         return FetchResult(
-            skills=[SkillOut(id=s.id, slug=s.slug, version=s.version, name=s.name, description=s.description,
-                             body=s.body, category=s.category, status=s.status, score=round(s.score, 4))
-                    for s in chosen],
+            skills=[SkillOut(id=h.record.id, slug=h.record.slug, version=h.record.version, name=h.record.name,
+                             description=h.record.description, body=h.record.body, category=h.record.category,
+                             status=h.record.status, score=round(h.score, 4), why=h.why,  # type: ignore[arg-type]
+                             relevance=round(h.relevance, 4), usefulness=round(h.usefulness, 4), uses=h.credit.uses)
+                    for h in chosen],
             injection=render_injection([blocks[i] for i in keep]), retrieval_id=retrieval_id)
+
+    @cached_property
+    def retriever(self) -> Retriever:
+        """Hybrid retrieval with credit; holds the in-memory index (vectors, per-version reward sums)."""
+        return Retriever(self.db, self.library, self.config)
+
+    async def review_skills(self, namespace: str | None = None) -> list[dict[str, str]]:
+        """Apply the promotions and retirements that measured credit calls for (thresholds in the config)."""
+        applied = await self.retriever.review(namespace)
+        return [{"namespace": ns, "slug": slug, "status": d.status, "reason": d.reason} for ns, slug, d in applied]
+
+    async def _credit_loop(self) -> None:
+        """Background: apply credit decisions and embed new skill versions, off the fetch path."""
+        while True:
+            await anyio.sleep(self.config.credit_review_seconds)
+            try:
+                await self.review_skills()
+                for ns in list(self.retriever._ns):
+                    await self.retriever.ensure_embeddings(ns, limit=2048)
+            except Exception:  # credit is not worth the process; retry next tick
+                log.exception("could not review skill credit")
 
     async def report_turn(self, session_id: str, messages: Sequence[Message], response: str,
                           retrieval_id: str | None = None, skill_ids: Sequence[int | str] | None = None,
@@ -138,8 +186,7 @@ class App:
     async def rate_turn(self, turn_id: str, score: float, source: str = "user",
                         feedback: str | None = None) -> RateResult:
         out = await self.turns.rate(turn_id, score, source, feedback)
-        if out.queued_for_training and self.trainer is not None:
-            self.trainer.notify()
+        self._on_rated(out)
         return RateResult(turn_id=out.turn_id, reward=out.reward, reward_source=out.reward_source,  # type: ignore[arg-type]
                           queued_for_training=out.queued_for_training)
 
@@ -148,7 +195,23 @@ class App:
 
     async def evolve_skills(self, namespace: str = "default", max_new: int | None = None,
                             proposals: Sequence[SkillProposal] | None = None, dry_run: bool = False) -> EvolveResult:
+        """With proposals: screen and store them. Without: ask the configured LLM, else return the digest."""
+        if proposals is None and self.llm is not None:
+            return await self.evolve_with_llm(namespace, max_new, dry_run)
         return await self.evolution.evolve(namespace, self.max_new(max_new), proposals, dry_run)
+
+    async def evolve_with_llm(self, namespace: str = "default", max_new: int | None = None,
+                              dry_run: bool = False) -> EvolveResult:
+        """Ask the server-side LLM for proposals from recent failures (the digest when there are none)."""
+        assert self.llm is not None
+        prompt = await self.evolution.llm_prompt(namespace, self.max_new(max_new))
+        if prompt is None:
+            return await self.evolution.evolve(namespace, self.max_new(max_new), None, dry_run)
+        system, user = prompt
+        answer = await self.llm.complete([ChatMessage("system", system), ChatMessage("user", user)],
+                                         max_tokens=4000, temperature=0.3, purpose="evolve", namespace=namespace)
+        return await self.evolution.evolve_from_answer(namespace, self.max_new(max_new), answer.text,
+                                                       llm=self.llm.provider, prompt=user, dry_run=dry_run)
 
     # ---- status ----
 
@@ -158,6 +221,7 @@ class App:
         last_ckpt = await self.db.fetchone("SELECT step, path, backend, created_at FROM checkpoints ORDER BY id DESC LIMIT 1")
         last_step = await self.db.fetchone("SELECT step, loss, mean_reward, created_at FROM train_steps ORDER BY id DESC LIMIT 1")
         evolutions = await self.db.fetchone("SELECT COUNT(*) AS n, MAX(created_at) AS last FROM evolutions")
+        from .llm import usage_summary
         return {
             "version": __version__,
             "home": str(self.config.home),
@@ -166,6 +230,9 @@ class App:
             "skills": {"total": sum(skills.values()), **{s: skills.get(s, 0) for s in ("active", "candidate", "retired")}},
             "turns": turns,
             "evolutions": {"runs": evolutions["n"], "last": evolutions["last"]},
+            "llm": {"provider": self.config.llm_provider, "model": self.config.llm_model,
+                    "token_cap": self.config.llm_token_cap, "usage": await usage_summary(self.db)},
+            "judge": await self.judge.status() if self.judge is not None else {"enabled": False},
             "training": {
                 "backend": self.config.effective_backend,
                 "available": self.config.effective_backend in ("export", "tinker", "local"),

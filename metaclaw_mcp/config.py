@@ -50,6 +50,31 @@ class MetaClawConfig(BaseSettings):
     max_skill_body_chars: int = Field(8000, ge=200, le=100_000)
     injection_token_budget: int | None = Field(None, ge=50)
 
+    # retrieval and credit
+    retrieval_mode: Literal["auto", "hybrid", "lexical", "dense"] = Field(
+        "auto", description="auto: hybrid when the [embeddings] extra is installed, else lexical.")
+    fusion: Literal["blend", "rrf"] = Field("blend", description="How lexical and dense relevance combine.")
+    fusion_lexical_weight: float = Field(0.4, ge=0.0, le=1.0, description="Lexical share of fused relevance.")
+    retrieval_candidates: int = Field(50, ge=5, le=1000, description="Candidates each retriever hands to fusion.")
+    dedup_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Word overlap (Jaccard) that makes two skills one.")
+    query_messages: int = Field(4, ge=0, le=50, description="Recent messages fetch_skills adds to the query.")
+    embedding_model_path: Path | None = Field(None, description="Sentence-transformers model folder; "
+                                              "default: the all-MiniLM-L6-v2 bundled with the extra.")
+    retrieval_seed: int | None = Field(None, description="Seed for exploration draws (tests, benchmarks).")
+    credit_usefulness_weight: float = Field(2.0, ge=0.0, le=10.0, description="Weight of measured uplift in ranking.")
+    credit_prior_sd: float = Field(0.25, gt=0.0, le=2.0, description="Prior sd of a skill's uplift (shrinkage).")
+    credit_z: float = Field(1.96, gt=0.0, le=5.0, description="Width of the confidence bounds decisions use.")
+    credit_min_baseline: int = Field(5, ge=1, description="Rated turns without a skill before judging it.")
+    credit_promote_min_uses: int = Field(8, ge=1, description="Rated uses before a candidate can be promoted.")
+    credit_promote_min_uplift: float = Field(0.0, ge=-2.0, le=2.0, description="Promote when the uplift's lower bound is above this.")
+    credit_retire_min_uses: int = Field(8, ge=1, description="Rated uses before a skill can be retired.")
+    credit_retire_max_uplift: float = Field(0.0, ge=-2.0, le=2.0, description="Retire when the uplift's upper bound is below this.")
+    credit_candidate_max_uses: int = Field(40, ge=1, description="A candidate not promoted after this many rated uses is retired.")
+    explore_slots: int = Field(1, ge=0, le=10, description="Places per fetch that exploration may take.")
+    explore_min_relevance: float = Field(0.3, ge=0.0, le=1.0, description="Explore only skills at least this relevant.")
+    explore_max_uses: int = Field(20, ge=0, description="An active skill with fewer rated uses may still be explored.")
+    credit_review_seconds: float = Field(10.0, gt=0.0, description="How often promotions and retirements are applied.")
+
     # input limits
     max_query_chars: int = Field(32_000, ge=100)
     max_turn_bytes: int = Field(2_000_000, ge=1_000, description="Cap on a turn's messages + response, in UTF-8 bytes.")
@@ -73,6 +98,7 @@ class MetaClawConfig(BaseSettings):
     judge_delay_seconds: float = Field(300.0, ge=0, description="Judge a turn this long after it is reported, "
                                                                 "so the user's next message can be read.")
     judge_votes: int = Field(3, ge=1, le=9, description="Judge votes per turn; the majority verdict is stored.")
+    judge_poll_seconds: float = Field(30.0, gt=0, description="How often the judge looks for unrated turns.")
 
     @field_validator("llm_base_url", mode="after")
     @classmethod

@@ -118,7 +118,13 @@ class SkillOut(BaseModel):
     body: str
     category: str
     status: SkillStatus
-    score: float = Field(description="Relevance of this skill to the query (higher is better).")
+    score: float = Field(description="What it was ranked by: relevance plus weighted usefulness (higher is better).")
+    why: Literal["relevance", "usefulness", "exploration"] = Field(
+        "relevance", description="Chosen for its relevance, for its measured usefulness, or to explore "
+                                 "(a candidate or a skill still short of evidence).")
+    relevance: float = Field(0.0, description="Fused lexical and dense relevance in [0, 1]; the best match is 1.")
+    usefulness: float = Field(0.0, description="Measured reward uplift of this version (0 without evidence).")
+    uses: int = Field(0, description="Turns this version was injected into so far.")
 
 
 class FetchResult(BaseModel):
@@ -145,6 +151,8 @@ class AcceptedSkill(BaseModel):
     slug: str
     version: int
     status: SkillStatus
+    proposed_name: str | None = Field(None, description="The name the proposal gave (differs when it revised a skill).")
+    revised: bool = Field(False, description="True when the proposal became a new version of an existing skill.")
 
 
 class RejectedProposal(BaseModel):

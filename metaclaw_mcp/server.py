@@ -69,10 +69,11 @@ class MetaClawServer(MCPServer):
 async def ask_client_model(ctx: Context, namespace: str = "default", max_new: int | None = None,
                            proposals: Any = None) -> Sample | None:
     """Resolver: ask the connected client's model for proposals when it can sample and the caller brought none."""
-    caps = ctx.client_capabilities
-    if proposals is not None or caps is None or caps.sampling is None:
-        return None
     app: App = ctx.mcp_server.app  # type: ignore[attr-defined]
+    caps = ctx.client_capabilities
+    # A configured server-side LLM comes first; llm_provider "none" means never ask anyone.
+    if proposals is not None or app.config.llm_provider != "sampling" or caps is None or caps.sampling is None:
+        return None
     prompt = await app.evolution.llm_prompt(namespace, app.max_new(max_new))
     if prompt is None:
         return None
@@ -97,11 +98,15 @@ def build_server(app: App) -> MetaClawServer:
         categories: Annotated[list[Category] | None, Field(description="Only these categories.")] = None,
         token_budget: Annotated[int | None, Field(ge=50, le=200_000,
                                                   description="Cap on the injection's size, in tokens.")] = None,
+        messages: Annotated[list[Message] | None, Field(
+            max_length=200, description="Optional recent chat messages; the last few user and assistant ones "
+                                        "sharpen the query (system prompts and tool outputs are ignored).")] = None,
     ) -> FetchResult:
         """Return the learned skills that fit a task, and a markdown block to add to your system prompt.
 
+        Each skill says why it was chosen: relevance, measured usefulness, or exploration.
         Call before you answer. Pass the returned retrieval_id to report_turn afterwards."""
-        return await app.fetch_skills(query, k, session_id, namespace, categories, token_budget)
+        return await app.fetch_skills(query, k, session_id, namespace, categories, token_budget, messages)
 
     @mcp.tool(annotations=ToolAnnotations(title="Report a turn", read_only_hint=False, destructive_hint=False,
                                           idempotent_hint=True, open_world_hint=False))

@@ -6,14 +6,15 @@ address. Every run is recorded in `evolutions` with what was accepted and reject
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from ..config import CATEGORIES
-from ..errors import Conflict, InvalidInput
+from ..errors import Conflict, InvalidInput, NotFound
 from ..models import (AcceptedSkill, Digest, EvolveResult, FailureItem, Message, RejectedProposal,
                       SkillProposal)
-from ..skills.library import SkillLibrary, content_hash
+from ..skills.library import SkillLibrary, SkillRecord, content_hash
 from ..skills.skillmd import SkillDoc, validate_doc
 from ..store import Database, dumps, utcnow
 from ..turns import TurnLog
@@ -21,6 +22,16 @@ from .prompts import SYSTEM, build_prompt, parse_proposals
 from .screening import screen
 
 DIGEST_TEXT_CHARS = 600
+NEAR_DUPLICATE = 0.5  # word-set overlap (Jaccard) above which a proposal revises a skill instead of joining it
+WORD = re.compile(r"[a-z0-9]{3,}")
+
+
+def content_words(text: str) -> set[str]:
+    return set(WORD.findall(text.lower()))
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a and b else 0.0
 
 PROPOSAL_INSTRUCTIONS = f"""\
 These turns failed (low reward or negative feedback). Write at most {{max_new}} skills that would
@@ -94,33 +105,46 @@ class Evolution:
             for i, p in enumerate(proposals):
                 validate_doc(SkillDoc(p.name, p.description, p.body, p.category), self.library.max_body_chars,
                              where=f"proposals.{i} ({p.name!r})")
-        accepted_docs: list[tuple[SkillDoc, list[str]]] = []
+        accepted_docs: list[tuple[SkillDoc, list[str], SkillRecord | None]] = []
         rejected: list[RejectedProposal] = list(pre_rejected)
         hashes: set[str] = set()
         for p in proposals:
             reason = await self._check(namespace, p, hashes)
+            target = await self.near_duplicate(namespace, p) if reason is None else None
+            if target is not None and target.status == "retired":
+                reason = (f"too close to skill {target.slug!r}, which was retired"
+                          + (f" ({target.status_reason})" if target.status_reason else ""))
             if reason is None and len(accepted_docs) >= max_new:
                 reason = f"over max_new={max_new}: only the first {max_new} acceptable proposals are kept"
             if reason is not None:
                 rejected.append(RejectedProposal(name=p.name, reason=reason))
                 continue
             hashes.add(content_hash(p.description, p.body))
-            accepted_docs.append((SkillDoc(p.name, p.description, p.body, p.category), list(dict.fromkeys(p.addresses))))
+            accepted_docs.append((SkillDoc(p.name, p.description, p.body, p.category), list(dict.fromkeys(p.addresses)),
+                                  target))
         accepted: list[AcceptedSkill] = []
         evo_id = None
         if not dry_run:
             async with self.db.transaction() as db:
-                for doc, provenance in accepted_docs:
+                for doc, provenance, target in accepted_docs:
+                    if target is not None:  # a refinement: a new version of that skill, not a near-copy beside it
+                        version = await self._add_version(db, target, doc, source, provenance)
+                        accepted.append(AcceptedSkill(id=target.id, slug=target.slug, version=version,
+                                                      status=target.status, proposed_name=doc.name, revised=True))
+                        continue
                     try:
                         sid = await self.library.insert(db, doc, namespace, "candidate", source, provenance)
                     except Conflict as exc:  # a concurrent call took the name between check and insert
                         rejected.append(RejectedProposal(name=doc.name, reason=str(exc)))
                         continue
-                    accepted.append(AcceptedSkill(id=sid, slug=doc.name, version=1, status="candidate"))
+                    accepted.append(AcceptedSkill(id=sid, slug=doc.name, version=1, status="candidate",
+                                                  proposed_name=doc.name))
                 evo_id = await self._insert_run(db, namespace, "llm" if source == "llm" else "agent", failure_ids,
                                                 [p.model_dump() for p in proposals], accepted, rejected, llm, audit)
         else:
-            accepted = [AcceptedSkill(id=0, slug=d.name, version=1, status="candidate") for d, _ in accepted_docs]
+            accepted = [AcceptedSkill(id=t.id if t else 0, slug=t.slug if t else d.name, version=0,
+                                      status=t.status if t else "candidate", proposed_name=d.name, revised=t is not None)
+                        for d, _, t in accepted_docs]
         return EvolveResult(failures_analyzed=len(failure_ids), accepted=accepted, rejected=rejected,
                             evolution_id=evo_id, dry_run=dry_run)
 
@@ -140,9 +164,6 @@ class Evolution:
         dup = await self.library.find_by_hash(namespace, digest)
         if dup is not None:
             return f"exact duplicate of skill {dup.slug!r} (id {dup.id}); nothing new to add"
-        taken = await self.db.scalar("SELECT id FROM skills WHERE namespace = ? AND slug = ?", (namespace, p.name))
-        if taken is not None:
-            return f"a skill named {p.name!r} already exists (id {taken}); choose a more specific name"
         if p.addresses:
             marks = ",".join("?" * len(p.addresses))
             known = {r[0] for r in await self.db.fetchall(
@@ -151,6 +172,30 @@ class Evolution:
             if unknown:
                 return f"addresses names turns not in namespace {namespace!r}: {', '.join(unknown[:5])}"
         return None
+
+    async def near_duplicate(self, namespace: str, p: SkillProposal) -> SkillRecord | None:
+        """The existing skill a proposal refines: the one with its name, else one sharing most of its words."""
+        try:
+            return await self.library.get(namespace, p.name)
+        except NotFound:
+            pass
+        words = content_words(f"{p.description} {p.body}")
+        for cand in await self.library.search(f"{p.name} {p.description}", namespace, k=3,
+                                              statuses=("active", "candidate", "retired")):
+            if jaccard(words, content_words(f"{cand.description} {cand.body}")) >= NEAR_DUPLICATE:
+                return cand
+        return None
+
+    async def _add_version(self, db: Any, target: SkillRecord, doc: SkillDoc, source: str,
+                           provenance: list[str]) -> int:
+        """Inside a transaction: the proposal as the newest version of `target`, keeping its slug."""
+        latest = (await (await db.execute("SELECT MAX(version) FROM skill_versions WHERE skill_id = ?",
+                                          (target.id,))).fetchone())[0]
+        doc = SkillDoc(target.slug, doc.description, doc.body, doc.category)
+        await self.library._insert_version(db, target.id, latest + 1, doc, source, provenance, target.version, {},
+                                           utcnow())
+        await self.library._point_at(db, target.id, latest + 1)
+        return latest + 1
 
     async def _record(self, namespace: str, mode: str, failure_ids: list[str], proposals: list[dict[str, Any]],
                       accepted: list[AcceptedSkill], rejected: list[RejectedProposal], llm: str | None) -> int:

@@ -9,8 +9,8 @@ import hashlib
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,12 @@ import aiosqlite
 
 from ..errors import Conflict, InvalidInput, NotFound
 from ..store import Database, dumps, set_kv, utcnow
-from .retrieval import BM25_WEIGHTS, match_expression, query_terms
+from .retrieval import BM25_WEIGHTS, TOKENISER_VERSION, index_text, match_expression, query_terms
 from .skillmd import SkillDoc, read_skill_folder, render_skill_md, starter_dir, validate_doc
+
+# Called as progress(done, total) while an import runs (the CLI draws a bar with it).
+Progress = Callable[[int, int], None]
+FTS_KEY = "skills_fts_tokeniser"
 
 
 def content_hash(description: str, body: str) -> str:
@@ -72,6 +76,13 @@ def _record(row: sqlite3.Row, score: float = 0.0) -> SkillRecord:
 class ImportReport:
     imported: list[str]
     skipped: list[tuple[str, str]]  # (path or name, reason)
+    unchanged: list[str] = field(default_factory=list)
+
+
+async def _fts_insert(db: aiosqlite.Connection, skill_id: int, name: str, description: str, body: str) -> None:
+    """Index a skill's current text; identifiers are expanded so `getUserDetails` matches "user details"."""
+    await db.execute("INSERT INTO skills_fts(rowid, name, description, body) VALUES (?, ?, ?, ?)",
+                     (skill_id, index_text(name), index_text(description), index_text(body)))
 
 
 class SkillLibrary:
@@ -167,8 +178,7 @@ class SkillLibrary:
             raise Conflict(f"a skill named {doc.name!r} already exists in namespace {namespace!r}") from None
         skill_id = int(cur.lastrowid)
         await self._insert_version(db, skill_id, 1, doc, source, provenance, None, metadata or doc.metadata, now)
-        await db.execute("INSERT INTO skills_fts(rowid, name, description, body) VALUES (?, ?, ?, ?)",
-                         (skill_id, doc.name, doc.description, doc.body))
+        await _fts_insert(db, skill_id, doc.name, doc.description, doc.body)
         return skill_id
 
     async def _insert_version(self, db: aiosqlite.Connection, skill_id: int, version: int, doc: SkillDoc,
@@ -187,8 +197,27 @@ class SkillLibrary:
         await db.execute("UPDATE skills SET current_version = ?, updated_at = ? WHERE id = ?",
                          (version, utcnow(), skill_id))
         await db.execute("DELETE FROM skills_fts WHERE rowid = ?", (skill_id,))
-        await db.execute("INSERT INTO skills_fts(rowid, name, description, body) VALUES (?, ?, ?, ?)",
-                         (skill_id, row["name"], row["description"], row["body"]))
+        await _fts_insert(db, skill_id, row["name"], row["description"], row["body"])
+
+    async def reindex_if_stale(self) -> bool:
+        """Rebuild the FTS5 index when it was built by an older tokeniser; True when it did."""
+        if await self.db.get_kv(FTS_KEY) == TOKENISER_VERSION:
+            return False
+        await self.reindex()
+        return True
+
+    async def reindex(self) -> int:
+        """Rebuild the FTS5 index from the current version of every skill, in one transaction."""
+        rows = await self.db.fetchall(
+            "SELECT s.id, v.name, v.description, v.body FROM skills s "
+            "JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version")
+        async with self.db.transaction() as db:
+            await db.execute("DELETE FROM skills_fts")
+            await db.executemany(
+                "INSERT INTO skills_fts(rowid, name, description, body) VALUES (?, ?, ?, ?)",
+                [(r["id"], index_text(r["name"]), index_text(r["description"]), index_text(r["body"])) for r in rows])
+            await set_kv(db, FTS_KEY, TOKENISER_VERSION)
+        return len(rows)
 
     async def revise(self, namespace: str, ref: str | int, doc: SkillDoc, source: str = "user",
                      provenance: Iterable[str] = ()) -> SkillRecord:
@@ -228,10 +257,10 @@ class SkillLibrary:
                              (status, reason, utcnow(), current.id))
         return await self.get(namespace, current.id)
 
-    # ---- SKILL.md folders ----
+    # ---- import and export: SKILL.md folders and JSONL ----
 
     async def import_folder(self, path: Path, namespace: str = "default", status: str = "active",
-                            source: str = "import") -> ImportReport:
+                            source: str = "import", progress: Progress | None = None) -> ImportReport:
         """Import every SKILL.md under `path` in one transaction; bad files are reported and skipped.
 
         A skill whose name already exists gets a new version when its text differs.
@@ -240,40 +269,90 @@ class SkillLibrary:
         if not path.exists():
             raise NotFound(f"nothing to import at {path}")
         files = [path] if path.is_file() else sorted(path.rglob("SKILL.md"))
-        docs: list[SkillDoc] = []
+
+        def parsed() -> Iterator[tuple[str, SkillDoc | InvalidInput]]:
+            for f in files:
+                try:
+                    yield str(f), validate_doc(read_skill_folder(f), self.max_body_chars, where=str(f))
+                except InvalidInput as exc:
+                    yield str(f), exc
+        return await self.import_docs(parsed(), len(files), namespace, status, source, progress)
+
+    async def import_jsonl(self, path: Path, namespace: str = "default", status: str = "active",
+                           source: str = "import", progress: Progress | None = None) -> ImportReport:
+        """Import a JSONL file, one skill a line: {"name", "description", "body", "category"?, "metadata"?}.
+
+        A bad line is reported as `path:line` and skipped; the good ones go in one transaction.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise NotFound(f"nothing to import at {path}")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"{path}: cannot read: {exc}") from None
+        numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+
+        def parsed() -> Iterator[tuple[str, SkillDoc | InvalidInput]]:
+            for i, line in numbered:
+                where = f"{path}:{i}"
+                try:
+                    yield where, validate_doc(doc_from_json(line, where), self.max_body_chars, where=where)
+                except InvalidInput as exc:
+                    yield where, exc
+        return await self.import_docs(parsed(), len(numbered), namespace, status, source, progress)
+
+    async def import_docs(self, docs: Iterable[tuple[str, SkillDoc | InvalidInput]], total: int,
+                          namespace: str = "default", status: str = "active", source: str = "import",
+                          progress: Progress | None = None) -> ImportReport:
+        """Apply parsed docs, `(where, doc or the error that made it bad)`, in one transaction.
+
+        Bad ones and second copies of a name are skipped with their reason; all the rest lands or,
+        on any failure, nothing does.
+        """
+        if status not in ("candidate", "active", "retired"):
+            raise InvalidInput(f"status {status!r} is not one of candidate, active, retired")
+        good: list[tuple[str, SkillDoc]] = []
         skipped: list[tuple[str, str]] = []
         seen: set[str] = set()
-        for f in files:
-            try:
-                doc = validate_doc(read_skill_folder(f), self.max_body_chars, where=str(f))
-            except InvalidInput as exc:
-                skipped.append((str(f), str(exc)))
-                continue
-            if doc.name in seen:
-                skipped.append((str(f), f"{f}: a second skill named {doc.name!r} in this import"))
-                continue
-            seen.add(doc.name)
-            docs.append(doc)
+        done = 0
+        for where, doc in docs:
+            done += 1
+            if progress is not None and done % 200 == 0:
+                progress(done // 2, total)  # parsing is the first half of the work
+            if isinstance(doc, InvalidInput):
+                skipped.append((where, str(doc)))
+            elif doc.name in seen:
+                skipped.append((where, f"{where}: a second skill named {doc.name!r} in this import"))
+            else:
+                seen.add(doc.name)
+                good.append((where, doc))
         imported: list[str] = []
+        unchanged: list[str] = []
         async with self.db.transaction() as db:
-            for doc in docs:
-                row = await (await db.execute(
-                    "SELECT s.id, s.current_version, v.content_hash FROM skills s JOIN skill_versions v "
-                    "ON v.skill_id = s.id AND v.version = s.current_version WHERE s.namespace = ? AND s.slug = ?",
-                    (namespace, doc.name))).fetchone()
+            existing = {r["slug"]: r for r in await (await db.execute(
+                "SELECT s.id, s.slug, s.current_version, v.content_hash, "
+                "(SELECT MAX(version) FROM skill_versions x WHERE x.skill_id = s.id) AS latest FROM skills s "
+                "JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version WHERE s.namespace = ?",
+                (namespace,))).fetchall()}
+            for i, (where, doc) in enumerate(good):
+                if progress is not None and i % 200 == 0:
+                    progress((total + i * total // max(len(good), 1)) // 2, total)
+                row = existing.get(doc.name)
                 if row is None:
                     await self.insert(db, doc, namespace, status, source, [])
                 elif row["content_hash"] != content_hash(doc.description, doc.body):
-                    latest = (await (await db.execute("SELECT MAX(version) FROM skill_versions WHERE skill_id = ?",
-                                                      (row["id"],))).fetchone())[0]
-                    await self._insert_version(db, row["id"], latest + 1, doc, source, [], row["current_version"],
-                                               doc.metadata, utcnow())
-                    await self._point_at(db, row["id"], latest + 1)
+                    await self._insert_version(db, row["id"], row["latest"] + 1, doc, source, [],
+                                               row["current_version"], doc.metadata, utcnow())
+                    await self._point_at(db, row["id"], row["latest"] + 1)
                 else:
+                    unchanged.append(doc.name)
                     skipped.append((doc.name, f"{doc.name}: unchanged"))
                     continue
                 imported.append(doc.name)
-        return ImportReport(imported=imported, skipped=skipped)
+        if progress is not None:
+            progress(total, total)
+        return ImportReport(imported=imported, skipped=skipped, unchanged=unchanged)
 
     async def export_folder(self, path: Path, namespace: str = "default", status: str | None = None) -> list[Path]:
         """Write each skill's current version to `<path>/<slug>/SKILL.md`."""
@@ -286,6 +365,18 @@ class SkillLibrary:
             written.append(folder / "SKILL.md")
         return written
 
+    async def export_jsonl(self, path: Path, namespace: str = "default", status: str | None = None) -> int:
+        """Write each skill's current version as one JSON line; the file is replaced whole, never half-written."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        skills = await self.list(namespace, status=status)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for s in skills:
+                f.write(dumps(doc_to_json(s.doc()) | {"status": s.status, "version": s.version}) + "\n")
+        tmp.replace(path)
+        return len(skills)
+
     async def seed_starter(self, namespace: str = "default") -> int:
         """Load the bundled starter skills into `namespace` once; return how many were added."""
         key = f"starter_loaded:{namespace}"
@@ -295,3 +386,29 @@ class SkillLibrary:
         async with self.db.transaction() as db:
             await set_kv(db, key, {"at": utcnow(), "count": len(report.imported)})
         return len(report.imported)
+
+
+JSONL_KEYS = {"name", "description", "body", "category", "metadata", "status", "version"}
+
+
+def doc_to_json(doc: SkillDoc) -> dict[str, Any]:
+    return {"name": doc.name, "description": doc.description, "body": doc.body, "category": doc.category,
+            "metadata": doc.metadata}
+
+
+def doc_from_json(line: str, where: str) -> SkillDoc:
+    """One JSONL line as a SkillDoc; InvalidInput (with `where`) when it is not one."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{where}: not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{where}: each line must be a JSON object with name, description and body")
+    unknown = set(data) - JSONL_KEYS
+    if unknown:
+        raise InvalidInput(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(JSONL_KEYS)}")
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise InvalidInput(f"{where}: 'metadata' must be an object")
+    return SkillDoc(name=data.get("name"), description=data.get("description"), body=data.get("body"),  # type: ignore[arg-type]
+                    category=str(data.get("category") or "general"), metadata=metadata)

@@ -212,3 +212,102 @@ def m0002_evolution_prompt_and_answer(db: sqlite3.Connection) -> None:
     ALTER TABLE evolutions ADD COLUMN prompt TEXT;
     ALTER TABLE evolutions ADD COLUMN answer TEXT;
     """)
+
+
+@migration(3)
+def m0003_skill_credit_and_change_counters(db: sqlite3.Connection) -> None:
+    """Per skill version reward sums kept by triggers (the basis of credit), per namespace totals
+    (the baseline), and change counters the in-memory retrieval index polls to refresh cheaply.
+
+    Triggers keep the sums right whoever writes turns, ratings or skills, in the same transaction.
+    """
+    run_script(db, """
+    CREATE TABLE change_counters (
+        name   TEXT PRIMARY KEY,                    -- skills | skills_reset | stats
+        value  INTEGER NOT NULL
+    );
+    INSERT INTO change_counters(name, value) VALUES ('skills', 1), ('skills_reset', 1), ('stats', 1);
+
+    ALTER TABLE skills ADD COLUMN gen INTEGER NOT NULL DEFAULT 1;   -- change_counters 'skills' at its last change
+    CREATE INDEX skills_gen ON skills(gen);
+
+    -- Per skill version: turns it was injected into, and the rewards of those that are rated.
+    CREATE TABLE skill_stats (
+        skill_id    INTEGER NOT NULL,
+        version     INTEGER NOT NULL,
+        uses        INTEGER NOT NULL DEFAULT 0,
+        rated       INTEGER NOT NULL DEFAULT 0,
+        reward_sum  REAL NOT NULL DEFAULT 0,
+        reward_sq   REAL NOT NULL DEFAULT 0,
+        gen         INTEGER NOT NULL DEFAULT 1,     -- change_counters 'stats' at its last change
+        PRIMARY KEY (skill_id, version)
+    );
+    CREATE INDEX skill_stats_gen ON skill_stats(gen);
+
+    -- Per namespace: the same sums over every rated turn, the baseline uplift is measured against.
+    CREATE TABLE reward_totals (
+        namespace   TEXT PRIMARY KEY,
+        rated       INTEGER NOT NULL DEFAULT 0,
+        reward_sum  REAL NOT NULL DEFAULT 0,
+        reward_sq   REAL NOT NULL DEFAULT 0
+    );
+
+    INSERT INTO skill_stats(skill_id, version, uses, rated, reward_sum, reward_sq)
+    SELECT u.skill_id, u.version, COUNT(*), COUNT(t.reward), COALESCE(SUM(t.reward), 0),
+           COALESCE(SUM(t.reward * t.reward), 0)
+    FROM skill_uses u JOIN turns t ON t.id = u.turn_id GROUP BY u.skill_id, u.version;
+    INSERT INTO reward_totals(namespace, rated, reward_sum, reward_sq)
+    SELECT namespace, COUNT(*), SUM(reward), SUM(reward * reward) FROM turns WHERE reward IS NOT NULL
+    GROUP BY namespace;
+
+    CREATE TRIGGER skills_gen_insert AFTER INSERT ON skills BEGIN
+        UPDATE change_counters SET value = value + 1 WHERE name = 'skills';
+        UPDATE skills SET gen = (SELECT value FROM change_counters WHERE name = 'skills') WHERE id = NEW.id;
+    END;
+    CREATE TRIGGER skills_gen_update AFTER UPDATE OF namespace, slug, status, current_version ON skills BEGIN
+        UPDATE change_counters SET value = value + 1 WHERE name = 'skills';
+        UPDATE skills SET gen = (SELECT value FROM change_counters WHERE name = 'skills') WHERE id = NEW.id;
+    END;
+    CREATE TRIGGER skills_gen_delete AFTER DELETE ON skills BEGIN
+        UPDATE change_counters SET value = value + 1 WHERE name IN ('skills', 'skills_reset');
+    END;
+
+    CREATE TRIGGER skill_uses_credit_insert AFTER INSERT ON skill_uses BEGIN
+        UPDATE change_counters SET value = value + 1 WHERE name = 'stats';
+        INSERT INTO skill_stats(skill_id, version, uses, rated, reward_sum, reward_sq, gen)
+        SELECT NEW.skill_id, NEW.version, 1, t.reward IS NOT NULL, COALESCE(t.reward, 0),
+               COALESCE(t.reward * t.reward, 0), (SELECT value FROM change_counters WHERE name = 'stats')
+        FROM turns t WHERE t.id = NEW.turn_id
+        ON CONFLICT(skill_id, version) DO UPDATE SET uses = uses + 1, rated = rated + excluded.rated,
+            reward_sum = reward_sum + excluded.reward_sum, reward_sq = reward_sq + excluded.reward_sq,
+            gen = excluded.gen;
+    END;
+    CREATE TRIGGER skill_uses_credit_delete AFTER DELETE ON skill_uses BEGIN
+        UPDATE change_counters SET value = value + 1 WHERE name = 'stats';
+        UPDATE skill_stats SET uses = uses - 1,
+            rated = rated - COALESCE((SELECT t.reward IS NOT NULL FROM turns t WHERE t.id = OLD.turn_id), 0),
+            reward_sum = reward_sum - COALESCE((SELECT t.reward FROM turns t WHERE t.id = OLD.turn_id), 0),
+            reward_sq = reward_sq - COALESCE((SELECT t.reward * t.reward FROM turns t WHERE t.id = OLD.turn_id), 0),
+            gen = (SELECT value FROM change_counters WHERE name = 'stats')
+        WHERE skill_id = OLD.skill_id AND version = OLD.version;
+    END;
+    CREATE TRIGGER turns_reward_credit AFTER UPDATE OF reward ON turns WHEN OLD.reward IS NOT NEW.reward BEGIN
+        UPDATE change_counters SET value = value + 1 WHERE name = 'stats';
+        UPDATE skill_stats SET
+            rated = rated + (NEW.reward IS NOT NULL) - (OLD.reward IS NOT NULL),
+            reward_sum = reward_sum + COALESCE(NEW.reward, 0) - COALESCE(OLD.reward, 0),
+            reward_sq = reward_sq + COALESCE(NEW.reward * NEW.reward, 0) - COALESCE(OLD.reward * OLD.reward, 0),
+            gen = (SELECT value FROM change_counters WHERE name = 'stats')
+        WHERE (skill_id, version) IN (SELECT skill_id, version FROM skill_uses WHERE turn_id = NEW.id);
+        INSERT INTO reward_totals(namespace, rated, reward_sum, reward_sq)
+        VALUES (NEW.namespace, (NEW.reward IS NOT NULL) - (OLD.reward IS NOT NULL),
+                COALESCE(NEW.reward, 0) - COALESCE(OLD.reward, 0),
+                COALESCE(NEW.reward * NEW.reward, 0) - COALESCE(OLD.reward * OLD.reward, 0))
+        ON CONFLICT(namespace) DO UPDATE SET rated = rated + excluded.rated,
+            reward_sum = reward_sum + excluded.reward_sum, reward_sq = reward_sq + excluded.reward_sq;
+    END;
+    -- A deleted turn takes its reward out of the sums; its skill_uses rows then go by cascade.
+    CREATE TRIGGER turns_delete_credit BEFORE DELETE ON turns WHEN OLD.reward IS NOT NULL BEGIN
+        UPDATE turns SET reward = NULL WHERE id = OLD.id;
+    END;
+    """)

