@@ -9,6 +9,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context, Resolve, Sample
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.shared.subscriptions import ResourceUpdated
 from mcp_types import CreateMessageResult, SamplingMessage, TextContent, ToolAnnotations
 from mcp_types import Resource as MCPResource
 from pydantic import Field
@@ -166,6 +167,23 @@ def build_server(app: App) -> MetaClawServer:
     async def status() -> str:
         """Counts of skills and turns, recent reward, trainer state."""
         return json.dumps(await app.status(), indent=2)
+
+    @mcp.resource("metaclaw://checkpoints", name="checkpoints", title="Training checkpoints",
+                  mime_type="application/json")
+    async def checkpoints() -> str:
+        """Every checkpoint the trainer saved (newest first): step, kind (sampler/state), path, backend."""
+        rows = await app.db.fetchall("SELECT step, kind, path, backend, created_at FROM checkpoints "
+                                     "ORDER BY id DESC LIMIT 200")
+        return json.dumps([dict(r) for r in rows], indent=2)
+
+    async def announce(step: dict[str, Any]) -> None:
+        """Tell listening clients (2026-07-28 `subscriptions/listen`) that status and checkpoints changed."""
+        await mcp._subscriptions.publish(ResourceUpdated(uri="metaclaw://status"))
+        if step["checkpoints"]:
+            await mcp._subscriptions.publish(ResourceUpdated(uri="metaclaw://checkpoints"))
+
+    if app.trainer is not None:
+        app.trainer.on_step.append(announce)
 
     @mcp.resource("skill://{namespace}/{slug}", name="skill", title="A learned skill", mime_type="text/markdown")
     async def skill(namespace: str, slug: str) -> str:

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 
+import anyio
 import httpx
 import pytest
 
@@ -191,3 +192,22 @@ def test_non_loopback_bind_needs_a_token(tmp_path):
                        env=server_env(tmp_path / "home"), capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert "--auth-token" in p.stderr and "0.0.0.0" in p.stderr
+
+
+async def test_a_new_training_step_is_announced_to_listening_clients(tmp_path):
+    home = tmp_path / "home"
+    with served(home, "http", METACLAW_BATCH_SIZE="2") as (port, _):
+        async with connect("http", home, port, "auto") as client:
+            async with client.listen(resource_subscriptions=["metaclaw://status", "metaclaw://checkpoints"]) as sub:
+                for k, reward in enumerate((1.0, -1.0)):
+                    err, rep = await call(client, "report_turn", {
+                        "session_id": "rl", "messages": [{"role": "user", "content": "q"}], "response": f"a{k}",
+                        "tokens": {"prompt_ids": [1, 2], "completion_ids": [3 + k], "logprobs": [-0.5]}})
+                    await call(client, "rate_turn", {"turn_id": rep["turn_id"], "score": reward, "source": "env"})
+                with anyio.fail_after(30):
+                    event = await sub.__anext__()
+            assert getattr(event, "uri", None) == "metaclaw://status"
+            status = json.loads((await client.read_resource("metaclaw://status")).contents[0].text)
+            assert status["training"]["steps"] == 1
+            ckpts = json.loads((await client.read_resource("metaclaw://checkpoints")).contents[0].text)
+            assert ckpts == []  # the export backend keeps no weights: nothing to checkpoint

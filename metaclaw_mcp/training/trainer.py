@@ -16,6 +16,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -114,6 +115,8 @@ class Trainer:
         self._transient_failures = 0
         self._tokenizer: Any = None
         self._tokenizer_error: str | None = None
+        # Called after each committed step with {"step", "loss", "checkpoints": [(kind, path)]}: announcements.
+        self.on_step: list[Callable[[dict[str, Any]], Awaitable[None]]] = []
 
     def notify(self) -> None:
         """A turn became eligible: look now rather than at the next poll."""
@@ -297,6 +300,12 @@ class Trainer:
         self.last_error = None
         log.info("batch %d: %d trained, %d skipped (step %s)", batch_id, len(plan.trained), len(plan.skipped),
                  step if plan.datums else "none")
+        if plan.datums:
+            for hook in self.on_step:
+                try:
+                    await hook({"step": step, "loss": result.loss, "checkpoints": result.checkpoints})
+                except Exception:  # an announcement is never worth a training step
+                    log.exception("could not announce step %d", step)
 
     async def _failed(self, batch_id: int, attempts: int, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"[:1000]
