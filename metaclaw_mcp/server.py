@@ -151,17 +151,27 @@ def build_server(app: App) -> MetaClawServer:
         proposals: Annotated[list[SkillProposal] | None, Field(max_length=50)] = None,
         dry_run: bool = False,
         sampled: Annotated[CreateMessageResult | None, Resolve(ask_client_model)] = None,
+        ctx: Context | None = None,
     ) -> EvolveResult:
         """Turn failures into skills. With proposals: screen them and store the good ones as candidate skills.
         Without: ask your model (MCP sampling) to write them from recent failures; a client that cannot
         sample gets a digest of the failures and the proposal schema, to write proposals and call again."""
+        async def progress(done: float, message: str) -> None:
+            if ctx is not None:
+                await ctx.report_progress(done, 3, message)
+
         if sampled is not None and proposals is None:
+            await progress(1, f"your model answered ({sampled.model}); parsing and screening its proposals")
             answer = sampled.content.text if isinstance(sampled.content, TextContent) else ""
             prompt = await app.evolution.llm_prompt(namespace, app.max_new(max_new))
-            return await app.evolution.evolve_from_answer(namespace, app.max_new(max_new), answer,
-                                                          llm=f"sampling:{sampled.model}",
-                                                          prompt=prompt[1] if prompt else None, dry_run=dry_run)
-        return await app.evolve_skills(namespace, max_new, proposals, dry_run)
+            result = await app.evolution.evolve_from_answer(namespace, app.max_new(max_new), answer,
+                                                            llm=f"sampling:{sampled.model}",
+                                                            prompt=prompt[1] if prompt else None, dry_run=dry_run)
+        else:
+            await progress(1, "reading recent failures" if proposals is None else "screening proposals")
+            result = await app.evolve_skills(namespace, max_new, proposals, dry_run)
+        await progress(3, f"{len(result.accepted)} accepted, {len(result.rejected)} rejected")
+        return result
 
     @mcp.resource("metaclaw://status", name="status", title="metaclaw-mcp status", mime_type="application/json")
     async def status() -> str:

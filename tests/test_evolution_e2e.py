@@ -59,8 +59,15 @@ async def test_evolve_asks_the_clients_model_and_screens_what_it_writes(tmp_path
         starter.update(description=s.description, body=s.body)
     async with Client(stdio_params(home), mode=mode, sampling_callback=sampling, read_timeout_seconds=60) as client:
         failures = await seed_failures(client, mode)
-        err, out = await call(client, "evolve_skills", {"max_new": 3})
+        progress: list[tuple[float, str | None]] = []
+
+        async def on_progress(done: float, total: float | None, message: str | None) -> None:
+            progress.append((done, message))
+
+        r = await client.call_tool("evolve_skills", {"max_new": 3}, progress_callback=on_progress)
+        err, out = r.is_error, r.structured_content
     assert not err, out
+    assert progress and progress[-1] == (3, "2 accepted, 1 rejected")
     assert len(prompts) == 1 and "standup_0.json" in prompts[0] and "+08:00 offset" in prompts[0]
     by_name = {a["proposed_name"]: a for a in out["accepted"]}
     assert by_name["iso8601-with-offset"]["status"] == "candidate" and not by_name["iso8601-with-offset"]["revised"]
