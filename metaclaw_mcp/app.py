@@ -99,12 +99,29 @@ class App:
                     tg.start_soon(self.trainer.run)
                 if self.judge is not None:
                     tg.start_soon(self.judge.run, self.config.judge_poll_seconds)
+                if self.config.evolve_every_failures and self.llm is not None:
+                    tg.start_soon(self._evolve_loop)
                 try:
                     yield self
                 finally:
                     tg.cancel_scope.cancel()
         finally:
             await self.close()
+
+    async def _evolve_loop(self) -> None:
+        """Background: evolve a namespace once it has `evolve_every_failures` failures no run has read."""
+        assert self.config.evolve_every_failures is not None
+        while True:
+            await anyio.sleep(self.config.evolve_poll_seconds)
+            for row in await self.db.fetchall("SELECT DISTINCT namespace FROM turns WHERE reward < ?",
+                                              (self.config.failure_threshold,)):
+                try:
+                    if len(await self.evolution.new_failures(row[0])) >= self.config.evolve_every_failures:
+                        result = await self.evolve_with_llm(row[0])
+                        log.info("automatic evolution in %r: %d accepted, %d rejected", row[0],
+                                 len(result.accepted), len(result.rejected))
+                except Exception:  # an LLM outage must not take the server down; try again next tick
+                    log.exception("automatic evolution failed in namespace %r", row[0])
 
     async def _flush_loop(self) -> None:
         while True:

@@ -67,7 +67,7 @@ class MetaClawConfig(BaseSettings):
     credit_min_baseline: int = Field(5, ge=1, description="Rated turns without a skill before judging it.")
     credit_promote_min_uses: int = Field(8, ge=1, description="Rated uses before a candidate can be promoted.")
     credit_promote_min_uplift: float = Field(0.0, ge=-2.0, le=2.0, description="Promote when the uplift's lower bound is above this.")
-    credit_retire_min_uses: int = Field(8, ge=1, description="Rated uses before a skill can be retired.")
+    credit_retire_min_uses: int = Field(5, ge=1, description="Rated uses before a skill can be retired.")
     credit_retire_max_uplift: float = Field(0.0, ge=-2.0, le=2.0, description="Retire when the uplift's upper bound is below this.")
     credit_candidate_max_uses: int = Field(40, ge=1, description="A candidate not promoted after this many rated uses is retired.")
     explore_slots: int = Field(1, ge=0, le=10, description="Places per fetch that exploration may take.")
@@ -99,6 +99,9 @@ class MetaClawConfig(BaseSettings):
                                                                 "so the user's next message can be read.")
     judge_votes: int = Field(3, ge=1, le=9, description="Judge votes per turn; the majority verdict is stored.")
     judge_poll_seconds: float = Field(30.0, gt=0, description="How often the judge looks for unrated turns.")
+    evolve_every_failures: int | None = Field(None, ge=1, description="Evolve on its own after this many new failures "
+                                              "in a namespace (needs a server-side LLM).")
+    evolve_poll_seconds: float = Field(60.0, gt=0, description="How often automatic evolution counts new failures.")
 
     @field_validator("llm_base_url", mode="after")
     @classmethod

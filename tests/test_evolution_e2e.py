@@ -12,7 +12,7 @@ from mcp.types import CreateMessageResult, TextContent
 
 from llm_server import Reply, completion, serve_chat
 from mcp_servers import call, stdio_params
-from metaclaw_mcp.app import open_app
+from metaclaw_mcp.app import App, open_app
 from metaclaw_mcp.config import load_config
 from metaclaw_mcp.models import Message
 
@@ -103,3 +103,23 @@ async def test_evolve_uses_a_configured_openai_compatible_endpoint(tmp_path):
     assert [r.name for r in out.rejected] == ["helpful-shortcut"]
     assert [tuple(r) for r in usage] == [("evolve", 900, 120)]
     assert server.count == 1
+
+
+async def test_evolution_runs_by_itself_after_enough_new_failures(tmp_path):
+    import anyio
+
+    async with serve_chat([Reply(body=completion(json.dumps([GOOD]), 50, 20))]) as server:
+        config = load_config(home=tmp_path / "home", llm_provider="openai", llm_base_url=server.base_url,
+                             llm_model="test-model", evolve_every_failures=2, evolve_poll_seconds=0.05)
+        app = App(config)
+        async with app.running():
+            for i in range(2):
+                rep = await app.report_turn("s", [Message(role="user", content=f"time {i}")], "09:30")
+                await app.rate_turn(rep.turn_id, -1.0, feedback="no offset")
+            with anyio.fail_after(20):
+                while not await app.db.scalar("SELECT COUNT(*) FROM evolutions WHERE mode = 'llm'"):
+                    await anyio.sleep(0.05)
+            await anyio.sleep(0.5)  # several more polls: the same failures do not trigger a second run
+            runs = await app.db.scalar("SELECT COUNT(*) FROM evolutions WHERE mode = 'llm'")
+            assert (await app.library.get("default", "iso8601-with-offset")).status == "candidate"
+    assert runs == 1 and server.count == 1

@@ -74,6 +74,15 @@ class Evolution:
         return (Digest(failures=items, instructions=PROPOSAL_INSTRUCTIONS.format(max_new=max_new),
                        proposal_schema=schema), [f["turn_id"] for f in failures])
 
+    async def new_failures(self, namespace: str) -> list[str]:
+        """Failures no skill cites yet and no LLM evolution run has read: what automatic evolution counts."""
+        failures = await self.turns.failures(namespace, self.failure_threshold, 1000)
+        seen: set[str] = set()
+        for row in await self.db.fetchall("SELECT failures FROM evolutions WHERE namespace = ? AND mode = 'llm'",
+                                          (namespace,)):
+            seen.update(json.loads(row["failures"]))
+        return [f["turn_id"] for f in failures if f["turn_id"] not in seen]
+
     async def llm_prompt(self, namespace: str, max_new: int) -> tuple[str, str] | None:
         """(system, user) messages asking an LLM for proposals, or None when there are no failures."""
         digest, _ = await self.digest(namespace, max_new)
