@@ -261,8 +261,33 @@ class App:
                 "max_steps": self.config.max_steps,
                 "last_step": dict(last_step) if last_step else None,
                 "last_checkpoint": dict(last_ckpt) if last_ckpt else None,
+                "recent_steps": [dict(r) for r in await self.db.fetchall(
+                    "SELECT step, loss, mean_reward, n_datums, created_at FROM train_steps ORDER BY step DESC LIMIT 10")],
+                "next": await self._training_next(),
             },
         }
+
+    async def _training_next(self) -> str:
+        """What the trainer will do next, in a sentence."""
+        cfg = self.config
+        halted = await self.db.get_kv("trainer_halted")
+        if halted:
+            return f"halted: {halted}"
+        if await self.db.get_kv("trainer_paused", False):
+            return "paused: `metaclaw-mcp train resume` to continue"
+        if cfg.effective_backend not in ("export", "tinker", "local"):
+            return f"no trainer for backend {cfg.effective_backend!r}"
+        if (await self.db.scalar("SELECT COUNT(*) FROM train_steps") or 0) >= cfg.max_steps:
+            return f"stopped: max_steps={cfg.max_steps} reached"
+        if await self.db.scalar("SELECT 1 FROM batches WHERE state = 'claimed' LIMIT 1"):
+            return "training a claimed batch"
+        rl = await self.db.scalar("SELECT COUNT(*) FROM turns WHERE train_state = 'rated' AND prompt_ids IS NOT NULL")
+        text = await self.db.scalar("SELECT COUNT(*) FROM turns WHERE train_state = 'rated' AND prompt_ids IS NULL "
+                                    "AND reward >= ?", (cfg.distill_threshold,))
+        if not rl and not text:
+            return f"waiting for rated turns (batch_size {cfg.batch_size})"
+        return (f"{rl} RL and {text} distillation turns queued; a batch starts at {cfg.batch_size} "
+                f"(or {cfg.min_batch_size} after {cfg.batch_max_wait_seconds:.0f} s of waiting)")
 
 
 @asynccontextmanager

@@ -127,11 +127,16 @@ async def test_pause_holds_training_and_max_steps_is_honoured(tmp_path):
         await _rated_rl_turns(app, [1.0, -1.0])
         await app.trainer.set_paused(True)
         assert await app.trainer.once() is False
+        assert (await app.status())["training"]["next"].startswith("paused")
         await app.trainer.set_paused(False)
+        assert "2 RL and 0 distillation turns queued" in (await app.status())["training"]["next"]
         assert await app.trainer.once() is True
+        [step] = (await app.status())["training"]["recent_steps"]
+        assert step["step"] == 1 and step["mean_reward"] == 0.0 and step["n_datums"] == 2
         await _rated_rl_turns(app, [1.0, -1.0], prompt=(3, 4))
         assert await app.trainer.once() is False  # max_steps=1 reached
         assert (await app.status())["training"]["backlog"] == 2
+        assert "max_steps=1" in (await app.status())["training"]["next"]
 
 
 TOKENIZER_DIR = str(__import__("pathlib").Path(__file__).parent / "data" / "smollm2-tokenizer")
