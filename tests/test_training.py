@@ -191,3 +191,29 @@ async def test_text_only_turns_are_distilled_when_rated_well_and_left_to_evoluti
     rows = [json.loads(line) for f in sorted(config.exports_dir.glob("batch-*.jsonl")) for line in f.read_text().splitlines()]
     assert len(rows) == 2 and {r["loss_fn"] for r in rows} == {"cross_entropy"}
     assert all(set(r["loss_fn_inputs"]) == {"target_tokens", "weights"} for r in rows)
+
+
+@pytest.mark.anyio
+async def test_secrets_never_reach_training_data(tmp_path):
+    config = load_config(home=tmp_path / "home", batch_size=3, load_starter_skills=False, tokenizer_path=TOKENIZER_DIR)
+    key = "sk-" + "A1b2C3d4" * 4
+    async with open_app(config) as app:
+        ids = []
+        for i, text in enumerate(["fine", f"my key is {key}", "also fine"]):
+            rep = await app.report_turn("s", [Message(role="user", content=text)], f"ok {i}",
+                                        tokens=TokenData(prompt_ids=[1, 2], completion_ids=[3 + i], logprobs=[-0.5]))
+            await app.rate_turn(rep.turn_id, [1.0, 0.0, -1.0][i], "env")
+            ids.append(rep.turn_id)
+        assert await app.trainer.once() is True
+        leaked = await app.turns.get(ids[1])
+        assert leaked["train_state"] == "skipped" and "API key" in leaked["skip_reason"]
+        assert [(await app.turns.get(t))["train_state"] for t in (ids[0], ids[2])] == ["trained", "trained"]
+        for i in range(3):  # text-only turns: the secret is redacted before rendering
+            rep = await app.report_turn("t", [Message(role="user", content=f"use {key} please {i}")], f"done {i}")
+            await app.rate_turn(rep.turn_id, 1.0)
+        assert await app.trainer.once() is True
+    tok = __import__("metaclaw_mcp.training.render", fromlist=["load_tokenizer"]).load_tokenizer(TOKENIZER_DIR)
+    for f in config.exports_dir.glob("batch-*.jsonl"):
+        for line in f.read_text().splitlines():
+            text = tok.decode(json.loads(line)["model_input"])
+            assert key not in text and "A1b2C3d4" not in text

@@ -52,3 +52,18 @@ def screen(*texts: str) -> str | None:
         if pattern.search(joined):
             return f"contains what looks like {what}; skills must never carry secrets"
     return None
+
+
+def find_secret(text: str) -> str | None:
+    """What kind of secret `text` seems to carry ("an API key", ...), or None."""
+    for what, pattern in SECRET_PATTERNS:
+        if pattern.search(text):
+            return what
+    return None
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with every secret-looking span replaced by [REDACTED]."""
+    for _, pattern in SECRET_PATTERNS:
+        text = pattern.sub("[REDACTED]", text)
+    return text

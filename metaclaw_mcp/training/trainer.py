@@ -28,6 +28,7 @@ from ..store import Database, dumps, set_kv, utcnow
 from .backends import StepResult, TrainingBackend, TrainingHalted, TransientTrainingError
 from .datums import DatumError, RLSample, centred_advantages, check_keys, rl_datum, sft_datum
 from .render import render_sft
+from ..evolution.screening import find_secret, redact_secrets
 
 log = logging.getLogger("metaclaw_mcp.training")
 
@@ -246,21 +247,26 @@ class Trainer:
     async def _plan(self, batch_id: int, kind: str, namespace: str) -> BatchPlan:
         if kind == "rl":
             rows = await self.db.fetchall(
-                "SELECT id, namespace, prompt_ids, completion_ids, logprobs, reward FROM turns WHERE batch_id = ? "
-                "AND train_state = 'claimed' ORDER BY rated_at, id", (batch_id,))
+                "SELECT id, namespace, prompt_ids, completion_ids, logprobs, reward, messages, response FROM turns "
+                "WHERE batch_id = ? AND train_state = 'claimed' ORDER BY rated_at, id", (batch_id,))
+            # Token ids cannot be redacted: a turn whose text carries a secret is never trained on.
+            leaks = {r["id"]: what for r in rows if (what := find_secret(r["messages"] + "\n" + r["response"]))}
             turns = [{"id": r["id"], "namespace": r["namespace"], "prompt_ids": json.loads(r["prompt_ids"]),
                       "completion_ids": json.loads(r["completion_ids"]),
                       "logprobs": json.loads(r["logprobs"]) if r["logprobs"] else None, "reward": r["reward"]}
-                     for r in rows]
+                     for r in rows if r["id"] not in leaks]
             baselines = {namespace: await self.db.get_kv(f"baseline:{namespace}")}
-            return plan_rl_batch(turns, baselines, self.config.max_seq_len)
+            plan = plan_rl_batch(turns, baselines, self.config.max_seq_len)
+            plan.skipped.update({t: f"contains what looks like {what}: never trained on" for t, what in leaks.items()})
+            return plan
         tokenizer = await self.tokenizer()
         if tokenizer is None:
             raise TransientTrainingError(self._tokenizer_error or "no tokenizer")
         rows = await self.db.fetchall("SELECT id, messages, response, reward FROM turns WHERE batch_id = ? "
                                       "AND train_state = 'claimed' ORDER BY rated_at, id", (batch_id,))
-        return plan_distill_batch([(r["id"], json.loads(r["messages"]), r["response"], r["reward"]) for r in rows],
-                                  tokenizer, self.config.max_seq_len)
+        # Secrets are redacted from the text before it is rendered: the weights never see them.
+        return plan_distill_batch([(r["id"], json.loads(redact_secrets(r["messages"])), redact_secrets(r["response"]),
+                                    r["reward"]) for r in rows], tokenizer, self.config.max_seq_len)
 
     async def train_batch(self, batch_id: int) -> None:
         batch = await self.db.fetchone("SELECT namespace, kind, loss_fn, attempts FROM batches WHERE id = ?", (batch_id,))
