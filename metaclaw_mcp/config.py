@@ -84,7 +84,7 @@ class MetaClawConfig(BaseSettings):
     digest_max_failures: int = Field(20, ge=1, le=500)
 
     # LLM for the judge and evolution
-    llm_provider: Literal["none", "sampling", "openai"] = Field(
+    llm_provider: Literal["none", "sampling", "openai", "tinker"] = Field(
         "sampling", description="none; sampling: the connected client's model, when it can sample; "
                                 "openai: the OpenAI-compatible API at llm_base_url (also runs the background judge).")
     llm_base_url: str | None = Field(None, description="OpenAI-compatible API root, e.g. https://api.openai.com/v1.")

@@ -22,6 +22,8 @@ def make_chat_model(config: MetaClawConfig, db: Database) -> ChatModel | None:
     llm_base_url and llm_model are required: a missing one raises ConfigError rather than
     silently leaving the judge off.
     """
+    if config.llm_provider == "tinker":
+        return MeteredModel(_tinker_sampler(config, db), db, config.llm_token_cap)
     if config.llm_provider != "openai":
         return None
     missing = [name for name in ("llm_base_url", "llm_model") if not getattr(config, name)]
@@ -35,3 +37,22 @@ def make_chat_model(config: MetaClawConfig, db: Database) -> ChatModel | None:
                             timeout_seconds=config.llm_timeout_seconds, max_retries=config.llm_max_retries,
                             max_concurrency=config.llm_max_concurrency)
     return MeteredModel(inner, db, config.llm_token_cap)
+
+
+def _tinker_sampler(config: MetaClawConfig, db: Database) -> ChatModel:
+    """The sampling client of the newest sampler checkpoint the trainer recorded (the base model before any)."""
+    import tinker
+
+    from ..training.render import load_tokenizer
+    from .tinker_sampler import TinkerSamplerModel
+
+    if not config.tinker_api_key:
+        raise ConfigError("llm_provider is 'tinker' but TINKER_API_KEY is not set")
+
+    async def latest_path() -> str | None:
+        return await db.scalar("SELECT path FROM checkpoints WHERE kind = 'sampler' AND backend = 'tinker' "
+                               "ORDER BY step DESC, id DESC LIMIT 1")
+
+    service = tinker.ServiceClient(api_key=config.tinker_api_key.get_secret_value(), base_url=config.tinker_base_url)
+    return TinkerSamplerModel(service, config.model_name,
+                              lambda: load_tokenizer(config.tokenizer_path or config.model_name), latest_path)
