@@ -74,6 +74,7 @@ class Run:
     retired: dict[str, list[int]] = field(default_factory=dict)  # kind -> uses at retirement
     promoted: dict[str, int] = field(default_factory=dict)
     final_status: dict[str, dict[str, int]] = field(default_factory=dict)
+    report: list[dict] = field(default_factory=list)  # credit per skill at the end
 
 
 async def simulate(world: World, use_credit: bool, seed: int, review_every: int = 10) -> Run:
@@ -105,6 +106,7 @@ async def simulate(world: World, use_credit: bool, seed: int, review_every: int 
                     await record_review(app, run, kind_of)
             if use_credit:
                 await record_review(app, run, kind_of)
+            run.report = await app.retriever.credit_report(NS)
             for s in await app.library.list(NS):
                 run.final_status.setdefault(kind_of[s.slug], {}).setdefault(s.status, 0)
                 run.final_status[kind_of[s.slug]][s.status] += 1
@@ -182,6 +184,12 @@ async def main(args: argparse.Namespace) -> None:
     print(f"harmful skills retired: {len(harmful_uses)}/{n_harmful}, after "
           f"{statistics.fmean(harmful_uses) if harmful_uses else float('nan'):.1f} uses on average "
           f"(max {max(harmful_uses, default=0)})")
+    kind_of = {d.name: k for d, k, _ in world.skills}
+    left = [r["uses"] for r in learned.report if kind_of[r["slug"]] == "harmful" and r["status"] != "retired"]
+    if left:
+        print(f"harmful skills not retired: {len(left)}, ranked out of the results after {statistics.fmean(left):.1f} "
+              f"uses on average (max {max(left)}), too few to retire; all harmful: "
+              f"{statistics.fmean(harmful_uses + left):.1f} uses on average")
     print(f"retired by kind: { {k: len(v) for k, v in learned.retired.items()} }; "
           f"candidates promoted by kind: {learned.promoted}")
     print(f"final status by kind: {learned.final_status}")

@@ -12,7 +12,7 @@ Latency: the same library plus seeded synthetic filler skills up to each size; d
 (each seen once, so no cached query vector helps) through `App.fetch_skills`, in-process.
 
     python bench/retrieval.py                       # quality, then latency at 1k and 10k
-    python bench/retrieval.py --sizes 1000 10000 100000
+    python bench/retrieval.py --sizes 1000 10000 100000     # hybrid timed up to --dense-max
     python bench/retrieval.py --tune                # fusion and BM25 weights on the train split
     python bench/retrieval.py --skip-latency
 
@@ -226,7 +226,8 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-async def latency(sizes: list[int], base: list[SkillDoc], queries: list[str], calls: int, seed: int) -> None:
+async def latency(sizes: list[int], base: list[SkillDoc], queries: list[str], calls: int, seed: int,
+                  dense_max: int) -> None:
     print(f"\nfetch_skills latency in-process, k=5, {calls} distinct queries per row (ms)")
     print(f"{'skills':>7}  {'mode':8} {'p50':>7} {'p99':>7}  {'build (import + embed)':>24}")
     rng = random.Random(seed)
@@ -241,11 +242,13 @@ async def latency(sizes: list[int], base: list[SkillDoc], queries: list[str], ca
                 await app.library.import_docs(((d.name, d) for d in docs), len(docs), "default", source="bench")
                 t_import = time.perf_counter() - t0
                 t_embed = 0.0
-                if app.retriever.uses_dense:
+                if app.retriever.uses_dense and size <= dense_max:
                     t1 = time.perf_counter()
                     await app.retriever.ensure_embeddings("default")
                     t_embed = time.perf_counter() - t1
                 modes = ("lexical", app.retriever.mode) if app.retriever.mode != "lexical" else ("lexical",)
+                if size > dense_max:
+                    modes = ("lexical",)
                 for mode in modes:
                     app.retriever.mode = mode
                     if app.retriever.uses_dense:
@@ -284,7 +287,7 @@ async def main(args: argparse.Namespace) -> None:
                 await quality(app, splits)
     if not args.skip_latency:
         queries = [q for split in splits.values() for q, _ in split]
-        await latency(args.sizes, base, queries, args.calls, args.seed)
+        await latency(args.sizes, base, queries, args.calls, args.seed, args.dense_max)
 
 
 if __name__ == "__main__":
@@ -292,6 +295,8 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--calls", type=int, default=300, help="Distinct queries timed per size and mode.")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--dense-max", type=int, default=10_000,
+                        help="Largest library also timed in hybrid mode (embedding 100k skills takes ~20 min here).")
     parser.add_argument("--tune", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")

@@ -123,8 +123,14 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     tn = data["training"]
     t.add_row("training", f"backend {tn['backend']}, model {tn['model_name']}; {tn['backlog']} rated turns waiting, "
                           f"{tn['steps']}/{tn['max_steps']} steps")
+    if tn["last_step"]:
+        ls = tn["last_step"]
+        loss = "n/a" if ls["loss"] is None else f"{ls['loss']:.4g}"
+        reward = "n/a" if ls["mean_reward"] is None else f"{ls['mean_reward']:+.3f}"
+        t.add_row("last step", f"#{ls['step']}: loss {loss}, mean reward of its turns {reward} ({ls['created_at'][:19]})")
     ck = tn["last_checkpoint"]
     t.add_row("last checkpoint", ck["path"] if ck else "none")
+    t.add_row("next", tn["next"])
     out.print(t)
 
 
@@ -174,21 +180,36 @@ def skills_show(ref: str = typer.Argument(..., help="Slug or id."),
 
 
 @skills_cli.command("import")
-def skills_import(path: Path = typer.Argument(..., help="A SKILL.md file or a folder of skill folders."),
+def skills_import(path: Path = typer.Argument(..., help="A SKILL.md file, a folder of skill folders, or a .jsonl file."),
                   namespace: str = typer.Option("default", "--namespace", "-n"),
                   status_: str = typer.Option("active", "--status", help="Status of new skills.")) -> None:
-    """Import SKILL.md folders (agentskills.io format). Bad files are reported and skipped."""
-    report = _run(lambda app: app.library.import_folder(path, namespace, status=status_))
+    """Import SKILL.md folders (agentskills.io format) or JSONL. Bad files are reported and skipped;
+    the rest lands in one transaction, or nothing does."""
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task(f"importing {path.name}", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+        if path.suffix == ".jsonl":
+            report = _run(lambda app: app.library.import_jsonl(path, namespace, status=status_, progress=progress))
+        else:
+            report = _run(lambda app: app.library.import_folder(path, namespace, status=status_, progress=progress))
     out.print(f"imported {len(report.imported)} skill(s)", highlight=False)
     for where, why in report.skipped:
         err.print(f"skipped {where}: {why}", highlight=False, markup=False)
 
 
 @skills_cli.command("export")
-def skills_export(path: Path = typer.Argument(..., help="Folder to write <slug>/SKILL.md into."),
+def skills_export(path: Path = typer.Argument(..., help="Folder to write <slug>/SKILL.md into, or a .jsonl file."),
                   namespace: str = typer.Option("default", "--namespace", "-n"),
                   status_: Optional[str] = typer.Option(None, "--status")) -> None:
-    """Export skills as SKILL.md folders."""
+    """Export skills as SKILL.md folders, or as one JSONL file when PATH ends in .jsonl."""
+    if path.suffix == ".jsonl":
+        count = _run(lambda app: app.library.export_jsonl(path, namespace, status=status_))
+        out.print(f"wrote {count} skill(s) to {path}", highlight=False, markup=False)
+        return
     written = _run(lambda app: app.library.export_folder(path, namespace, status=status_))
     out.print(f"wrote {len(written)} skill(s) to {path}", highlight=False, markup=False)
 

@@ -1,13 +1,20 @@
 """Credit: which skill versions help, measured from the rewards of the turns they were injected into.
 
 Pure arithmetic, no I/O. The store keeps, per skill version, the sufficient statistics of the
-rewards of its rated turns (`skill_stats`, maintained by triggers) and the same sums over every
-rated turn of the namespace (`reward_totals`). From them:
+rewards of its rated turns and of their residuals (`skill_stats`, maintained by triggers): a
+turn's residual is its reward minus the namespace's running mean reward when it was rated, the
+reward of comparable turns of the same period. Comparing with the same period, not all time,
+matters: as learning removes bad skills every turn gets better, and an all-time baseline would
+make the skills used early look bad and those used late look good. From the sums:
 
-- **uplift**: mean reward of the turns with the version minus mean reward of the comparable
-  turns without it (the rest of the namespace's rated turns);
-- **se**: the standard error of that difference (Welch), with each variance smoothed towards a
-  prior so that three lucky turns do not look certain;
+- **uplift**: the mean residual of the version's turns: how much better they went than the
+  comparable turns without it; at each review it is replaced by the version's effect fitted
+  jointly with the others' (`fit_effects`), which shares out the credit of turns that injected
+  several skills. With k skills in every turn only differences between skills are identified,
+  so an effect is relative to the skills a version competes with: a skill that never hurts
+  but is reliably worse than its alternatives also ends up below zero, and is retired;
+- **se**: its standard error, the variance smoothed towards a prior so that three lucky turns
+  do not look certain;
 - **usefulness**: the posterior mean of the uplift under a normal prior centred on 0
   (`prior_sd`), so a skill with little evidence sits near 0 and evidence moves it;
 - **decisions**: retire a version whose uplift is reliably negative (upper bound < threshold),
@@ -59,7 +66,7 @@ class CreditPolicy:
     min_baseline: int = 5              # rated turns without the skill before any decision
     promote_min_uses: int = 8          # rated uses before a candidate can become active
     promote_min_uplift: float = 0.0    # its lower bound must be above this
-    retire_min_uses: int = 8           # rated uses before a skill can be retired
+    retire_min_uses: int = 5           # rated uses before a skill can be retired
     retire_max_uplift: float = 0.0     # its upper bound must be below this
     candidate_max_uses: int = 40       # a candidate not promoted by then is retired
     explore_slots: int = 1             # places per result that exploration may take
@@ -88,17 +95,15 @@ class Credit:
 NO_EVIDENCE_SE = math.inf
 
 
-def credit(version: RewardStats, namespace: RewardStats, uses: int, policy: CreditPolicy) -> Credit:
-    """Credit of one version from its rated turns (`version`) and all rated turns of its namespace."""
-    without = namespace - version
-    if version.n <= 0 or without.n <= 0:
-        return Credit(uses, max(version.n, 0), version.mean, 0.0, NO_EVIDENCE_SE, 0.0, policy.prior_sd)
-    uplift = version.total / version.n - without.total / without.n
-    se = math.sqrt(version.variance(policy.reward_sd) / version.n + without.variance(policy.reward_sd) / without.n)
+def credit(rewards: RewardStats, residuals: RewardStats, uses: int, policy: CreditPolicy) -> Credit:
+    """Credit of one version from its rated turns' rewards and residuals (reward minus baseline)."""
+    if residuals.n <= 0:
+        return Credit(uses, max(rewards.n, 0), rewards.mean, 0.0, NO_EVIDENCE_SE, 0.0, policy.prior_sd)
+    uplift = residuals.total / residuals.n
+    se = math.sqrt(residuals.variance(policy.reward_sd) / residuals.n)
     # Normal prior N(0, prior_sd^2) on the uplift, normal likelihood N(uplift, se^2).
     shrink = policy.prior_sd ** 2 / (policy.prior_sd ** 2 + se ** 2)
-    return Credit(uses, version.n, version.mean, uplift, se, uplift * shrink,
-                  math.sqrt(shrink) * se)
+    return Credit(uses, rewards.n, rewards.mean, uplift, se, uplift * shrink, math.sqrt(shrink) * se)
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,8 @@ def decide(status: str, c: Credit, policy: CreditPolicy, baseline_n: int) -> Dec
         return None
     summary = f"uplift {c.uplift:+.3f} ± {policy.z * c.se:.3f} over {c.rated} rated uses"
     if c.rated >= policy.retire_min_uses and c.upper(policy.z) < policy.retire_max_uplift:
-        return Decision("retired", f"reliably harmful: {summary} (upper bound below {policy.retire_max_uplift:+.2f})")
+        return Decision("retired", f"reliably negative uplift: {summary} "
+                                   f"(upper bound below {policy.retire_max_uplift:+.2f})")
     if status == "candidate":
         if c.rated >= policy.promote_min_uses and c.lower(policy.z) > policy.promote_min_uplift:
             return Decision("active", f"promoted: {summary} (lower bound above {policy.promote_min_uplift:+.2f})")
@@ -194,3 +200,59 @@ def rank(candidates: Sequence[Candidate], n: int, policy: CreditPolicy, rng: ran
             chosen.append(Ranked(c.key, exploit_score(c, policy), c.relevance, c.credit.usefulness, "relevance"))
             taken.add(c.key)
     return chosen
+
+
+# ---- effects fitted jointly: who gets the credit when several skills share a turn ----
+
+@dataclass(frozen=True)
+class Effect:
+    """A skill version's fitted additive effect on reward, and its standard error."""
+    effect: float
+    se: float
+    rated: int
+
+
+def fit_effects(turns: Sequence[tuple[float, Sequence[int]]], prior_sd: float, sweeps: int = 25,
+                ) -> tuple[float, dict[int, Effect]]:
+    """Ridge fit of reward_t ~ b0 + sum of the effects of the skill versions injected into turn t.
+
+    `turns`: (reward, keys of the versions injected) per rated turn, turns without skills
+    included (they pin the intercept). Returns (b0, key -> Effect). The ridge penalty is the
+    normal prior N(0, prior_sd^2) on each effect, so an effect is its posterior mean: a version
+    seen with a bad skill in bad turns is not blamed for them once the bad skill's own effect is
+    known, which a with-versus-without comparison cannot tell apart. Coordinate descent, O(sweeps
+    x total uses); a few thousand turns take milliseconds.
+    """
+    if not turns:
+        return 0.0, {}
+    rewards = [r for r, _ in turns]
+    members: dict[int, list[int]] = {}
+    for t, (_, keys) in enumerate(turns):
+        for key in keys:
+            members.setdefault(key, []).append(t)
+    b0 = sum(rewards) / len(rewards)
+    effects = dict.fromkeys(members, 0.0)
+    pred = [b0] * len(turns)  # b0 + sum of effects, per turn
+    lam = 1.0
+    for _ in range(sweeps):
+        resid_var = max(sum((r - p) ** 2 for r, p in zip(rewards, pred)) / len(turns), 1e-4)
+        lam = resid_var / prior_sd ** 2
+        for key, ts in members.items():
+            old = effects[key]
+            partial = sum(rewards[t] - pred[t] + old for t in ts)
+            new = partial / (len(ts) + lam)
+            if new != old:
+                effects[key] = new
+                for t in ts:
+                    pred[t] += new - old
+        shift = sum(r - p for r, p in zip(rewards, pred)) / len(turns)
+        b0 += shift
+        pred = [p + shift for p in pred]
+    resid_var = max(sum((r - p) ** 2 for r, p in zip(rewards, pred)) / len(turns), 1e-4)
+    return b0, {key: Effect(effects[key], math.sqrt(resid_var / (len(ts) + lam)), len(ts))
+                for key, ts in members.items()}
+
+
+def credit_from_effect(e: Effect, uses: int, mean: float | None, policy: CreditPolicy) -> Credit:
+    """Credit from a fitted effect: the effect is already the posterior mean (ridge = normal prior)."""
+    return Credit(uses, e.rated, mean, e.effect, e.se, e.effect, e.se)

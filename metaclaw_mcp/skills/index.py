@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..store import Database, set_kv
-from .credit import Candidate, Credit, CreditPolicy, Decision, RewardStats, credit, decide, rank
+from .credit import (Candidate, Credit, CreditPolicy, Decision, Effect, RewardStats, credit, credit_from_effect,
+                     decide, fit_effects, rank)
 from .library import SELECT_SKILL, SkillLibrary, SkillRecord, _record
 from .retrieval import (BM25_WEIGHTS, RetrievalQuery, drop_near_duplicates, fuse, match_expression, prune_terms,
                         shingles)
@@ -32,6 +33,7 @@ log = logging.getLogger("metaclaw_mcp.retrieval")
 RETRIEVABLE = ("active", "candidate")
 SIGNATURE_CACHE = 20_000  # word sets of skill versions kept for near-duplicate checks
 INLINE_EMBED_MAX = 16     # missing vectors a fetch computes itself; more are left to the background
+FIT_TURNS = 20_000        # recent rated turns a review fits skill effects on
 DF_CACHE = 50_000         # query terms whose document frequency is remembered
 POSTINGS_BUDGET = 600     # summed document frequency of the terms one lexical query scores (FTS5
                           # computes BM25 for every row matched: about 2 us a row)
@@ -75,9 +77,11 @@ class Hit:
 @dataclass
 class NamespaceState:
     metas: dict[int, SkillMeta] = field(default_factory=dict)
-    stats: dict[tuple[int, int], tuple[int, RewardStats]] = field(default_factory=dict)  # (uses, rated sums)
+    # (skill id, version) -> (uses, sums of rated rewards, sums of their residuals)
+    stats: dict[tuple[int, int], tuple[int, RewardStats, RewardStats]] = field(default_factory=dict)
     totals: RewardStats = RewardStats()
     dense: DenseIndex | None = None
+    effects: dict[tuple[int, int], Effect] = field(default_factory=dict)   # fitted at the last review
     missing: set[int] = field(default_factory=set)   # retrievable skills whose current version has no vector
 
 
@@ -150,12 +154,12 @@ class Retriever:
                     await self._put_meta(self._ns[r["namespace"]], r)
         if self._ns and seen[2] != stats_gen:
             rows = await self.db.fetchall(
-                "SELECT st.skill_id, st.version, st.uses, st.rated, st.reward_sum, st.reward_sq, s.namespace "
-                "FROM skill_stats st JOIN skills s ON s.id = st.skill_id WHERE st.gen > ?", (stats_gen,))
+                "SELECT st.skill_id, st.version, st.uses, st.rated, st.reward_sum, st.reward_sq, st.resid_sum, "
+                "st.resid_sq, s.namespace FROM skill_stats st JOIN skills s ON s.id = st.skill_id WHERE st.gen > ?",
+                (stats_gen,))
             for r in rows:
                 if r["namespace"] in self._ns:
-                    self._ns[r["namespace"]].stats[(r["skill_id"], r["version"])] = (
-                        r["uses"], RewardStats(r["rated"], r["reward_sum"], r["reward_sq"]))
+                    self._ns[r["namespace"]].stats[(r["skill_id"], r["version"])] = _stats_row(r)
             for r in await self.db.fetchall("SELECT namespace, rated, reward_sum, reward_sq FROM reward_totals"):
                 if r["namespace"] in self._ns:
                     self._ns[r["namespace"]].totals = RewardStats(r["rated"], r["reward_sum"], r["reward_sq"])
@@ -187,10 +191,10 @@ class Retriever:
                 else:
                     state.dense.put(meta.id, vector)
         for r in await self.db.fetchall(
-                "SELECT st.skill_id, st.version, st.uses, st.rated, st.reward_sum, st.reward_sq FROM skill_stats st "
-                "JOIN skills s ON s.id = st.skill_id WHERE s.namespace = ?", (namespace,)):
-            state.stats[(r["skill_id"], r["version"])] = (r["uses"], RewardStats(r["rated"], r["reward_sum"],
-                                                                                 r["reward_sq"]))
+                "SELECT st.skill_id, st.version, st.uses, st.rated, st.reward_sum, st.reward_sq, st.resid_sum, "
+                "st.resid_sq FROM skill_stats st JOIN skills s ON s.id = st.skill_id WHERE s.namespace = ?",
+                (namespace,)):
+            state.stats[(r["skill_id"], r["version"])] = _stats_row(r)
         totals = await self.db.fetchone("SELECT rated, reward_sum, reward_sq FROM reward_totals WHERE namespace = ?",
                                         (namespace,))
         if totals is not None:
@@ -250,8 +254,12 @@ class Retriever:
     # ---- the search ----
 
     def credit_of(self, state: NamespaceState, skill_id: int, version: int) -> Credit:
-        uses, stats = state.stats.get((skill_id, version), (0, RewardStats()))
-        return credit(stats, state.totals, uses, self.policy)
+        uses, rewards, residuals = state.stats.get((skill_id, version), (0, RewardStats(), RewardStats()))
+        effect = state.effects.get((skill_id, version))
+        if effect is not None and effect.rated >= residuals.n:
+            return credit_from_effect(effect, uses, rewards.mean, self.policy)
+        # not in the last fit yet: the trigger-kept residual sums (reward minus the running mean)
+        return credit(rewards, residuals, uses, self.policy)
 
     def _signature(self, record: SkillRecord) -> frozenset:
         """Word set of a version's text, cached: versions never change."""
@@ -384,6 +392,7 @@ class Retriever:
         applied = []
         for ns in namespaces:
             state = await self.state(ns)
+            await self.fit(ns, state)
             for meta in list(state.metas.values()):
                 if meta.status not in RETRIEVABLE:
                     continue
@@ -404,6 +413,26 @@ class Retriever:
                 await set_kv(db, "credit_last_review", {"changes": len(applied)})
         return applied
 
+    async def fit(self, namespace: str, state: NamespaceState | None = None) -> None:
+        """Refit the joint effects of the namespace's skill versions from its recent rated turns."""
+        state = state or await self.state(namespace)
+        rows = await self.db.fetchall(
+            "SELECT t.reward, group_concat(u.skill_id || ':' || u.version) AS used FROM "
+            "(SELECT id, reward FROM turns WHERE namespace = ? AND reward IS NOT NULL "
+            " ORDER BY rated_at DESC LIMIT ?) t LEFT JOIN skill_uses u ON u.turn_id = t.id GROUP BY t.id",
+            (namespace, FIT_TURNS))
+        keyed: dict[str, int] = {}
+        turns = []
+        for r in rows:
+            keys = []
+            for ref in (r["used"] or "").split(","):
+                if ref:
+                    keys.append(keyed.setdefault(ref, len(keyed)))
+            turns.append((float(r["reward"]), keys))
+        _, effects = await anyio.to_thread.run_sync(fit_effects, turns, self.policy.prior_sd)
+        refs = {i: tuple(int(x) for x in ref.split(":")) for ref, i in keyed.items()}
+        state.effects = {refs[i]: e for i, e in effects.items()}  # type: ignore[misc]
+
     async def credit_report(self, namespace: str = "default") -> list[dict[str, Any]]:
         """Per skill: status and the credit of its current version, most used first."""
         state = await self.state(namespace)
@@ -415,6 +444,11 @@ class Retriever:
                         "se": None if c.se == float("inf") else round(c.se, 4),
                         "usefulness": round(c.usefulness, 4)})
         return sorted(out, key=lambda d: (-d["uses"], d["slug"]))
+
+
+def _stats_row(r: Any) -> tuple[int, RewardStats, RewardStats]:
+    return (r["uses"], RewardStats(r["rated"], r["reward_sum"], r["reward_sq"]),
+            RewardStats(r["rated"], r["resid_sum"], r["resid_sq"]))
 
 
 def _relevance_only(policy: CreditPolicy) -> CreditPolicy:

@@ -49,9 +49,11 @@ class SkillRecord:
     created_at: str = ""
     updated_at: str = ""
     score: float = 0.0
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def doc(self) -> SkillDoc:
-        return SkillDoc(name=self.slug, description=self.description, body=self.body, category=self.category)
+        return SkillDoc(name=self.slug, description=self.description, body=self.body, category=self.category,
+                        metadata=dict(self.metadata))
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "score"}
@@ -59,7 +61,7 @@ class SkillRecord:
 
 SELECT_SKILL = """
 SELECT s.id, s.namespace, s.slug, s.status, s.current_version AS version, v.name, v.description, v.body,
-       v.category, v.source, v.provenance, s.status_reason, s.created_at, s.updated_at
+       v.category, v.source, v.provenance, s.status_reason, s.created_at, s.updated_at, v.metadata
 FROM skills s JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version
 """
 
@@ -69,7 +71,7 @@ def _record(row: sqlite3.Row, score: float = 0.0) -> SkillRecord:
                        version=row["version"], name=row["name"], description=row["description"], body=row["body"],
                        category=row["category"], source=row["source"], provenance=json.loads(row["provenance"]),
                        status_reason=row["status_reason"], created_at=row["created_at"],
-                       updated_at=row["updated_at"], score=score)
+                       updated_at=row["updated_at"], score=score, metadata=json.loads(row["metadata"] or "{}"))
 
 
 @dataclass

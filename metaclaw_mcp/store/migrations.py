@@ -217,9 +217,14 @@ def m0002_evolution_prompt_and_answer(db: sqlite3.Connection) -> None:
 @migration(3)
 def m0003_skill_credit_and_change_counters(db: sqlite3.Connection) -> None:
     """Per skill version reward sums kept by triggers (the basis of credit), per namespace totals
-    (the baseline), and change counters the in-memory retrieval index polls to refresh cheaply.
+    and a running mean reward (the baseline), and change counters the in-memory retrieval index
+    polls to refresh cheaply.
 
-    Triggers keep the sums right whoever writes turns, ratings or skills, in the same transaction.
+    A turn, when first rated, records the namespace's running mean reward at that moment
+    (`turns.credit_baseline`); each skill version injected into it adds the turn's residual
+    (reward minus that baseline) to its sums, so its uplift is measured against comparable turns:
+    those of the same period, when the other skills around were the same. Triggers keep the sums
+    right whoever writes turns, ratings or skills, in the same transaction.
     """
     run_script(db, """
     CREATE TABLE change_counters (
@@ -239,6 +244,8 @@ def m0003_skill_credit_and_change_counters(db: sqlite3.Connection) -> None:
         rated       INTEGER NOT NULL DEFAULT 0,
         reward_sum  REAL NOT NULL DEFAULT 0,
         reward_sq   REAL NOT NULL DEFAULT 0,
+        resid_sum   REAL NOT NULL DEFAULT 0,        -- sum of (reward - turn's credit_baseline)
+        resid_sq    REAL NOT NULL DEFAULT 0,
         gen         INTEGER NOT NULL DEFAULT 1,     -- change_counters 'stats' at its last change
         PRIMARY KEY (skill_id, version)
     );
@@ -249,15 +256,17 @@ def m0003_skill_credit_and_change_counters(db: sqlite3.Connection) -> None:
         namespace   TEXT PRIMARY KEY,
         rated       INTEGER NOT NULL DEFAULT 0,
         reward_sum  REAL NOT NULL DEFAULT 0,
-        reward_sq   REAL NOT NULL DEFAULT 0
+        reward_sq   REAL NOT NULL DEFAULT 0,
+        running_mean REAL                           -- exponentially weighted mean reward (weight 0.02)
     );
+    ALTER TABLE turns ADD COLUMN credit_baseline REAL;  -- running_mean when the turn was first rated
 
     INSERT INTO skill_stats(skill_id, version, uses, rated, reward_sum, reward_sq)
     SELECT u.skill_id, u.version, COUNT(*), COUNT(t.reward), COALESCE(SUM(t.reward), 0),
            COALESCE(SUM(t.reward * t.reward), 0)
     FROM skill_uses u JOIN turns t ON t.id = u.turn_id GROUP BY u.skill_id, u.version;
-    INSERT INTO reward_totals(namespace, rated, reward_sum, reward_sq)
-    SELECT namespace, COUNT(*), SUM(reward), SUM(reward * reward) FROM turns WHERE reward IS NOT NULL
+    INSERT INTO reward_totals(namespace, rated, reward_sum, reward_sq, running_mean)
+    SELECT namespace, COUNT(*), SUM(reward), SUM(reward * reward), AVG(reward) FROM turns WHERE reward IS NOT NULL
     GROUP BY namespace;
 
     CREATE TRIGGER skills_gen_insert AFTER INSERT ON skills BEGIN
@@ -281,6 +290,11 @@ def m0003_skill_credit_and_change_counters(db: sqlite3.Connection) -> None:
         ON CONFLICT(skill_id, version) DO UPDATE SET uses = uses + 1, rated = rated + excluded.rated,
             reward_sum = reward_sum + excluded.reward_sum, reward_sq = reward_sq + excluded.reward_sq,
             gen = excluded.gen;
+        UPDATE skill_stats SET
+            resid_sum = resid_sum + (SELECT COALESCE(t.reward - t.credit_baseline, 0) FROM turns t WHERE t.id = NEW.turn_id),
+            resid_sq = resid_sq + (SELECT COALESCE((t.reward - t.credit_baseline) * (t.reward - t.credit_baseline), 0)
+                                   FROM turns t WHERE t.id = NEW.turn_id)
+        WHERE skill_id = NEW.skill_id AND version = NEW.version;
     END;
     CREATE TRIGGER skill_uses_credit_delete AFTER DELETE ON skill_uses BEGIN
         UPDATE change_counters SET value = value + 1 WHERE name = 'stats';
@@ -288,23 +302,37 @@ def m0003_skill_credit_and_change_counters(db: sqlite3.Connection) -> None:
             rated = rated - COALESCE((SELECT t.reward IS NOT NULL FROM turns t WHERE t.id = OLD.turn_id), 0),
             reward_sum = reward_sum - COALESCE((SELECT t.reward FROM turns t WHERE t.id = OLD.turn_id), 0),
             reward_sq = reward_sq - COALESCE((SELECT t.reward * t.reward FROM turns t WHERE t.id = OLD.turn_id), 0),
+            resid_sum = resid_sum - COALESCE((SELECT t.reward - t.credit_baseline FROM turns t WHERE t.id = OLD.turn_id), 0),
+            resid_sq = resid_sq - COALESCE((SELECT (t.reward - t.credit_baseline) * (t.reward - t.credit_baseline)
+                                            FROM turns t WHERE t.id = OLD.turn_id), 0),
             gen = (SELECT value FROM change_counters WHERE name = 'stats')
         WHERE skill_id = OLD.skill_id AND version = OLD.version;
     END;
     CREATE TRIGGER turns_reward_credit AFTER UPDATE OF reward ON turns WHEN OLD.reward IS NOT NEW.reward BEGIN
         UPDATE change_counters SET value = value + 1 WHERE name = 'stats';
+        -- first rating: remember the baseline of the moment (the first turn of a namespace is its own)
+        UPDATE turns SET credit_baseline = COALESCE(
+            (SELECT running_mean FROM reward_totals WHERE namespace = NEW.namespace), NEW.reward)
+        WHERE id = NEW.id AND credit_baseline IS NULL AND NEW.reward IS NOT NULL;
         UPDATE skill_stats SET
             rated = rated + (NEW.reward IS NOT NULL) - (OLD.reward IS NOT NULL),
             reward_sum = reward_sum + COALESCE(NEW.reward, 0) - COALESCE(OLD.reward, 0),
             reward_sq = reward_sq + COALESCE(NEW.reward * NEW.reward, 0) - COALESCE(OLD.reward * OLD.reward, 0),
+            resid_sum = resid_sum + (SELECT COALESCE(NEW.reward - t.credit_baseline, 0)
+                                     - COALESCE(OLD.reward - t.credit_baseline, 0) FROM turns t WHERE t.id = NEW.id),
+            resid_sq = resid_sq + (SELECT COALESCE((NEW.reward - t.credit_baseline) * (NEW.reward - t.credit_baseline), 0)
+                                   - COALESCE((OLD.reward - t.credit_baseline) * (OLD.reward - t.credit_baseline), 0)
+                                   FROM turns t WHERE t.id = NEW.id),
             gen = (SELECT value FROM change_counters WHERE name = 'stats')
         WHERE (skill_id, version) IN (SELECT skill_id, version FROM skill_uses WHERE turn_id = NEW.id);
-        INSERT INTO reward_totals(namespace, rated, reward_sum, reward_sq)
+        INSERT INTO reward_totals(namespace, rated, reward_sum, reward_sq, running_mean)
         VALUES (NEW.namespace, (NEW.reward IS NOT NULL) - (OLD.reward IS NOT NULL),
                 COALESCE(NEW.reward, 0) - COALESCE(OLD.reward, 0),
-                COALESCE(NEW.reward * NEW.reward, 0) - COALESCE(OLD.reward * OLD.reward, 0))
+                COALESCE(NEW.reward * NEW.reward, 0) - COALESCE(OLD.reward * OLD.reward, 0), NEW.reward)
         ON CONFLICT(namespace) DO UPDATE SET rated = rated + excluded.rated,
-            reward_sum = reward_sum + excluded.reward_sum, reward_sq = reward_sq + excluded.reward_sq;
+            reward_sum = reward_sum + excluded.reward_sum, reward_sq = reward_sq + excluded.reward_sq,
+            running_mean = COALESCE(running_mean, excluded.running_mean)
+                           + 0.02 * (COALESCE(NEW.reward, running_mean) - COALESCE(OLD.reward, running_mean));
     END;
     -- A deleted turn takes its reward out of the sums; its skill_uses rows then go by cascade.
     CREATE TRIGGER turns_delete_credit BEFORE DELETE ON turns WHEN OLD.reward IS NOT NULL BEGIN
