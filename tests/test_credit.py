@@ -239,3 +239,28 @@ async def test_fetch_explains_why_and_uses(app):
     assert top.slug == "useful-skill" and top.why == "usefulness" and top.uses == 12 and top.usefulness > 0
     assert all(s.why in ("relevance", "usefulness", "exploration") for s in fetched.skills)
     assert 0.0 <= top.relevance <= 1.0
+
+
+@pytest.mark.anyio
+async def test_library_budget_retires_the_least_useful_past_the_cap(tmp_path):
+    from metaclaw_mcp.app import open_app
+    from metaclaw_mcp.config import load_config
+    from metaclaw_mcp.models import Message
+
+    config = load_config(home=tmp_path / "home", max_active_skills=33, retrieval_mode="lexical")
+    async with open_app(config) as app:
+        starters = await app.library.list("default", status="active")
+        assert len(starters) == 35
+        # one skill proves useful: it must survive the cut
+        for i in range(6):
+            rep = await app.report_turn(f"s{i}", [Message(role="user", content="q")], "a", skill_ids=["write-unit-tests"])
+            await app.rate_turn(rep.turn_id, 1.0)
+        changes = await app.retriever.enforce_budget("default")
+        assert len(changes) == 2 and all("max_active_skills=33" in d.reason for _, _, d in changes)
+        active = {s.slug for s in await app.library.list("default", status="active")}
+        assert len(active) == 33 and "write-unit-tests" in active
+        retired = await app.library.list("default", status="retired")
+        assert {s.slug for s in retired} == {slug for _, slug, _ in changes}
+        for s in retired:  # nothing deleted
+            assert len(await app.library.versions(s.id)) == 1
+        assert await app.retriever.enforce_budget("default") == []

@@ -408,9 +408,35 @@ class Retriever:
                     state.dense.put(meta.id, None)
                 applied.append((ns, meta.slug, Decision(decision.status, reason)))
                 log.info("skill %s/%s is now %s: %s", ns, meta.slug, decision.status, reason)
+            applied += await self.enforce_budget(ns, state)
         if applied:
             async with self.db.transaction() as db:
                 await set_kv(db, "credit_last_review", {"changes": len(applied)})
+        return applied
+
+    async def enforce_budget(self, namespace: str, state: NamespaceState | None = None) -> list[tuple[str, str, Decision]]:
+        """Past `max_active_skills`, retire the least useful active skills (fewest uses first among equals).
+
+        Nothing is deleted: a retired skill keeps every version and can be activated or rolled back.
+        """
+        cap = self.config.max_active_skills
+        state = state or await self.state(namespace)
+        active = [m for m in state.metas.values() if m.status == "active"]
+        if cap is None or len(active) <= cap:
+            return []
+        scored = sorted(active, key=lambda m: (self.credit_of(state, m.id, m.version).usefulness,
+                                               self.credit_of(state, m.id, m.version).uses, -m.id))
+        applied = []
+        for meta in scored[:len(active) - cap]:
+            c = self.credit_of(state, meta.id, meta.version)
+            reason = (f"library budget: over max_active_skills={cap}; among the least useful "
+                      f"(usefulness {c.usefulness:+.3f} over {c.uses} uses, v{meta.version})")
+            await self.library.set_status(namespace, meta.id, "retired", reason)
+            meta.status = "retired"
+            if state.dense is not None:
+                state.dense.put(meta.id, None)
+            applied.append((namespace, meta.slug, Decision("retired", reason)))
+            log.info("skill %s/%s retired: %s", namespace, meta.slug, reason)
         return applied
 
     async def fit(self, namespace: str, state: NamespaceState | None = None) -> None:
