@@ -80,9 +80,13 @@ async def time_calls(client: Client, calls: int, seed: int = 11) -> dict[str, li
     return out
 
 
+MODE = {"value": "auto"}  # retrieval_mode of the servers under test
+
+
 def env_for(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METACLAW_", "TINKER_"))}
-    return env | {"METACLAW_HOME": str(home), "METACLAW_LOG_LEVEL": "WARNING", "METACLAW_LOAD_STARTER_SKILLS": "false"}
+    return env | {"METACLAW_HOME": str(home), "METACLAW_LOG_LEVEL": "WARNING", "METACLAW_LOAD_STARTER_SKILLS": "false",
+                  "METACLAW_RETRIEVAL_MODE": MODE["value"]}
 
 
 async def over_stdio(home: Path, calls: int) -> dict[str, list[float]]:
@@ -114,7 +118,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description="fetch_skills / report_turn latency over stdio and HTTP")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--mode", default="lexical", choices=["auto", "lexical", "hybrid"],
+                        help="retrieval_mode (lexical: the core install; hybrid needs the [embeddings] extra)")
     args = parser.parse_args()
+    MODE["value"] = args.mode
     rows = []
     for n in args.sizes:
         home = Path(tempfile.mkdtemp(prefix=f"mcbench-{n}-"))
@@ -128,7 +135,8 @@ async def main() -> None:
                     rows.append((n, transport, tool, statistics.median(ms), pct(ms, 99), len(ms)))
         finally:
             shutil.rmtree(home, ignore_errors=True)
-    print(f"\n{'skills':>7} {'transport':>9} {'tool':>13} {'p50 ms':>8} {'p99 ms':>8} {'calls':>6}")
+    print(f"\nretrieval_mode={args.mode}")
+    print(f"{'skills':>7} {'transport':>9} {'tool':>13} {'p50 ms':>8} {'p99 ms':>8} {'calls':>6}")
     for n, transport, tool, p50, p99, count in rows:
         print(f"{n:>7} {transport:>9} {tool:>13} {p50:>8.2f} {p99:>8.2f} {count:>6}")
 
