@@ -131,6 +131,8 @@ class MetaClawConfig(BaseSettings):
     min_batch_size: int = Field(2, ge=1, description="After batch_max_wait_seconds, train a batch this small.")
     batch_max_wait_seconds: float = Field(600.0, ge=0)
     max_batch_attempts: int = Field(3, ge=1, description="A batch failing this often has its turns skipped.")
+    batch_retry_base_seconds: float = Field(1.0, ge=0, description="Backoff before replaying a failed batch: "
+                                            "this times 2^attempts, at most 60 s.")
     train_poll_seconds: float = Field(5.0, gt=0)
     tinker_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("tinker_api_key", "METACLAW_TINKER_API_KEY", "TINKER_API_KEY"))

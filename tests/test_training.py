@@ -217,3 +217,45 @@ async def test_secrets_never_reach_training_data(tmp_path):
         for line in f.read_text().splitlines():
             text = tok.decode(json.loads(line)["model_input"])
             assert key not in text and "A1b2C3d4" not in text
+
+
+class FailingBackend:
+    """A backend whose steps fail with a batch-specific error (like a request the service rejects)."""
+    name = "export"
+
+    def __init__(self, failures: int):
+        self.failures, self.calls = failures, 0
+
+    async def restore(self, state_path):
+        return None
+
+    async def train(self, batch_id, step, datums, loss_fn, loss_fn_config):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ValueError(f"rejected datum shape (call {self.calls})")
+        from metaclaw_mcp.training import StepResult
+        return StepResult(loss=0.5)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("failures,state", [(2, "trained"), (3, "skipped")])
+async def test_a_failing_batch_is_retried_then_its_turns_skipped_with_the_error(tmp_path, failures, state):
+    from metaclaw_mcp.training import Trainer
+    config = load_config(home=tmp_path / "home", batch_size=2, load_starter_skills=False, max_batch_attempts=3,
+                         batch_retry_base_seconds=0.001)
+    async with open_app(config) as app:
+        ids = await _rated_rl_turns(app, [1.0, -1.0])
+        trainer = Trainer(app.db, config, FailingBackend(failures))
+        for _ in range(3):
+            try:
+                await trainer.once()
+            except ValueError:
+                pass
+        turns = [await app.turns.get(t) for t in ids]
+        batch = await app.db.fetchone("SELECT state, attempts, last_error FROM batches")
+    assert {t["train_state"] for t in turns} == {state}
+    if state == "skipped":
+        assert batch["state"] == "failed" and batch["attempts"] == 3
+        assert all("failed 3 times" in t["skip_reason"] and "rejected datum shape" in t["skip_reason"] for t in turns)
+    else:
+        assert batch["state"] == "trained" and "call 2" in batch["last_error"]

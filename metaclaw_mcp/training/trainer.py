@@ -323,7 +323,7 @@ class Trainer:
                                  "AND train_state = 'claimed'", (f"batch failed {attempts} times: {error}", batch_id))
             else:
                 await db.execute("UPDATE batches SET attempts = ?, last_error = ? WHERE id = ?", (attempts, error, batch_id))
-        await anyio.sleep(min(60.0, 2.0 ** attempts))  # back off before the replay
+        await anyio.sleep(min(60.0, self.config.batch_retry_base_seconds * 2.0 ** attempts))  # back off, then replay
 
     async def status(self) -> dict[str, Any]:
         return {"paused": await self.paused(), "halted": await self.halted(), "backend": self.backend.name,
