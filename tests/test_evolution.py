@@ -272,3 +272,20 @@ def test_proposal_model_validation():
         SkillProposal(name="ok", description="          ", body="1. A long enough body text.")
     p = SkillProposal(name="ok", description="  Use when things.  ", body="  1. A long enough body text.  ")
     assert p.description == "Use when things." and p.category == "general" and p.addresses == []
+
+
+def test_similar_failures_are_grouped_in_the_prompt():
+    from metaclaw_mcp.evolution.prompts import build_prompt, group_failures
+    from metaclaw_mcp.models import Digest, FailureItem
+
+    def f(i: str, request: str, feedback: str) -> FailureItem:
+        return FailureItem(turn_id=i, session_id="s", reward=-1.0, request=request, response="r", feedback=[feedback])
+
+    tz = [f("a", "write the meeting time to standup.json", "timestamp needs the +08:00 offset"),
+          f("b", "save the meeting time in notes.json", "timestamp lacks the +08:00 offset"),
+          f("c", "log the meeting time into report.json", "the timestamp needs an offset")]
+    csv = [f("d", "sum the sales column of data.csv", "you read the header row as data")]
+    groups = group_failures([tz[0], csv[0], tz[1], tz[2]])
+    assert [[x.turn_id for x in g] for g in groups] == [["a", "b", "c"], ["d"]]
+    prompt = build_prompt(Digest(failures=[*tz, *csv], instructions="", proposal_schema={}), [], 2)
+    assert "in 2 group(s)" in prompt and "# Group 1: 3 failure(s)" in prompt and "# Group 2: 1 failure(s)" in prompt

@@ -9,29 +9,56 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..config import CATEGORIES
-from ..models import Digest, RejectedProposal, SkillProposal
+from ..models import Digest, FailureItem, RejectedProposal, SkillProposal
 
 SYSTEM = ("You maintain a library of skills for an AI agent: short, reusable procedures that are added to the "
           "agent's system prompt when they fit a task. You turn the agent's failures into skills that would have "
           "prevented them. You answer with JSON only.")
 
 
+GROUP_SIMILARITY = 0.3  # word-set overlap (Jaccard) of request + feedback that puts two failures in one group
+_WORD = re.compile(r"[a-z0-9]{3,}")
+
+
+def _words(f: FailureItem) -> set[str]:
+    return set(_WORD.findall(f"{f.request} {' '.join(f.feedback)}".lower()))
+
+
+def group_failures(failures: Sequence[FailureItem]) -> list[list[FailureItem]]:
+    """Failures that share most of their words (the same kind of mistake), greedily, in first-seen order."""
+    groups: list[tuple[set[str], list[FailureItem]]] = []
+    for f in failures:
+        words = _words(f)
+        for g_words, members in groups:
+            if words and g_words and len(words & g_words) / len(words | g_words) >= GROUP_SIMILARITY:
+                members.append(f)
+                g_words |= words
+                break
+        else:
+            groups.append((set(words), [f]))
+    return [members for _, members in groups]
+
+
 def build_prompt(digest: Digest, existing: Sequence[tuple[str, str]], max_new: int) -> str:
-    """The user message: the failures, the nearby skills the library already has, and the output contract."""
-    lines = [f"The agent failed these {len(digest.failures)} turn(s):", ""]
-    for i, f in enumerate(digest.failures, 1):
-        lines += [f"## Failure {i} (turn_id {f.turn_id}, reward {f.reward:+.2f})",
-                  f"User asked: {f.request}", f"Agent answered: {f.response}"]
-        lines += [f"Feedback: {fb}" for fb in f.feedback]
-        lines.append("")
+    """The user message: the failures grouped by kind, the nearby skills the library already has, and the
+    output contract. One skill per group is the natural answer."""
+    groups = group_failures(digest.failures)
+    lines = [f"The agent failed these {len(digest.failures)} turn(s), in {len(groups)} group(s) of similar failures:", ""]
+    for g, members in enumerate(groups, 1):
+        lines += [f"# Group {g}: {len(members)} failure(s)", ""]
+        for f in members:
+            lines += [f"## Failure (turn_id {f.turn_id}, reward {f.reward:+.2f})",
+                      f"User asked: {f.request}", f"Agent answered: {f.response}"]
+            lines += [f"Feedback: {fb}" for fb in f.feedback]
+            lines.append("")
     if existing:
         lines += ["The library already has these skills (do not duplicate them; a proposal may refine one by "
                   "reusing its exact name):"]
         lines += [f"- {slug}: {desc}" for slug, desc in existing]
         lines.append("")
     lines += [
-        f"Write at most {max_new} new skills that would have prevented these failures. Each skill must generalise "
-        "to the whole class of task, not just repeat the one answer.",
+        f"Write at most {max_new} new skills that would have prevented these failures, preferably one per group. "
+        "Each skill must generalise to the whole class of task, not just repeat the one answer.",
         "Answer with a JSON array only, each item an object with:",
         '- "name": lowercase slug with single hyphens, at most 64 chars;',
         '- "description": starts "Use when ...", names the situations and words that call for it (<= 1024 chars);',
