@@ -25,20 +25,11 @@ def db_rows(home: Path, sql: str) -> list[tuple]:
 
 
 def tiny_model(tmp_path: Path) -> Path:
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("peft")
-    import transformers
+    from tiny_models import make_tiny_llama
 
-    from metaclaw_mcp.training.render import load_tokenizer
-
-    tok = load_tokenizer(str(Path(__file__).parent / "data" / "smollm2-tokenizer"))
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
-    folder = tmp_path / "tiny-llama"
-    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return make_tiny_llama(tmp_path / "tiny-llama", hidden=64)
 
 
 @pytest.mark.parametrize("backend", ["export", "local"])

@@ -17,22 +17,12 @@ from metaclaw_mcp.models import Message, TokenData  # noqa: E402
 from metaclaw_mcp.training.datums import RLSample, rl_datum, sft_datum  # noqa: E402
 from metaclaw_mcp.training.local_backend import LocalBackend, datum_loss, token_logprobs  # noqa: E402
 from metaclaw_mcp.training.render import load_tokenizer, render_sft  # noqa: E402
-
-TOKENIZER_DIR = Path(__file__).parent / "data" / "smollm2-tokenizer"
+from tiny_models import make_tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A 2-layer Llama with random weights and SmolLM2's tokenizer, saved like any local model folder."""
-    tok = load_tokenizer(str(TOKENIZER_DIR))
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                                   tie_word_embeddings=True)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def config_for(tmp_path, model_dir: Path, **kw):

@@ -17,11 +17,19 @@ SYSTEM = ("You maintain a library of skills for an AI agent: short, reusable pro
 
 
 GROUP_SIMILARITY = 0.3  # word-set overlap (Jaccard) of request + feedback that puts two failures in one group
-_WORD = re.compile(r"[a-z0-9]{3,}")
+WORD = re.compile(r"[a-z0-9]{3,}")
+
+
+def content_words(text: str) -> set[str]:
+    return set(WORD.findall(text.lower()))
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a and b else 0.0
 
 
 def _words(f: FailureItem) -> set[str]:
-    return set(_WORD.findall(f"{f.request} {' '.join(f.feedback)}".lower()))
+    return content_words(f"{f.request} {' '.join(f.feedback)}")
 
 
 def group_failures(failures: Sequence[FailureItem]) -> list[list[FailureItem]]:
@@ -30,7 +38,7 @@ def group_failures(failures: Sequence[FailureItem]) -> list[list[FailureItem]]:
     for f in failures:
         words = _words(f)
         for g_words, members in groups:
-            if words and g_words and len(words & g_words) / len(words | g_words) >= GROUP_SIMILARITY:
+            if jaccard(words, g_words) >= GROUP_SIMILARITY:
                 members.append(f)
                 g_words |= words
                 break

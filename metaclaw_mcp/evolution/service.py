@@ -6,7 +6,6 @@ address. Every run is recorded in `evolutions` with what was accepted and reject
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,20 +17,11 @@ from ..skills.library import SkillLibrary, SkillRecord, content_hash
 from ..skills.skillmd import SkillDoc, validate_doc
 from ..store import Database, dumps, utcnow
 from ..turns import TurnLog
-from .prompts import SYSTEM, build_prompt, parse_proposals
+from .prompts import SYSTEM, build_prompt, content_words, jaccard, parse_proposals
 from .screening import screen
 
 DIGEST_TEXT_CHARS = 600
 NEAR_DUPLICATE = 0.5  # word-set overlap (Jaccard) above which a proposal revises a skill instead of joining it
-WORD = re.compile(r"[a-z0-9]{3,}")
-
-
-def content_words(text: str) -> set[str]:
-    return set(WORD.findall(text.lower()))
-
-
-def jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a and b else 0.0
 
 PROPOSAL_INSTRUCTIONS = f"""\
 These turns failed (low reward or negative feedback). Write at most {{max_new}} skills that would

@@ -13,10 +13,9 @@ import anyio
 import tinker
 
 from ..training.render import plain_messages
+from ..training.tinker_backend import TRANSIENT
 from .base import ChatMessage, Completion, LLMAuthError, LLMError, LLMUnavailable
 
-# Errors worth waiting out: the service or network, not the request.
-_TRANSIENT = (tinker.APIConnectionError, tinker.APITimeoutError, tinker.RateLimitError, tinker.InternalServerError)
 
 
 class TinkerSamplerModel:
@@ -64,7 +63,7 @@ class TinkerSamplerModel:
             response = await client.sample(tinker.ModelInput.from_ints(prompt_ids), 1, params)
         except (tinker.AuthenticationError, tinker.PermissionDeniedError) as exc:
             raise LLMAuthError(f"{self.provider}: Tinker refused the credentials; check TINKER_API_KEY") from exc
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             self._client = None
             raise LLMUnavailable(f"{self.provider}: Tinker unreachable or busy ({type(exc).__name__}); "
                                  "try again later") from exc
