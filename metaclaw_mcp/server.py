@@ -19,6 +19,8 @@ from .app import App
 from .errors import MetaClawError, NotFound
 from .models import (Category, EvolveResult, FetchResult, Message, Namespace, RateResult, RatingSource,
                      ReportResult, Score, SkillProposal, TokenData)
+from .llm.accounting import record_usage
+from .skills.retrieval import estimate_tokens
 from .skills.skillmd import render_skill_md
 
 INSTRUCTIONS = """\
@@ -164,6 +166,9 @@ def build_server(app: App) -> MetaClawServer:
             await progress(1, f"your model answered ({sampled.model}); parsing and screening its proposals")
             answer = sampled.content.text if isinstance(sampled.content, TextContent) else ""
             prompt = await app.evolution.llm_prompt(namespace, app.max_new(max_new))
+            # The client's model reports no usage over MCP: record an estimate, so status shows what it cost.
+            await record_usage(app.db, namespace, f"sampling:{sampled.model}", "evolve",
+                               estimate_tokens("".join(prompt) if prompt else ""), estimate_tokens(answer))
             result = await app.evolution.evolve_from_answer(namespace, app.max_new(max_new), answer,
                                                             llm=f"sampling:{sampled.model}",
                                                             prompt=prompt[1] if prompt else None, dry_run=dry_run)

@@ -79,6 +79,8 @@ async def test_evolve_asks_the_clients_model_and_screens_what_it_writes(tmp_path
     mode_, llm, prompt, answer = con.execute("SELECT mode, llm, prompt, answer FROM evolutions ORDER BY id DESC").fetchone()
     assert (mode_, llm) == ("llm", "sampling:scripted-client-model")
     assert "standup_1.json" in prompt and "helpful-shortcut" in answer
+    provider, purpose, used = con.execute("SELECT provider, purpose, prompt_tokens FROM llm_usage").fetchone()
+    assert (provider, purpose) == ("sampling:scripted-client-model", "evolve") and used > 100  # an estimate
 
 
 async def test_a_client_without_sampling_gets_the_digest(tmp_path):

@@ -47,11 +47,7 @@ class MeteredModel:
                     "no cap, to continue")
         out = await self.inner.complete(messages, max_tokens=max_tokens, temperature=temperature,
                                         purpose=purpose, namespace=namespace)
-        async with self.db.transaction() as db:
-            await db.execute(
-                "INSERT INTO llm_usage(namespace, provider, purpose, prompt_tokens, completion_tokens, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (namespace, self.provider, purpose, out.prompt_tokens, out.completion_tokens, utcnow()))
+        await record_usage(self.db, namespace, self.provider, purpose, out.prompt_tokens, out.completion_tokens)
         return out
 
     async def aclose(self) -> None:
@@ -59,6 +55,15 @@ class MeteredModel:
         close = getattr(self.inner, "aclose", None)
         if close is not None:
             await close()
+
+
+async def record_usage(db: Database, namespace: str, provider: str, purpose: str, prompt_tokens: int,
+                       completion_tokens: int) -> None:
+    """One row of `llm_usage`: what a call to `provider` cost, for whom and why."""
+    async with db.transaction() as conn:
+        await conn.execute(
+            "INSERT INTO llm_usage(namespace, provider, purpose, prompt_tokens, completion_tokens, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)", (namespace, provider, purpose, prompt_tokens, completion_tokens, utcnow()))
 
 
 async def usage_summary(db: Database) -> dict[str, Any]:
