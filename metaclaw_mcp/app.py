@@ -239,6 +239,8 @@ class App:
         last_step = await self.db.fetchone("SELECT step, loss, mean_reward, created_at FROM train_steps ORDER BY id DESC LIMIT 1")
         evolutions = await self.db.fetchone("SELECT COUNT(*) AS n, MAX(created_at) AS last FROM evolutions")
         from .llm import usage_summary
+        steps = int(await self.db.scalar("SELECT COUNT(*) FROM train_steps") or 0)
+        paused = bool(await self.db.get_kv("trainer_paused", False))
         return {
             "version": __version__,
             "home": str(self.config.home),
@@ -253,31 +255,29 @@ class App:
             "training": {
                 "backend": self.config.effective_backend,
                 "available": self.config.effective_backend in ("export", "tinker", "local"),
-                "paused": bool(await self.db.get_kv("trainer_paused", False)),
+                "paused": paused,
                 "model_name": self.config.model_name,
                 "backlog": turns["by_state"].get("rated", 0),
                 "trained": turns["by_state"].get("trained", 0),
-                "steps": await self.db.scalar("SELECT COUNT(*) FROM train_steps"),
+                "steps": steps,
                 "max_steps": self.config.max_steps,
                 "last_step": dict(last_step) if last_step else None,
                 "last_checkpoint": dict(last_ckpt) if last_ckpt else None,
                 "recent_steps": [dict(r) for r in await self.db.fetchall(
                     "SELECT step, loss, mean_reward, n_datums, created_at FROM train_steps ORDER BY step DESC LIMIT 10")],
-                "next": await self._training_next(),
+                "next": await self._training_next(steps, paused),
             },
         }
 
-    async def _training_next(self) -> str:
+    async def _training_next(self, steps: int, paused: bool) -> str:
         """What the trainer will do next, in a sentence."""
         cfg = self.config
         halted = await self.db.get_kv("trainer_halted")
         if halted:
             return f"halted: {halted}"
-        if await self.db.get_kv("trainer_paused", False):
+        if paused:
             return "paused: `metaclaw-mcp train resume` to continue"
-        if cfg.effective_backend not in ("export", "tinker", "local"):
-            return f"no trainer for backend {cfg.effective_backend!r}"
-        if (await self.db.scalar("SELECT COUNT(*) FROM train_steps") or 0) >= cfg.max_steps:
+        if steps >= cfg.max_steps:
             return f"stopped: max_steps={cfg.max_steps} reached"
         if await self.db.scalar("SELECT 1 FROM batches WHERE state = 'claimed' LIMIT 1"):
             return "training a claimed batch"
