@@ -5,11 +5,18 @@ user tools, mock) and every section of their policy documents, as skills; each t
 `reason_for_call` is a query; the tools of its expected actions are the relevant skills (tasks
 with the same reason are merged). Tasks follow tau2's own train/test split. Printed per split:
 Recall@1, Recall@5 (relevant found in the top k over min(relevant, k), averaged) and MRR@10 for
-BM25 alone, dense alone, and the project's default (lexical and dense fused, then credit, which
-is empty here). Fusion settings were chosen with `--tune` on the train split.
+BM25 alone, dense alone (the default's static vectors, and the full MiniLM transformer that
+peers use), and the project's default (lexical and dense fused), first on a new library (no
+turns yet), then, on the test split, after the train split's tasks went through the server as
+turns: `fetch_skills`, `report_turn` with the retrieval and the tools the task used, and
+`rate_turn` +1 (each task replayed as a solved one). That is the default learning from its own
+work: the votes of similar past turns (experience). Fusion and experience settings were chosen
+with `--tune` on the train split (experience by leave-one-out); the test split is only measured.
 
-Latency: the same library plus seeded synthetic filler skills up to each size; distinct queries
-(each seen once, so no cached query vector helps) through `App.fetch_skills`, in-process.
+Latency: the same library plus seeded synthetic filler skills up to each size, and a history of
+`--history` rated turns (the tau2 tasks, then made-up requests naming filler skills, rewards
+drawn from -1, 0, 1), so the default's experience votes are part of what is timed; distinct
+queries (each seen once, so no cached query vector helps) through `App.fetch_skills`, in-process.
 
     python bench/retrieval.py                       # quality, then latency at 1k and 10k
     python bench/retrieval.py --sizes 1000 10000 100000     # hybrid timed up to --dense-max
@@ -39,6 +46,7 @@ import anyio
 
 from metaclaw_mcp.app import App, open_app
 from metaclaw_mcp.config import load_config
+from metaclaw_mcp.models import Message
 from metaclaw_mcp.skills import index as index_module
 from metaclaw_mcp.skills.retrieval import build_query
 from metaclaw_mcp.skills.skillmd import SkillDoc, read_skill_folder, starter_dir
@@ -133,29 +141,137 @@ def metrics(ranked: list[list[str]], relevant: list[set[str]]) -> dict[str, floa
     return {"R@1": 100 * r1 / n, "R@5": 100 * r5 / n, "MRR@10": 100 * mrr / n}
 
 
-async def evaluate(app: App, queries: list[tuple[str, set[str]]], mode: str | None) -> dict[str, float]:
+async def evaluate(app: App, queries: list[tuple[str, set[str]]], mode: str | None,
+                   experience: bool = True, namespace: str = "default") -> dict[str, float]:
     ranked = []
     for text, _ in queries:
-        hits = await app.retriever.search(build_query(text), "default", k=10, explore=False, use_credit=False,
-                                          mode=mode)
+        hits = await app.retriever.search(build_query(text), namespace, k=10, explore=False, use_credit=False,
+                                          mode=mode, use_experience=experience)
         ranked.append([h.record.slug for h in hits])
     return metrics(ranked, [rel for _, rel in queries])
+
+
+async def replay(app: App, tasks: list[tuple[str, set[str]]], namespace: str = "default",
+                 name_tools: bool = True) -> None:
+    """Each task as a solved turn: fetch_skills, report_turn (the retrieval and, with `name_tools`,
+    the tools the task used as `skill_ids`), rate_turn +1."""
+    for i, (text, relevant) in enumerate(tasks):
+        found = await app.fetch_skills(text, k=5, namespace=namespace)
+        turn = await app.report_turn(session_id=f"history-{i}", messages=[Message(role="user", content=text)],
+                                     response="(solved)", retrieval_id=found.retrieval_id,
+                                     skill_ids=sorted(relevant) if name_tools else None, namespace=namespace)
+        await app.rate_turn(turn.turn_id, 1.0, source="env")
+
+
+class TransformerDense:
+    """The full MiniLM transformer as a second embedder, for the peers' dense-alone row."""
+
+    def __init__(self, app: App):
+        from metaclaw_mcp.skills.dense import DenseIndex, Embedder
+        self.embedder = Embedder()
+        self.index = DenseIndex(384)
+        self.app = app
+
+    async def load(self, namespace: str = "default") -> None:
+        from metaclaw_mcp.skills.dense import skill_text
+        rows = await self.app.db.fetchall(
+            "SELECT s.id, s.slug, v.description FROM skills s JOIN skill_versions v ON v.skill_id = s.id "
+            "AND v.version = s.current_version WHERE s.namespace = ?", (namespace,))
+        vectors = self.embedder.encode([skill_text(r["slug"], r["description"]) for r in rows])
+        for r, v in zip(rows, vectors):
+            self.index.put(r["id"], v)
+        self.slugs = {r["id"]: r["slug"] for r in rows}
+
+    def evaluate(self, queries: list[tuple[str, set[str]]]) -> dict[str, float]:
+        ranked = []
+        for text, _ in queries:
+            hits = self.index.search(self.embedder.encode_query(build_query(text).dense_text()), 10)
+            ranked.append([self.slugs[k] for k in sorted(hits, key=hits.__getitem__, reverse=True)])
+        return metrics(ranked, [rel for _, rel in queries])
 
 
 METHODS = (("BM25 alone", "lexical"), ("dense alone", "dense"), ("default", None))
 
 
 async def quality(app: App, splits: dict[str, list[tuple[str, set[str]]]]) -> None:
-    print(f"\nretrieval quality on tau2-bench ({app.retriever.mode} default: fusion={app.config.fusion}, "
-          f"lexical weight={app.config.fusion_lexical_weight}, BM25 field weights={index_module.BM25_WEIGHTS})")
-    print(f"{'split':6} {'queries':>7}  {'method':12} {'R@1':>6} {'R@5':>6} {'MRR@10':>7}")
+    cfg = app.config
+    print(f"\nretrieval quality on tau2-bench ({app.retriever.mode} default: encoder={cfg.embedding_encoder}, "
+          f"fusion={cfg.fusion}, lexical weight={cfg.fusion_lexical_weight}, BM25 field weights="
+          f"{index_module.BM25_WEIGHTS}; experience: weight={cfg.experience_weight}, neighbours="
+          f"{cfg.experience_neighbours}, min similarity={cfg.experience_min_similarity})")
+    transformer = None
+    if app.retriever.uses_dense and cfg.embedding_encoder == "static":
+        transformer = TransformerDense(app)
+        await transformer.load()
+    rows: list[tuple[str, str, int, dict[str, float]]] = []
+    print(f"{'split':6} {'queries':>7}  {'method':34} {'R@1':>6} {'R@5':>6} {'MRR@10':>7}")
+
+    def show(split: str, label: str, n: int, m: dict[str, float]) -> None:
+        rows.append((split, label, n, m))
+        print(f"{split:6} {n:>7}  {label:34} {m['R@1']:6.1f} {m['R@5']:6.1f} {m['MRR@10']:7.1f}")
+
     for split in ("train", "test", "all"):
         qs = splits["train"] + splits["test"] if split == "all" else splits[split]
         for label, mode in METHODS:
             if mode != "lexical" and not app.retriever.uses_dense:
                 continue
-            m = await evaluate(app, qs, mode)
-            print(f"{split:6} {len(qs):>7}  {label:12} {m['R@1']:6.1f} {m['R@5']:6.1f} {m['MRR@10']:7.1f}")
+            if label == "dense alone" and transformer is not None:
+                label = "dense alone (static, the default's)"
+            show(split, label + (" (new library)" if mode is None else ""), len(qs), await evaluate(app, qs, mode))
+        if transformer is not None:
+            show(split, "dense alone (MiniLM transformer)", len(qs), transformer.evaluate(qs))
+    if not app.retriever.uses_dense or cfg.experience_weight <= 0:
+        return
+    # Learning from turns, two-fold: the train split's tasks as history, the test split measured,
+    # then the other way round, each in a namespace of its own; "all" pools the two.
+    print("\nafter the other split's tasks went through the server as solved turns (two-fold):")
+    docs = app._bench_docs  # type: ignore[attr-defined]
+    learned: dict[str, dict[str, float]] = {}
+    for history, measured, name_tools in (("train", "test", True), ("test", "train", True), ("train", "test", False)):
+        ns = f"{history}-history" + ("" if name_tools else "-injected-only")
+        await app.library.import_docs(((d.name, d) for d in docs), len(docs), ns, source="bench")
+        await app.retriever.ensure_embeddings(ns)
+        await replay(app, splits[history], ns, name_tools)
+        m = await evaluate(app, splits[measured], None, namespace=ns)
+        if name_tools:
+            learned[measured] = m
+            show(measured, f"default after {len(splits[history])} {history} turns", len(splits[measured]), m)
+        else:
+            show(measured, "  (the same, turns name no skill_ids)", len(splits[measured]), m)
+    n_train, n_test = len(splits["train"]), len(splits["test"])
+    pooled = {key: (learned["train"][key] * n_train + learned["test"][key] * n_test) / (n_train + n_test)
+              for key in ("R@1", "R@5", "MRR@10")}
+    show("all", "default after the other split's turns", n_train + n_test, pooled)
+    print("\nthe default's lead in Recall@5 (points):")
+    by = {(split, label): m for split, label, _, m in rows}
+    for split, label in (("all", "default (new library)"), ("all", "default after the other split's turns"),
+                         ("test", f"default after {n_train} train turns")):
+        others = {lab: m["R@5"] for (sp, lab), m in by.items() if sp == split and "alone" in lab}
+        lead = ", ".join(f"{by[(split, label)]['R@5'] - v:+.1f} over {lab}" for lab, v in others.items())
+        print(f"  {split:5} {label}: {lead}")
+
+
+async def tune_experience(app: App, train: list[tuple[str, set[str]]]) -> None:
+    """Experience settings by leave-one-out on the train split: each task is scored with every other
+    train task as history (in its own namespace, so the held-out task never votes for itself)."""
+    import copy
+    results = []
+    for neighbours, min_sim, weight in itertools.product((5, 10), (0.4, 0.5, 0.6), (0.5, 1.0)):
+        app.config.experience_neighbours, app.config.experience_min_similarity = neighbours, min_sim
+        app.config.experience_weight = weight
+        hits = []
+        for i, task in enumerate(train):
+            ns = f"loo-{i}"
+            if (neighbours, min_sim, weight) == (5, 0.4, 0.5):  # first setting: build each namespace once
+                await app.library.import_docs(((d.name, copy.copy(d)) for d in app._bench_docs), len(app._bench_docs),
+                                              ns, source="bench")
+                await app.retriever.ensure_embeddings(ns)
+                await replay(app, train[:i] + train[i + 1:], ns)
+            hits.append(await evaluate(app, [task], None, namespace=ns))
+        m = {key: statistics.mean(h[key] for h in hits) for key in ("R@1", "R@5", "MRR@10")}
+        results.append((m["R@5"], f"experience neighbours={neighbours} min_sim={min_sim} weight={weight}", m))
+    for _, label, m in sorted(results, key=lambda r: r[0], reverse=True):
+        print(f"{label:60} R@1 {m['R@1']:5.1f}  R@5 {m['R@5']:5.1f}  MRR@10 {m['MRR@10']:5.1f}")
 
 
 async def tune(app: App, train: list[tuple[str, set[str]]]) -> None:
@@ -226,9 +342,22 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-async def latency(sizes: list[int], base: list[SkillDoc], queries: list[str], calls: int, seed: int,
-                  dense_max: int) -> None:
-    print(f"\nfetch_skills latency in-process, k=5, {calls} distinct queries per row (ms)")
+async def history(app: App, tasks: list[tuple[str, set[str]]], filler: Filler, names: list[str], n: int) -> None:
+    """`n` rated turns: the tau2 tasks naming their tools (+1), then filler requests naming 1-2 filler skills."""
+    rng = filler.rng
+    await replay(app, tasks[:n])
+    for i in range(max(n - len(tasks), 0)):
+        text = f"Please {rng.choice(VERBS)} the {' '.join(filler.words(5))}"
+        turn = await app.report_turn(session_id=f"filler-{i}", messages=[Message(role="user", content=text)],
+                                     response="(done)", skill_ids=rng.sample(names, rng.randint(1, 2)))
+        await app.rate_turn(turn.turn_id, rng.choice((-1.0, 0.0, 1.0)), source="env")
+
+
+async def latency(sizes: list[int], base: list[SkillDoc], tasks: list[tuple[str, set[str]]], calls: int, seed: int,
+                  dense_max: int, n_history: int) -> None:
+    queries = [q for q, _ in tasks]
+    print(f"\nfetch_skills latency in-process, k=5, {calls} distinct queries per row, after {n_history} rated "
+          "turns (ms)")
     print(f"{'skills':>7}  {'mode':8} {'p50':>7} {'p99':>7}  {'build (import + embed)':>24}")
     rng = random.Random(seed)
     filler = Filler(rng, [f"{d.description} {d.body}" for d in base + starter_docs()])
@@ -246,6 +375,8 @@ async def latency(sizes: list[int], base: list[SkillDoc], queries: list[str], ca
                     t1 = time.perf_counter()
                     await app.retriever.ensure_embeddings("default")
                     t_embed = time.perf_counter() - t1
+                await history(app, tasks, filler, [d.name for d in docs[len(base):]] or [d.name for d in base],
+                              n_history)
                 modes = ("lexical", app.retriever.mode) if app.retriever.mode != "lexical" else ("lexical",)
                 if size > dense_max:
                     modes = ("lexical",)
@@ -261,6 +392,9 @@ async def latency(sizes: list[int], base: list[SkillDoc], queries: list[str], ca
                         times.append((time.perf_counter() - t) * 1000)
                     build = f"{t_import:.1f}s + {t_embed:.1f}s" if mode != "lexical" else f"{t_import:.1f}s"
                     print(f"{size:>7}  {mode:8} {pct(times, 50):7.2f} {pct(times, 99):7.2f}  {build:>24}")
+                    state = await app.retriever.state("default")
+                    if mode != "lexical" and state.experience is not None:
+                        print(f"{'':>7}  {'':8} (experience: {len(state.experience)} past turns vote)")
                     if app.retriever.uses_dense:
                         t = time.perf_counter()
                         for q in qs[:50]:
@@ -275,7 +409,7 @@ async def main(args: argparse.Namespace) -> None:
     splits = tau2_queries(root)
     print(f"tau2-bench: {len(base)} skills ({len(tool_skills(root))} tools, {len(policy_skills(root))} policy "
           f"sections); queries: {len(splits['train'])} train, {len(splits['test'])} test")
-    if not args.skip_quality or args.tune:
+    if not args.skip_quality or args.tune or args.tune_experience:
         with tempfile.TemporaryDirectory() as tmp:
             config = load_config(home=Path(tmp), load_starter_skills=False, retrieval_seed=args.seed)
             async with open_app(config) as app:
@@ -284,10 +418,14 @@ async def main(args: argparse.Namespace) -> None:
                 if args.tune:
                     await tune(app, splits["train"])
                     return
+                app._bench_docs = base  # type: ignore[attr-defined]
+                if args.tune_experience:
+                    await tune_experience(app, splits["train"])
+                    return
                 await quality(app, splits)
     if not args.skip_latency:
-        queries = [q for split in splits.values() for q, _ in split]
-        await latency(args.sizes, base, queries, args.calls, args.seed, args.dense_max)
+        tasks = [t for split in splits.values() for t in split]
+        await latency(args.sizes, base, tasks, args.calls, args.seed, args.dense_max, args.history)
 
 
 if __name__ == "__main__":
@@ -295,9 +433,12 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--calls", type=int, default=300, help="Distinct queries timed per size and mode.")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--history", type=int, default=2000, help="Rated turns before the latency is timed.")
     parser.add_argument("--dense-max", type=int, default=10_000,
                         help="Largest library also timed in hybrid mode (embedding 100k skills takes ~20 min here).")
     parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--tune-experience", action="store_true",
+                        help="Experience settings by leave-one-out on the train split (slow: 100 libraries).")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     anyio.run(main, parser.parse_args())

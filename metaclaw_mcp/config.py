@@ -63,7 +63,18 @@ class MetaClawConfig(BaseSettings):
     query_messages: int = Field(4, ge=0, le=50, description="Recent messages fetch_skills adds to the query.")
     embedding_model_path: Path | None = Field(None, description="Sentence-transformers model folder; "
                                               "default: the all-MiniLM-L6-v2 bundled with the extra.")
+    embedding_encoder: Literal["static", "transformer"] = Field(
+        "static", description="static: token vectors distilled from the model once (a query in well under "
+        "1 ms); transformer: the full model per query (25-30 ms on a 2-core CPU).")
+    embedding_cache_dir: Path | None = Field(None, description="Where the static token table is cached "
+                                             "(default: $XDG_CACHE_HOME/metaclaw-mcp).")
     retrieval_seed: int | None = Field(None, description="Seed for exploration draws (tests, benchmarks).")
+    experience_weight: float = Field(1.0, ge=0.0, le=10.0, description="Weight of the votes of similar past "
+                                     "rated turns (their reward, to the skills they used) in relevance; 0 turns it off.")
+    experience_neighbours: int = Field(5, ge=1, le=100, description="Past turns that vote for a query.")
+    experience_min_similarity: float = Field(0.6, ge=-1.0, le=1.0, description="Cosine a past request needs to "
+                                             "vote; its weight is the excess over this.")
+    experience_turns: int = Field(20_000, ge=0, description="Most recent rated turns kept for experience.")
     credit_usefulness_weight: float = Field(2.0, ge=0.0, le=10.0, description="Weight of measured uplift in ranking.")
     credit_prior_sd: float = Field(0.25, gt=0.0, le=2.0, description="Prior sd of a skill's uplift (shrinkage).")
     credit_z: float = Field(1.96, gt=0.0, le=5.0, description="Width of the confidence bounds decisions use.")

@@ -28,7 +28,8 @@ metaclaw-mcp lets you learn from your own work across conversations. Around each
 1. Before answering a task, call `fetch_skills` with a one-line description of the task. Add the
    returned `injection` to your instructions and apply the skills that fit. Keep the `retrieval_id`.
 2. After answering, call `report_turn` with the session id, the messages you answered, your
-   response and the `retrieval_id`. Keep the returned `turn_id`.
+   response, the `retrieval_id`, and as `skill_ids` the skills (slugs) you actually used. Keep the
+   returned `turn_id`. Similar requests later get the skills that went well on this one.
 3. When the outcome is known (the user's reaction, a test result, a tool's verdict), call
    `rate_turn` with that `turn_id` and a score in [-1, 1] (source "user", "env" or "agent") and a
    one-line reason as `feedback`. Rate failures too: they are what new skills are learned from.
@@ -120,7 +121,9 @@ def build_server(app: App) -> MetaClawServer:
         response: Annotated[str, Field(description="Your reply.")],
         retrieval_id: Annotated[str | None, Field(max_length=4096, description="From fetch_skills.")] = None,
         skill_ids: Annotated[list[int | str] | None, Field(max_length=100,
-                                                           description="Skills used (ids or slugs), if not fetched.")] = None,
+                                                           description="The skills (ids or slugs) you actually used, "
+                                                           "fetched or not. Without it every fetched skill "
+                                                           "counts as possibly used.")] = None,
         model: Annotated[str | None, Field(max_length=256)] = None,
         tokens: Annotated[TokenData | None, Field(description="Sampler tokens, for RL.")] = None,
         metadata: dict[str, Any] | None = None,

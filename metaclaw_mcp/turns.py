@@ -82,7 +82,7 @@ class TurnLog:
                     linked = (await (await db.execute("SELECT COUNT(*) FROM skill_uses WHERE turn_id = ?",
                                                       (row["id"],))).fetchone())[0]
                     return ReportOutcome(row["id"], True, linked)
-            refs = await self._resolve_skills(db, namespace, refs, skill_ids or [])
+            refs, named = await self._resolve_skills(db, namespace, refs, skill_ids or [])
             turn_id = new_turn_id()
             await db.execute(
                 "INSERT INTO turns(id, namespace, session_id, messages, response, model, prompt_ids, completion_ids,"
@@ -92,8 +92,9 @@ class TurnLog:
                  dumps(tokens.prompt_ids) if tokens else None, dumps(tokens.completion_ids) if tokens else None,
                  dumps(tokens.logprobs) if tokens and tokens.logprobs is not None else None,
                  meta_json, retrieval_id, idempotency_key, req_hash, utcnow()))
-            await db.executemany("INSERT INTO skill_uses(turn_id, skill_id, version, rank) VALUES (?, ?, ?, ?)",
-                                 [(turn_id, sid, ver, rank) for rank, (sid, ver) in enumerate(refs)])
+            await db.executemany(
+                "INSERT INTO skill_uses(turn_id, skill_id, version, rank, named) VALUES (?, ?, ?, ?, ?)",
+                [(turn_id, sid, ver, rank, int(sid in named)) for rank, (sid, ver) in enumerate(refs)])
         return ReportOutcome(turn_id, False, len(refs))
 
     @staticmethod
@@ -107,9 +108,12 @@ class TurnLog:
         return refs
 
     async def _resolve_skills(self, db: aiosqlite.Connection, namespace: str, refs: list[tuple[int, int]],
-                              skill_ids: Sequence[int | str]) -> list[tuple[int, int]]:
-        """Check the retrieval's versions and resolve `skill_ids` (ids or slugs) to current versions."""
+                              skill_ids: Sequence[int | str]) -> tuple[list[tuple[int, int]], set[int]]:
+        """Check the retrieval's versions and resolve `skill_ids` (ids or slugs) to current versions.
+
+        Returns the (skill id, version) links, and the ids the agent named as used."""
         out: dict[int, int] = {}
+        named: set[int] = set()
         for sid, ver in refs:
             ok = await (await db.execute(
                 "SELECT 1 FROM skill_versions v JOIN skills s ON s.id = v.skill_id "
@@ -129,7 +133,8 @@ class TurnLog:
             if row is None:
                 raise InvalidInput(f"skill_ids: no skill {ref!r} in namespace {namespace!r}")
             out.setdefault(row["id"], row["current_version"])
-        return list(out.items())
+            named.add(row["id"])
+        return list(out.items()), named
 
     async def rate(self, turn_id: str, score: float, source: str = "user", feedback: str | None = None) -> RateOutcome:
         """Add a rating, re-fuse the turn's reward, and queue the turn for training if it still can be."""

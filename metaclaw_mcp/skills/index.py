@@ -9,6 +9,7 @@ generation is newer than the last one seen are read again.
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Sequence
@@ -26,7 +27,8 @@ from .retrieval import (BM25_WEIGHTS, RetrievalQuery, drop_near_duplicates, fuse
 
 if TYPE_CHECKING:
     from ..config import MetaClawConfig
-    from .dense import DenseIndex, Embedder
+    from .dense import DenseIndex, Embedder, StaticEmbedder
+    from .experience import ExperienceIndex
 
 log = logging.getLogger("metaclaw_mcp.retrieval")
 
@@ -83,6 +85,9 @@ class NamespaceState:
     dense: DenseIndex | None = None
     effects: dict[tuple[int, int], Effect] = field(default_factory=dict)   # fitted at the last review
     missing: set[int] = field(default_factory=set)   # retrievable skills whose current version has no vector
+    experience: ExperienceIndex | None = None
+    experience_since: str = ""                       # rated_at of the newest turn read into `experience`
+    experience_stats: int = -1                       # the stats counter it was read at
 
 
 class Retriever:
@@ -98,7 +103,7 @@ class Retriever:
             mode = "hybrid" if dense_available() else "lexical"
         self.mode = mode
         self.rng = random.Random(config.retrieval_seed)
-        self._embedder: Embedder | None = None
+        self._embedder: Embedder | StaticEmbedder | None = None
         self._ns: dict[str, NamespaceState] = {}
         self._seen = (-1, -1, -1)   # change_counters: skills, skills_reset, stats
         self._refresh_lock = anyio.Lock()
@@ -115,10 +120,13 @@ class Retriever:
         return self.mode in ("hybrid", "dense")
 
     @property
-    def embedder(self) -> Embedder:
+    def embedder(self) -> Embedder | StaticEmbedder:
         if self._embedder is None:
-            from .dense import Embedder
-            self._embedder = Embedder(self.config.embedding_model_path)
+            from .dense import Embedder, StaticEmbedder
+            if self.config.embedding_encoder == "static":
+                self._embedder = StaticEmbedder(self.config.embedding_model_path, self.config.embedding_cache_dir)
+            else:
+                self._embedder = Embedder(self.config.embedding_model_path)
         return self._embedder
 
     # ---- keeping the in-memory state current ----
@@ -227,6 +235,8 @@ class Retriever:
             return 0
         state = await self.state(namespace)
         todo = sorted(state.missing)[:limit] if limit is not None else sorted(state.missing)
+        if todo and not self.embedder.ready:
+            await anyio.to_thread.run_sync(self.embedder.load)
         done = 0
         from .dense import skill_text, to_blob
         for start in range(0, len(todo), batch):
@@ -316,45 +326,112 @@ class Retriever:
                 return out
             limit *= 8  # other namespaces or retired skills took the places: look further
 
-    async def dense(self, state: NamespaceState, query: RetrievalQuery, n: int,
+    async def query_vector(self, query: RetrievalQuery) -> Any:
+        if self.embedder.fast:
+            return self.embedder.encode_query(query.dense_text())
+        return await anyio.to_thread.run_sync(self.embedder.encode_query, query.dense_text())
+
+    async def dense(self, state: NamespaceState, query_D: Any, n: int,
                     categories: Sequence[str] | None = None) -> dict[int, float]:
         """skill id -> cosine similarity of the `n` best retrievable skills with a vector."""
         if state.dense is None:
             return {}
-        query_D = await anyio.to_thread.run_sync(self.embedder.encode_query, query.dense_text())
         allowed = None
         if categories:
             wanted = set(categories)
             allowed = {m.id for m in state.metas.values() if m.category in wanted}
         return state.dense.search(query_D, n, allowed)
 
+    # ---- experience: what went well on similar past requests ----
+
+    async def refresh_experience(self, namespace: str, state: NamespaceState) -> None:
+        """Read the rated turns (with skills) not yet in `state.experience`; encode their requests."""
+        cap = self.config.experience_turns
+        if cap <= 0 or self.config.experience_weight <= 0 or state.dense is None:
+            return
+        if state.experience is None:
+            from .experience import ExperienceIndex
+            state.experience = ExperienceIndex(state.dense.dim, cap)
+        stats_gen = self._seen[2]
+        if state.experience_stats == stats_gen:
+            return
+        rows = await self.db.fetchall(
+            "SELECT t.id, t.messages, t.reward, t.credit_baseline, t.rated_at, "
+            "group_concat(u.skill_id || ':' || u.named) AS used "
+            "FROM turns t "
+            "JOIN skill_uses u ON u.turn_id = t.id WHERE t.namespace = ? AND t.reward IS NOT NULL "
+            "AND t.rated_at >= ? GROUP BY t.id ORDER BY t.rated_at DESC LIMIT ?",
+            (namespace, state.experience_since, cap))
+        if rows:
+            from .experience import request_text, turn_values
+            texts = [request_text(json.loads(r["messages"]))[:2000] for r in reversed(rows)]
+            if self.embedder.fast and len(texts) <= 64:
+                vectors_ND = self.embedder.encode(texts)
+            else:
+                vectors_ND = await anyio.to_thread.run_sync(self.embedder.encode, texts)
+            for r, text, vector_D in zip(reversed(rows), texts, vectors_ND):
+                values = turn_values(str(r["used"]), float(r["reward"]), r["credit_baseline"])
+                if text.strip() and values:
+                    state.experience.put(r["id"], vector_D, values)
+                else:
+                    state.experience.remove(r["id"])
+            state.experience_since = max(state.experience_since, rows[0]["rated_at"])
+        state.experience_stats = stats_gen
+
+    def experience_votes(self, state: NamespaceState, query_D: Any) -> dict[int, float]:
+        if state.experience is None or not len(state.experience):
+            return {}
+        return state.experience.vote(query_D, self.config.experience_neighbours,
+                                     self.config.experience_min_similarity)
+
     async def search(self, query: RetrievalQuery, namespace: str = "default", k: int = 5,
                      categories: Sequence[str] | None = None, explore: bool = True,
-                     mode: str | None = None, use_credit: bool = True) -> list[Hit]:
+                     mode: str | None = None, use_credit: bool = True, use_experience: bool = True) -> list[Hit]:
         """The best `k` skills for `query`, near-duplicates shown once, each with why it was chosen.
 
         `mode` overrides the configured one (lexical, dense, hybrid); `use_credit=False` ranks by
-        relevance alone (benchmarks compare against it).
+        relevance alone and `use_experience=False` without the votes of similar past turns
+        (benchmarks compare against both).
         """
         mode = mode or self.mode
         state = await self.state(namespace)
+        if mode != "lexical" and state.dense is not None and not self.embedder.ready:
+            if mode == "dense":
+                await anyio.to_thread.run_sync(self.embedder.load)
+            else:
+                # The model loads (or the static table is built, once) in the background;
+                # until then this server answers from the lexical index alone.
+                self.embedder.start_loading()
+                mode = "lexical"
         if mode != "lexical" and state.dense is not None and state.missing:
             if len(state.missing) <= INLINE_EMBED_MAX:
                 await self.ensure_embeddings(namespace)
         n = self.config.retrieval_candidates
         lex: dict[int, float] = {}
         den: dict[int, float] = {}
-        if mode == "hybrid" and state.dense is not None:
-            # The query's forward pass and the FTS5 query run in two threads at once.
-            async def run_dense() -> None:
-                den.update(await self.dense(state, query, n, categories))
+        votes: dict[int, float] = {}
+        use_experience = use_experience and mode != "lexical" and self.config.experience_weight > 0
+        if use_experience:
+            await self.refresh_experience(namespace, state)
+        if mode != "lexical" and state.dense is not None:
+            # The FTS5 query runs in the database thread while the query vector is computed
+            # (here, or in a worker thread for the transformer) and the vectors are searched.
+            async def run_lexical() -> None:
+                lex.update(await self.lexical(query, namespace, n, categories))
             async with anyio.create_task_group() as tg:
-                tg.start_soon(run_dense)
-                lex = await self.lexical(query, namespace, n, categories)
-        else:
-            lex = await self.lexical(query, namespace, n, categories) if mode != "dense" else {}
-            den = await self.dense(state, query, n, categories) if mode != "lexical" else {}
+                if mode == "hybrid":
+                    tg.start_soon(run_lexical)
+                    await anyio.sleep(0)  # let the lexical task hand its query to the database thread
+                query_D = await self.query_vector(query)
+                den = await self.dense(state, query_D, n, categories)
+                if use_experience:
+                    votes = self.experience_votes(state, query_D)
+        elif mode != "dense":
+            lex = await self.lexical(query, namespace, n, categories)
         relevance = fuse(lex, den, self.config.fusion_lexical_weight, self.config.fusion)
+        from_experience: dict[int, float] = {}
+        if votes:
+            relevance, from_experience = self._add_votes(state, relevance, votes, categories)
         if not relevance:
             return []
         # The pool: the most relevant few; credit reorders within it, never pulls from the tail.
@@ -378,7 +455,29 @@ class Retriever:
         explore = explore and use_credit and state.totals.n >= policy.min_baseline
         ranked = rank(cands, k, policy, self.rng, explore=explore)
         by_key = {c.key: c for c in cands}
-        return [Hit(records[r.key], r.relevance, r.usefulness, r.why, by_key[r.key].credit, r.score) for r in ranked]
+        # Chosen for what similar past turns showed (most of its relevance is their vote): that
+        # is measured usefulness, for requests like this one.
+        return [Hit(records[r.key], r.relevance, r.usefulness,
+                    "usefulness" if r.why == "relevance" and from_experience.get(r.key, 0.0) > 0.5 else r.why,
+                    by_key[r.key].credit, r.score) for r in ranked]
+
+    def _add_votes(self, state: NamespaceState, relevance: dict[int, float], votes: dict[int, float],
+                   categories: Sequence[str] | None) -> tuple[dict[int, float], dict[int, float]]:
+        """Relevance plus `experience_weight` x the votes, rescaled to [0, 1]; and each skill's share from votes."""
+        weight = self.config.experience_weight
+        wanted = set(categories) if categories else None
+        out = dict(relevance)
+        for sid, vote in votes.items():
+            meta = state.metas.get(sid)
+            if meta is None or meta.status not in RETRIEVABLE or (wanted and meta.category not in wanted):
+                continue
+            out[sid] = out.get(sid, 0.0) + weight * vote
+        top = max(out.values(), default=0.0)
+        if top <= 0.0:
+            return relevance, {}
+        scaled = {sid: max(v, 0.0) / top for sid, v in out.items() if v > 0.0}
+        share = {sid: max(weight * votes.get(sid, 0.0), 0.0) / out[sid] for sid in scaled}
+        return scaled, share
 
     # ---- credit decisions ----
 

@@ -339,3 +339,14 @@ def m0003_skill_credit_and_change_counters(db: sqlite3.Connection) -> None:
         UPDATE turns SET reward = NULL WHERE id = OLD.id;
     END;
     """)
+
+
+@migration(4)
+def m0004_experience(db: sqlite3.Connection) -> None:
+    """For retrieval's experience: rated turns by namespace and rating time (it reads the newly
+    rated ones), and which linked skills the agent named as used (`skill_ids`), apart from those
+    only injected (`retrieval_id`)."""
+    run_script(db, """
+    CREATE INDEX turns_rated ON turns(namespace, rated_at) WHERE reward IS NOT NULL;
+    ALTER TABLE skill_uses ADD COLUMN named INTEGER NOT NULL DEFAULT 0;
+    """)

@@ -1,0 +1,114 @@
+"""Experience: skills that went well on similar past requests, voted by those requests' rewards.
+
+Text alone cannot tell that a refund request will also need the skill that looks the order up:
+the words never say so. The turns this namespace has rated can. Each rated turn that used skills
+is kept as (its request's vector, what it says of each of its skills). For a new query, the few
+most similar past requests vote: each of their skills gets the turn's value for it, weighted by
+how far the similarity is above `min_similarity`, averaged over the neighbours' weights. A skill
+that helped on requests like this one rises; one that was in the way of them sinks.
+
+What a turn says of a skill (`turn_values`): a skill the agent named as used (`skill_ids`) gets
+the turn's reward. A skill only injected (`retrieval_id`; the agent did not say whether it used
+it) gets the reward minus the namespace's baseline at rating time, as credit does: a success
+that every turn has tells nothing about the skills that happened to be shown, and counting it
+would only reinforce whatever retrieval already picked.
+
+Credit (`credit.py`) asks "does this skill help at all"; experience asks "does it help with this
+kind of request". Pure numpy, no I/O: the retriever loads and refreshes it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class ExperienceIndex:
+    """The rated turns of one namespace that used skills, as one matrix of request vectors."""
+
+    def __init__(self, dim: int, capacity: int):
+        self.dim = dim
+        self.capacity = capacity
+        self.turns: dict[str, tuple[np.ndarray, dict[int, float]]] = {}
+        self._vectors_ND = np.zeros((0, dim), dtype=np.float32)
+        self._skills: list[dict[int, float]] = []
+        self._dirty = False
+
+    def __len__(self) -> int:
+        return len(self.turns)
+
+    def put(self, turn_id: str, vector_D: np.ndarray, values: Mapping[int, float]) -> None:
+        """Add or replace a turn: its request's vector and skill id -> value (`turn_values`). A
+        re-rated turn replaces its old values; past `capacity` the oldest go."""
+        self.turns.pop(turn_id, None)
+        self.turns[turn_id] = (np.asarray(vector_D, dtype=np.float32), dict(values))
+        while len(self.turns) > self.capacity:
+            del self.turns[next(iter(self.turns))]
+        self._dirty = True
+
+    def remove(self, turn_id: str) -> None:
+        if self.turns.pop(turn_id, None) is not None:
+            self._dirty = True
+
+    def _fold(self) -> None:
+        if not self._dirty:
+            return
+        rows = list(self.turns.values())
+        self._vectors_ND = (np.stack([r[0] for r in rows]) if rows else np.zeros((0, self.dim), dtype=np.float32))
+        self._skills = [r[1] for r in rows]
+        self._dirty = False
+
+    def vote(self, query_D: np.ndarray, neighbours: int, min_similarity: float) -> dict[int, float]:
+        """skill id -> weighted mean of the skill's value over the `neighbours` most similar past turns.
+
+        A neighbour weighs `similarity - min_similarity` (none below it); a skill a neighbour did
+        not use counts 0 for that neighbour, so a skill used by one of five equally close
+        neighbours gets a fifth of its value in that turn. In [-2, 2] (values are rewards in
+        [-1, 1], or rewards minus a baseline).
+        """
+        self._fold()
+        n = len(self._skills)
+        if n == 0 or neighbours <= 0:
+            return {}
+        sims_N = self._vectors_ND @ query_D
+        m = min(neighbours, n)
+        top = np.argpartition(-sims_N, m - 1)[:m]
+        weights = np.maximum(sims_N[top] - min_similarity, 0.0)
+        total = float(weights.sum())
+        if total <= 0.0:
+            return {}
+        votes: dict[int, float] = {}
+        for i, w in zip(top, weights):
+            if w <= 0.0:
+                continue
+            share = float(w) / total
+            for sid, value in self._skills[i].items():
+                votes[sid] = votes.get(sid, 0.0) + share * value
+        return votes
+
+
+def turn_values(links: str, reward: float, baseline: float | None) -> dict[int, float]:
+    """skill id -> value from a turn's `skill_id:named` links (named: 1 if the agent listed it in
+    `skill_ids`): the reward for the named ones; reward minus baseline for the only-injected ones
+    when the turn named none; nothing for the injected ones it did not name (it said what it used)."""
+    pairs = [(int(a), b == "1") for a, _, b in (x.partition(":") for x in links.split(",") if x)]
+    if any(named for _, named in pairs):
+        return {sid: reward for sid, named in pairs if named}
+    residual = reward - (reward if baseline is None else baseline)
+    return {sid: residual for sid, _ in pairs} if residual else {}
+
+
+def request_text(messages: list) -> str:
+    """The text a turn was asked: its last user message (what `fetch_skills` would have been sent)."""
+    for message in reversed(messages or []):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return "\n".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    return ""
+
+
+__all__ = ["ExperienceIndex", "request_text", "turn_values"]
