@@ -19,7 +19,8 @@ drawn from -1, 0, 1), so the default's experience votes are part of what is time
 queries (each seen once, so no cached query vector helps) through `App.fetch_skills`, in-process.
 
     python bench/retrieval.py                       # quality, then latency at 1k and 10k
-    python bench/retrieval.py --sizes 1000 10000 100000     # hybrid timed up to --dense-max
+    python bench/retrieval.py --sizes 1000 10000 100000
+    python bench/retrieval.py --tune-experience     # experience settings, leave-one-out on train
     python bench/retrieval.py --tune                # fusion and BM25 weights on the train split
     python bench/retrieval.py --skip-latency
 
@@ -40,7 +41,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -434,8 +434,9 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=300, help="Distinct queries timed per size and mode.")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--history", type=int, default=2000, help="Rated turns before the latency is timed.")
-    parser.add_argument("--dense-max", type=int, default=10_000,
-                        help="Largest library also timed in hybrid mode (embedding 100k skills takes ~20 min here).")
+    parser.add_argument("--dense-max", type=int, default=100_000,
+                        help="Largest library also timed in hybrid mode (the transformer encoder takes ~20 min "
+                             "to embed 100k skills here; the static one about half a minute).")
     parser.add_argument("--tune", action="store_true")
     parser.add_argument("--tune-experience", action="store_true",
                         help="Experience settings by leave-one-out on the train split (slow: 100 libraries).")

@@ -142,6 +142,7 @@ class Embedder(_Loading):
         self.model_id = model_id if model_path is None else f"{model_id}@{Path(model_path).name}"
         self._model = None
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
@@ -169,14 +170,12 @@ class Embedder(_Loading):
 
     def encode_query(self, text: str) -> np.ndarray:
         """[D] for one query; recent queries are cached (agents repeat themselves within a task)."""
-        hit = self._cache.get(text)
+        with self._cache_lock:
+            hit = self._cache.get(text)
         if hit is not None:
-            self._cache.move_to_end(text)
             return hit
         vector_D = self.encode([text])[0]
-        self._cache[text] = vector_D
-        if len(self._cache) > QUERY_CACHE:
-            self._cache.popitem(last=False)
+        _remember(self._cache, self._cache_lock, text, vector_D)
         return vector_D
 
 
@@ -276,6 +275,7 @@ class StaticEmbedder(_Loading):
         self._weights_V: np.ndarray | None = None
         self._tokenizer = None
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     fast = True
 
@@ -311,17 +311,23 @@ class StaticEmbedder(_Loading):
         return np.stack([self._vector(t) for t in texts])
 
     def encode_query(self, text: str) -> np.ndarray:
-        """[D] for one query; recent queries are cached."""
-        hit = self._cache.get(text)
+        """[D] for one query; recent queries are cached. Safe from several threads at once."""
+        with self._cache_lock:
+            hit = self._cache.get(text)
         if hit is not None:
-            self._cache.move_to_end(text)
             return hit
         self._load()
         vector_D = self._vector(text)
-        self._cache[text] = vector_D
-        if len(self._cache) > QUERY_CACHE:
-            self._cache.popitem(last=False)
+        _remember(self._cache, self._cache_lock, text, vector_D)
         return vector_D
+
+
+def _remember(cache: OrderedDict, lock: threading.Lock, text: str, vector_D: np.ndarray) -> None:
+    with lock:
+        cache[text] = vector_D
+        cache.move_to_end(text)
+        if len(cache) > QUERY_CACHE:
+            cache.popitem(last=False)
 
 
 def _read_json(path: Path) -> dict:
@@ -358,20 +364,33 @@ class DenseIndex:
             else:
                 current[key] = vector_D
         self._pending = {}
-        self.keys = list(current)
-        self.rows = {k: i for i, k in enumerate(self.keys)}
-        self.vectors_ND = (np.stack([current[k] for k in self.keys]).astype(np.float32, copy=False)
-                           if self.keys else np.zeros((0, self.dim), dtype=np.float32))
+        keys = list(current)
+        vectors_ND = (np.stack([current[k] for k in keys]).astype(np.float32, copy=False)
+                      if keys else np.zeros((0, self.dim), dtype=np.float32))
+        self.rows = {k: i for i, k in enumerate(keys)}
+        self.keys, self.vectors_ND = keys, vectors_ND
 
-    def search(self, query_D: np.ndarray, n: int, allowed: set[int] | None = None) -> dict[int, float]:
-        """The `n` best keys by cosine (rows are unit length), as key -> score."""
+    def fold(self) -> None:
+        """Apply pending changes now (the owner's thread; `search(fold=False)` may then run in another)."""
         self._fold()
-        if not self.keys or n <= 0:
+
+    def search(self, query_D: np.ndarray, n: int, allowed: set[int] | None = None,
+               fold: bool = True) -> dict[int, float]:
+        """The `n` best keys by cosine (rows are unit length), as key -> score.
+
+        With `fold=False` pending changes are not applied here: safe to call from a worker thread
+        while the owner's thread keeps calling `put` (it reads one consistent snapshot)."""
+        if fold:
+            self._fold()
+        keys, vectors_ND = self.keys, self.vectors_ND
+        if len(keys) != len(vectors_ND):
+            keys, vectors_ND = list(self.rows), self.vectors_ND   # pragma: no cover - replaced mid-read
+        if not keys or n <= 0:
             return {}
-        scores_N = self.vectors_ND @ query_D
+        scores_N = vectors_ND @ query_D
         if allowed is not None:
-            mask_N = np.fromiter((k in allowed for k in self.keys), dtype=bool, count=len(self.keys))
+            mask_N = np.fromiter((k in allowed for k in keys), dtype=bool, count=len(keys))
             scores_N = np.where(mask_N, scores_N, -np.inf)
-        n = min(n, len(self.keys))
+        n = min(n, len(keys))
         top = np.argpartition(-scores_N, n - 1)[:n]
-        return {self.keys[i]: float(scores_N[i]) for i in top if np.isfinite(scores_N[i])}
+        return {keys[i]: float(scores_N[i]) for i in top if np.isfinite(scores_N[i])}

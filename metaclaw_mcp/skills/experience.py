@@ -30,8 +30,7 @@ class ExperienceIndex:
         self.dim = dim
         self.capacity = capacity
         self.turns: dict[str, tuple[np.ndarray, dict[int, float]]] = {}
-        self._vectors_ND = np.zeros((0, dim), dtype=np.float32)
-        self._skills: list[dict[int, float]] = []
+        self._snapshot: tuple[np.ndarray, list[dict[int, float]]] = (np.zeros((0, dim), dtype=np.float32), [])
         self._dirty = False
 
     def __len__(self) -> int:
@@ -50,27 +49,37 @@ class ExperienceIndex:
         if self.turns.pop(turn_id, None) is not None:
             self._dirty = True
 
+    def fold(self) -> None:
+        """Apply pending changes now (the owner's thread; `vote(fold=False)` may then run in another)."""
+        self._fold()
+
     def _fold(self) -> None:
         if not self._dirty:
             return
         rows = list(self.turns.values())
-        self._vectors_ND = (np.stack([r[0] for r in rows]) if rows else np.zeros((0, self.dim), dtype=np.float32))
-        self._skills = [r[1] for r in rows]
+        vectors_ND = np.stack([r[0] for r in rows]) if rows else np.zeros((0, self.dim), dtype=np.float32)
         self._dirty = False
+        self._snapshot = (vectors_ND, [r[1] for r in rows])
 
-    def vote(self, query_D: np.ndarray, neighbours: int, min_similarity: float) -> dict[int, float]:
+    def vote(self, query_D: np.ndarray, neighbours: int, min_similarity: float,
+             fold: bool = True) -> dict[int, float]:
         """skill id -> weighted mean of the skill's value over the `neighbours` most similar past turns.
 
         A neighbour weighs `similarity - min_similarity` (none below it); a skill a neighbour did
         not use counts 0 for that neighbour, so a skill used by one of five equally close
         neighbours gets a fifth of its value in that turn. In [-2, 2] (values are rewards in
         [-1, 1], or rewards minus a baseline).
+
+        With `fold=False` pending changes are not applied here, so a worker thread can vote on
+        one consistent snapshot while the owner's thread keeps calling `put`.
         """
-        self._fold()
-        n = len(self._skills)
+        if fold:
+            self._fold()
+        vectors_ND, skills = self._snapshot
+        n = len(skills)
         if n == 0 or neighbours <= 0:
             return {}
-        sims_N = self._vectors_ND @ query_D
+        sims_N = vectors_ND @ query_D
         m = min(neighbours, n)
         top = np.argpartition(-sims_N, m - 1)[:m]
         weights = np.maximum(sims_N[top] - min_similarity, 0.0)
@@ -82,7 +91,7 @@ class ExperienceIndex:
             if w <= 0.0:
                 continue
             share = float(w) / total
-            for sid, value in self._skills[i].items():
+            for sid, value in skills[i].items():
                 votes[sid] = votes.get(sid, 0.0) + share * value
         return votes
 

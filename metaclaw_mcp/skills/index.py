@@ -34,6 +34,7 @@ log = logging.getLogger("metaclaw_mcp.retrieval")
 
 RETRIEVABLE = ("active", "candidate")
 SIGNATURE_CACHE = 20_000  # word sets of skill versions kept for near-duplicate checks
+RECORD_CACHE = 4_096      # skill records (text included) kept for the pools of recent fetches
 INLINE_EMBED_MAX = 16     # missing vectors a fetch computes itself; more are left to the background
 FIT_TURNS = 20_000        # recent rated turns a review fits skill effects on
 DF_CACHE = 50_000         # query terms whose document frequency is remembered
@@ -109,6 +110,7 @@ class Retriever:
         self._refresh_lock = anyio.Lock()
         self._fts_checked = False
         self._signatures: dict[tuple[int, int], frozenset] = {}
+        self._record_cache: dict[int, SkillRecord] = {}
         self._df_cache: dict[str, int] = {}
         self._df_gen = -1
         self._fts_rows = 0
@@ -271,6 +273,30 @@ class Retriever:
         # not in the last fit yet: the trigger-kept residual sums (reward minus the running mean)
         return credit(rewards, residuals, uses, self.policy)
 
+    async def _records(self, state: NamespaceState, ids: Sequence[int]) -> dict[int, SkillRecord]:
+        """The retrievable skills among `ids`, from memory when the cached record is of the current
+        version, slug and status (as fresh as `state`), else read (and remembered)."""
+        out: dict[int, SkillRecord] = {}
+        todo = []
+        for sid in ids:
+            meta = state.metas.get(sid)
+            if meta is None or meta.status not in RETRIEVABLE:
+                continue
+            rec = self._record_cache.get(sid)
+            if rec is not None and (rec.version, rec.slug, rec.status) == (meta.version, meta.slug, meta.status):
+                out[sid] = rec
+            else:
+                todo.append(sid)
+        if todo:
+            marks = ",".join("?" * len(todo))
+            rows = await self.db.fetchall(
+                SELECT_SKILL + f" WHERE s.id IN ({marks}) AND s.status IN ('active', 'candidate')", todo)
+            if len(self._record_cache) + len(rows) > RECORD_CACHE:
+                self._record_cache.clear()
+            for r in rows:
+                out[r["id"]] = self._record_cache[r["id"]] = _record(r)
+        return out
+
     def _signature(self, record: SkillRecord) -> frozenset:
         """Word set of a version's text, cached: versions never change."""
         key = (record.id, record.version)
@@ -326,21 +352,17 @@ class Retriever:
                 return out
             limit *= 8  # other namespaces or retired skills took the places: look further
 
-    async def query_vector(self, query: RetrievalQuery) -> Any:
-        if self.embedder.fast:
-            return self.embedder.encode_query(query.dense_text())
-        return await anyio.to_thread.run_sync(self.embedder.encode_query, query.dense_text())
-
-    async def dense(self, state: NamespaceState, query_D: Any, n: int,
-                    categories: Sequence[str] | None = None) -> dict[int, float]:
-        """skill id -> cosine similarity of the `n` best retrievable skills with a vector."""
-        if state.dense is None:
-            return {}
-        allowed = None
-        if categories:
-            wanted = set(categories)
-            allowed = {m.id for m in state.metas.values() if m.category in wanted}
-        return state.dense.search(query_D, n, allowed)
+    def _vector_side(self, state: NamespaceState, text: str, n: int, allowed: set[int] | None,
+                     use_experience: bool) -> tuple[dict[int, float], dict[int, float]]:
+        """(dense scores, experience votes) for one query, on folded snapshots (so a worker thread may run it)."""
+        assert state.dense is not None
+        query_D = self.embedder.encode_query(text)
+        den = state.dense.search(query_D, n, allowed, fold=False)
+        votes: dict[int, float] = {}
+        if use_experience and state.experience is not None and len(state.experience):
+            votes = state.experience.vote(query_D, self.config.experience_neighbours,
+                                          self.config.experience_min_similarity, fold=False)
+        return den, votes
 
     # ---- experience: what went well on similar past requests ----
 
@@ -378,12 +400,6 @@ class Retriever:
             state.experience_since = max(state.experience_since, rows[0]["rated_at"])
         state.experience_stats = stats_gen
 
-    def experience_votes(self, state: NamespaceState, query_D: Any) -> dict[int, float]:
-        if state.experience is None or not len(state.experience):
-            return {}
-        return state.experience.vote(query_D, self.config.experience_neighbours,
-                                     self.config.experience_min_similarity)
-
     async def search(self, query: RetrievalQuery, namespace: str = "default", k: int = 5,
                      categories: Sequence[str] | None = None, explore: bool = True,
                      mode: str | None = None, use_credit: bool = True, use_experience: bool = True) -> list[Hit]:
@@ -414,18 +430,28 @@ class Retriever:
         if use_experience:
             await self.refresh_experience(namespace, state)
         if mode != "lexical" and state.dense is not None:
-            # The FTS5 query runs in the database thread while the query vector is computed
-            # (here, or in a worker thread for the transformer) and the vectors are searched.
+            # The lexical queries run in the database thread while the vector side (query
+            # vector, dense search, experience votes) runs here: inline for the static encoder
+            # (about a millisecond; a worker thread's hop and GIL hand-offs cost more than they
+            # save, measured), in a worker thread for the transformer.
             async def run_lexical() -> None:
                 lex.update(await self.lexical(query, namespace, n, categories))
+            allowed = None
+            if categories:
+                wanted = set(categories)
+                allowed = {m.id for m in state.metas.values() if m.category in wanted}
+            state.dense.fold()
+            if use_experience and state.experience is not None:
+                state.experience.fold()
             async with anyio.create_task_group() as tg:
                 if mode == "hybrid":
                     tg.start_soon(run_lexical)
-                    await anyio.sleep(0)  # let the lexical task hand its query to the database thread
-                query_D = await self.query_vector(query)
-                den = await self.dense(state, query_D, n, categories)
-                if use_experience:
-                    votes = self.experience_votes(state, query_D)
+                    await anyio.sleep(0)   # the lexical task hands its first query over
+                if self.embedder.fast:
+                    den, votes = self._vector_side(state, query.dense_text(), n, allowed, use_experience)
+                else:
+                    den, votes = await anyio.to_thread.run_sync(
+                        self._vector_side, state, query.dense_text(), n, allowed, use_experience)
         elif mode != "dense":
             lex = await self.lexical(query, namespace, n, categories)
         relevance = fuse(lex, den, self.config.fusion_lexical_weight, self.config.fusion)
@@ -437,9 +463,7 @@ class Retriever:
         # The pool: the most relevant few; credit reorders within it, never pulls from the tail.
         pool_size = max(3 * k, 15)
         pool_ids = sorted(relevance, key=relevance.__getitem__, reverse=True)[:pool_size]
-        marks = ",".join("?" * len(pool_ids))
-        records = {r["id"]: _record(r) for r in await self.db.fetchall(
-            SELECT_SKILL + f" WHERE s.id IN ({marks}) AND s.status IN ('active', 'candidate')", pool_ids)}
+        records = await self._records(state, pool_ids)
         policy = self.policy if use_credit else _relevance_only(self.policy)
         # Relevance alone knows no status: candidates compete with active skills on equal terms.
         cands = [Candidate(sid, relevance[sid], records[sid].status if use_credit else "active",
