@@ -77,9 +77,9 @@ class Run:
     report: list[dict] = field(default_factory=list)  # credit per skill at the end
 
 
-async def simulate(world: World, use_credit: bool, seed: int, review_every: int = 10) -> Run:
+async def simulate(world: World, use_credit: bool, seed: int, review_every: int = 10, mode: str = "lexical") -> Run:
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(home=Path(tmp), load_starter_skills=False, retrieval_mode="lexical",
+        config = load_config(home=Path(tmp), load_starter_skills=False, retrieval_mode=mode,
                              retrieval_seed=seed)
         async with open_app(config) as app:
             kind_of: dict[str, str] = {}
@@ -93,7 +93,8 @@ async def simulate(world: World, use_credit: bool, seed: int, review_every: int 
                     fetched = await app.fetch_skills(query, k=3, namespace=NS)
                     slugs, retrieval_id = [s.slug for s in fetched.skills], fetched.retrieval_id
                 else:
-                    hits = await app.retriever.search(build_query(query), NS, k=3, use_credit=False)
+                    hits = await app.retriever.search(build_query(query), NS, k=3, use_credit=False,
+                                                      use_experience=False)
                     slugs = [h.record.slug for h in hits]
                     retrieval_id = make_retrieval_id([(h.record.id, h.record.version) for h in hits])
                 reward = max(-1.0, min(1.0, sum(EFFECT[kind_of[s]] for s in slugs) + noise))
@@ -169,8 +170,8 @@ async def main(args: argparse.Namespace) -> None:
           f"{sum(s == 'active' for _, _, s in world.skills)} start active, the rest candidates); "
           f"{args.turns} turns, k=3, seed {args.seed}")
     t0 = time.perf_counter()
-    learned = await simulate(world, True, args.seed)
-    baseline = await simulate(world, False, args.seed)
+    learned = await simulate(world, True, args.seed, mode=args.mode)
+    baseline = await simulate(world, False, args.seed, mode=args.mode)
     rows = window_table(learned, baseline, args.window)
     print(f"\n{'turns':>6}  {'helpful% credit':>15} {'helpful% relevance':>18}  {'reward credit':>13} {'reward relevance':>16}")
     for end, h_l, h_b, r_l, r_b in rows:
@@ -204,4 +205,7 @@ if __name__ == "__main__":
     parser.add_argument("--topics", type=int, default=12)
     parser.add_argument("--window", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--mode", choices=("lexical", "hybrid"), default="lexical",
+                        help="hybrid (needs the [embeddings] extra) adds dense vectors and experience votes to the "
+                             "learned run; the baseline stays relevance-only")
     anyio.run(main, parser.parse_args())

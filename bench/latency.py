@@ -47,12 +47,14 @@ def synthetic_skill(rng: random.Random, i: int) -> SkillDoc:
 
 
 async def build_library(home: Path, n: int, seed: int = 7) -> None:
+    """The skills, and (when the servers under test use vectors) their vectors: the steady state."""
     rng = random.Random(seed)
-    config = load_config(home=home, load_starter_skills=False)
+    config = load_config(home=home, load_starter_skills=False, retrieval_mode=MODE["value"])
     async with open_app(config) as app:
         async with app.db.transaction() as db:
             for i in range(n):
                 await app.library.insert(db, synthetic_skill(rng, i), "default", "active", "import", [])
+        await app.retriever.ensure_embeddings("default")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -86,7 +88,8 @@ MODE = {"value": "auto"}  # retrieval_mode of the servers under test
 def env_for(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METACLAW_", "TINKER_"))}
     return env | {"METACLAW_HOME": str(home), "METACLAW_LOG_LEVEL": "WARNING", "METACLAW_LOAD_STARTER_SKILLS": "false",
-                  "METACLAW_RETRIEVAL_MODE": MODE["value"]}
+                  "METACLAW_RETRIEVAL_MODE": MODE["value"],
+                  "METACLAW_MAX_ACTIVE_SKILLS": "1000000"}   # a benchmark library, not one to trim
 
 
 async def over_stdio(home: Path, calls: int) -> dict[str, list[float]]:

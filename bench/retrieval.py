@@ -13,7 +13,8 @@ turns: `fetch_skills`, `report_turn` with the retrieval and the tools the task u
 work: the votes of similar past turns (experience). Fusion and experience settings were chosen
 with `--tune` on the train split (experience by leave-one-out); the test split is only measured.
 
-Latency: the same library plus seeded synthetic filler skills up to each size, and a history of
+Latency (in-process, then over stdio through `mcp.Client` and a `metaclaw-mcp serve` subprocess on
+the same home): the same library plus seeded synthetic filler skills up to each size, and a history of
 `--history` rated turns (the tau2 tasks, then made-up requests naming filler skills, rewards
 drawn from -1, 0, 1), so the default's experience votes are part of what is timed; distinct
 queries (each seen once, so no cached query vector helps) through `App.fetch_skills`, in-process.
@@ -47,6 +48,7 @@ import anyio
 from metaclaw_mcp.app import App, open_app
 from metaclaw_mcp.config import load_config
 from metaclaw_mcp.models import Message
+from metaclaw_mcp.store import set_kv
 from metaclaw_mcp.skills import index as index_module
 from metaclaw_mcp.skills.retrieval import build_query
 from metaclaw_mcp.skills.skillmd import SkillDoc, read_skill_folder, starter_dir
@@ -354,7 +356,7 @@ async def history(app: App, tasks: list[tuple[str, set[str]]], filler: Filler, n
 
 
 async def latency(sizes: list[int], base: list[SkillDoc], tasks: list[tuple[str, set[str]]], calls: int, seed: int,
-                  dense_max: int, n_history: int) -> None:
+                  dense_max: int, n_history: int, stdio: bool = True) -> None:
     queries = [q for q, _ in tasks]
     print(f"\nfetch_skills latency in-process, k=5, {calls} distinct queries per row, after {n_history} rated "
           "turns (ms)")
@@ -401,6 +403,40 @@ async def latency(sizes: list[int], base: list[SkillDoc], tasks: list[tuple[str,
                             app.retriever.embedder.encode([q])
                         print(f"{'':>7}  {'':8} (of which query encoding alone: "
                               f"{(time.perf_counter() - t) * 1000 / 50:.2f} ms mean)")
+                default_mode = app.retriever.mode if size <= dense_max else "lexical"
+                async with app.db.transaction() as db:   # the history's turns are not to be trained on here
+                    await set_kv(db, "trainer_paused", True)
+            if stdio:
+                times = await over_stdio(Path(tmp), qs, default_mode, seed)
+                print(f"{size:>7}  {default_mode:8} {pct(times, 50):7.2f} {pct(times, 99):7.2f}  "
+                      f"{'over stdio (mcp.Client)':>24}")
+
+
+async def over_stdio(home: Path, queries: list[str], mode: str, seed: int) -> list[float]:
+    """fetch_skills through `mcp.Client` and a `metaclaw-mcp serve` subprocess on the same home (ms)."""
+    import os
+
+    from mcp import Client, StdioServerParameters
+    cli = str(Path(sys.executable).parent / "metaclaw-mcp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METACLAW_")} | {
+        "METACLAW_HOME": str(home), "METACLAW_LOG_LEVEL": "WARNING", "METACLAW_LOAD_STARTER_SKILLS": "false",
+        "METACLAW_RETRIEVAL_MODE": mode, "METACLAW_RETRIEVAL_SEED": str(seed),
+        "METACLAW_MAX_ACTIVE_SKILLS": "1000000"}   # a benchmark library, not one to trim
+    times = []
+    async with Client(StdioServerParameters(command=cli, args=["serve"], env=env), read_timeout_seconds=120) as client:
+        for _ in range(3):  # the first fetch loads the index (and the static table) into the server
+            await client.call_tool("fetch_skills", {"query": "warm up the index"})
+        for _ in range(600):   # until the vectors are loaded (the first fetches answer from the lexical index)
+            status = json.loads((await client.read_resource("metaclaw://status")).contents[0].text)
+            if mode == "lexical" or status["retrieval"].get("vectors_ready"):
+                break
+            await anyio.sleep(0.1)
+        for q in queries:
+            t = time.perf_counter()
+            result = await client.call_tool("fetch_skills", {"query": q, "k": 5})
+            times.append((time.perf_counter() - t) * 1000)
+            assert not result.is_error, result.content
+    return times
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -425,7 +461,8 @@ async def main(args: argparse.Namespace) -> None:
                 await quality(app, splits)
     if not args.skip_latency:
         tasks = [t for split in splits.values() for t in split]
-        await latency(args.sizes, base, tasks, args.calls, args.seed, args.dense_max, args.history)
+        await latency(args.sizes, base, tasks, args.calls, args.seed, args.dense_max, args.history,
+                      not args.skip_stdio)
 
 
 if __name__ == "__main__":
@@ -442,4 +479,5 @@ if __name__ == "__main__":
                         help="Experience settings by leave-one-out on the train split (slow: 100 libraries).")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-stdio", action="store_true", help="Time in-process only.")
     anyio.run(main, parser.parse_args())

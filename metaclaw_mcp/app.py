@@ -249,6 +249,7 @@ class App:
             "skills": {"total": sum(skills.values()), **{s: skills.get(s, 0) for s in ("active", "candidate", "retired")}},
             "turns": turns,
             "evolutions": {"runs": evolutions["n"], "last": evolutions["last"]},
+            "retrieval": self.retriever.describe(),
             "llm": {"provider": self.config.llm_provider, "model": self.config.llm_model,
                     "token_cap": self.config.llm_token_cap, "usage": await usage_summary(self.db)},
             "judge": await self.judge.status() if self.judge is not None else {"enabled": False},

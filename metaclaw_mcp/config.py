@@ -50,7 +50,7 @@ class MetaClawConfig(BaseSettings):
     max_skill_body_chars: int = Field(8000, ge=200, le=100_000)
     injection_token_budget: int | None = Field(3000, ge=50, description="Cap on an injection's size in tokens "
                                                "(fetch_skills' token_budget overrides it per call).")
-    max_active_skills: int | None = Field(500, ge=1, description="Per namespace; past it the least useful "
+    max_active_skills: int | None = Field(10_000, ge=1, description="Per namespace; past it the least useful "
                                           "active skills are retired (nothing is deleted).")
 
     # retrieval and credit

@@ -173,6 +173,9 @@ async def test_similar_past_turns_bring_the_skill_text_cannot_find(exp_app):
     # an unrelated request is not affected
     plot = await app.fetch_skills("draw a histogram of ages", k=1, namespace="shop")
     assert [s.slug for s in plot.skills] == ["plot-histogram"]
+    retrieval = (await app.status())["retrieval"]
+    assert retrieval == {"mode": "hybrid", "encoder": "static", "vectors_ready": True,
+                         "experience_turns": {"shop": 3}}
     # the baselines benchmarks compare against ignore it
     plain = await app.retriever.search(build_query(query), "shop", k=2, explore=False, use_experience=False)
     assert "find-user-by-email" not in [h.record.slug for h in plain]

@@ -131,6 +131,16 @@ class Retriever:
                 self._embedder = Embedder(self.config.embedding_model_path)
         return self._embedder
 
+    def describe(self) -> dict[str, Any]:
+        """For `status`: the mode, the encoder and whether it is loaded, and the experience in memory."""
+        out: dict[str, Any] = {"mode": self.mode}
+        if self.uses_dense:
+            out["encoder"] = self.config.embedding_encoder
+            out["vectors_ready"] = self.embedder.ready
+            out["experience_turns"] = {ns: len(st.experience) for ns, st in self._ns.items()
+                                       if st.experience is not None}
+        return out
+
     # ---- keeping the in-memory state current ----
 
     async def state(self, namespace: str) -> NamespaceState:
@@ -323,13 +333,27 @@ class Retriever:
         return {t: self._df_cache[t] for t in terms}
 
     async def lexical(self, query: RetrievalQuery, namespace: str, n: int,
-                      categories: Sequence[str] | None = None) -> dict[int, float]:
-        """skill id -> BM25 score (higher is better) of the `n` best retrievable matches."""
+                      categories: Sequence[str] | None = None,
+                      searching: anyio.Event | None = None) -> dict[int, float]:
+        """skill id -> BM25 score (higher is better) of the `n` best retrievable matches.
+
+        `searching` is set once the FTS5 query is handed to the database thread (or there is none),
+        so a caller can do other work meanwhile."""
+        try:
+            return await self._lexical(query, namespace, n, categories, searching)
+        finally:
+            if searching is not None:
+                searching.set()
+
+    async def _lexical(self, query: RetrievalQuery, namespace: str, n: int, categories: Sequence[str] | None,
+                       searching: anyio.Event | None) -> dict[int, float]:
         terms = query.terms()
         doc_freqs = await self._doc_freqs(terms)
         expr = match_expression(prune_terms(terms, doc_freqs, self._fts_rows, POSTINGS_BUDGET, min_terms=3))
         if expr is None:
             return {}
+        if searching is not None:
+            searching.set()   # the fetch below queues the query before this task next yields
         state = self._ns[namespace]
         w_name, w_desc, w_body = BM25_WEIGHTS
         limit = n if len(state.metas) * 2 >= self._fts_rows else 4 * n
@@ -430,12 +454,14 @@ class Retriever:
         if use_experience:
             await self.refresh_experience(namespace, state)
         if mode != "lexical" and state.dense is not None:
-            # The lexical queries run in the database thread while the vector side (query
-            # vector, dense search, experience votes) runs here: inline for the static encoder
-            # (about a millisecond; a worker thread's hop and GIL hand-offs cost more than they
-            # save, measured), in a worker thread for the transformer.
+            # The FTS5 query runs in the database thread while the vector side (query vector,
+            # dense search, experience votes) runs here: inline for the static encoder (about a
+            # millisecond; a worker thread's hop and GIL hand-offs cost more than they save,
+            # measured), in a worker thread for the transformer.
+            searching = anyio.Event()
+
             async def run_lexical() -> None:
-                lex.update(await self.lexical(query, namespace, n, categories))
+                lex.update(await self.lexical(query, namespace, n, categories, searching))
             allowed = None
             if categories:
                 wanted = set(categories)
@@ -446,7 +472,7 @@ class Retriever:
             async with anyio.create_task_group() as tg:
                 if mode == "hybrid":
                     tg.start_soon(run_lexical)
-                    await anyio.sleep(0)   # the lexical task hands its first query over
+                    await searching.wait()   # the FTS5 query is with the database thread
                 if self.embedder.fast:
                     den, votes = self._vector_side(state, query.dense_text(), n, allowed, use_experience)
                 else:
@@ -549,6 +575,9 @@ class Retriever:
             return []
         scored = sorted(active, key=lambda m: (self.credit_of(state, m.id, m.version).usefulness,
                                                self.credit_of(state, m.id, m.version).uses, -m.id))
+        log.warning("namespace %r has %d active skills, over max_active_skills=%d: retiring the %d least useful "
+                    "(nothing is deleted; raise max_active_skills to keep more)", namespace, len(active), cap,
+                    len(active) - cap)
         applied = []
         for meta in scored[:len(active) - cap]:
             c = self.credit_of(state, meta.id, meta.version)
