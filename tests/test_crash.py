@@ -32,13 +32,8 @@ def tiny_model(tmp_path: Path) -> Path:
     return make_tiny_llama(tmp_path / "tiny-llama", hidden=64)
 
 
-@pytest.mark.parametrize("backend", ["export", "local"])
-async def test_sigkill_during_training_then_restart_trains_each_turn_once(tmp_path, backend):
-    home = tmp_path / "home"
-    env = {"METACLAW_BATCH_SIZE": "2", "METACLAW_BACKEND": backend, "METACLAW_LOAD_STARTER_SKILLS": "false"}
-    if backend == "local":
-        model = tiny_model(tmp_path)
-        env |= {"METACLAW_LOCAL_MODEL_PATH": str(model), "METACLAW_TOKENIZER_PATH": str(model)}
+async def report_and_kill(home: Path, env: dict[str, str]) -> None:
+    """Report and rate 2 x GROUPS turns, then SIGKILL the server as soon as training begins."""
     with served(home, "http", **env) as (port, proc):
         async with connect("http", home, port, "auto") as client:
             for g in range(GROUPS):
@@ -58,6 +53,22 @@ async def test_sigkill_during_training_then_restart_trains_each_turn_once(tmp_pa
                 await anyio.sleep(0.002)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+
+@pytest.mark.parametrize("backend", ["export", "local"])
+async def test_sigkill_during_training_then_restart_trains_each_turn_once(tmp_path, backend):
+    env = {"METACLAW_BATCH_SIZE": "2", "METACLAW_BACKEND": backend, "METACLAW_LOAD_STARTER_SKILLS": "false"}
+    if backend == "local":
+        model = tiny_model(tmp_path)
+        env |= {"METACLAW_LOCAL_MODEL_PATH": str(model), "METACLAW_TOKENIZER_PATH": str(model)}
+    # The kill must land while training is under way; the export backend is so fast that it
+    # sometimes finishes every batch first. Then the run proves nothing: start over on a new home.
+    for attempt in range(4):
+        home = tmp_path / f"home{attempt}"
+        await report_and_kill(home, env)
+        if db_rows(home, "SELECT COUNT(*) FROM turns WHERE train_state IN ('pending', 'rated', 'claimed')")[0][0]:
+            break
+    else:
+        pytest.fail("the kill never landed before training finished, in 4 attempts")
     interrupted = db_rows(home, "SELECT id FROM batches WHERE state = 'claimed'")
     trained_before = db_rows(home, "SELECT COUNT(*) FROM train_steps")[0][0]
     with served(home, "http", **env):
