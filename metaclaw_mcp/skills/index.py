@@ -333,27 +333,13 @@ class Retriever:
         return {t: self._df_cache[t] for t in terms}
 
     async def lexical(self, query: RetrievalQuery, namespace: str, n: int,
-                      categories: Sequence[str] | None = None,
-                      searching: anyio.Event | None = None) -> dict[int, float]:
-        """skill id -> BM25 score (higher is better) of the `n` best retrievable matches.
-
-        `searching` is set once the FTS5 query is handed to the database thread (or there is none),
-        so a caller can do other work meanwhile."""
-        try:
-            return await self._lexical(query, namespace, n, categories, searching)
-        finally:
-            if searching is not None:
-                searching.set()
-
-    async def _lexical(self, query: RetrievalQuery, namespace: str, n: int, categories: Sequence[str] | None,
-                       searching: anyio.Event | None) -> dict[int, float]:
+                      categories: Sequence[str] | None = None) -> dict[int, float]:
+        """skill id -> BM25 score (higher is better) of the `n` best retrievable matches."""
         terms = query.terms()
         doc_freqs = await self._doc_freqs(terms)
         expr = match_expression(prune_terms(terms, doc_freqs, self._fts_rows, POSTINGS_BUDGET, min_terms=3))
         if expr is None:
             return {}
-        if searching is not None:
-            searching.set()   # the fetch below queues the query before this task next yields
         state = self._ns[namespace]
         w_name, w_desc, w_body = BM25_WEIGHTS
         limit = n if len(state.metas) * 2 >= self._fts_rows else 4 * n
@@ -454,14 +440,6 @@ class Retriever:
         if use_experience:
             await self.refresh_experience(namespace, state)
         if mode != "lexical" and state.dense is not None:
-            # The FTS5 query runs in the database thread while the vector side (query vector,
-            # dense search, experience votes) runs here: inline for the static encoder (about a
-            # millisecond; a worker thread's hop and GIL hand-offs cost more than they save,
-            # measured), in a worker thread for the transformer.
-            searching = anyio.Event()
-
-            async def run_lexical() -> None:
-                lex.update(await self.lexical(query, namespace, n, categories, searching))
             allowed = None
             if categories:
                 wanted = set(categories)
@@ -469,15 +447,24 @@ class Retriever:
             state.dense.fold()
             if use_experience and state.experience is not None:
                 state.experience.fold()
-            async with anyio.create_task_group() as tg:
+            text = query.dense_text()
+            if self.embedder.fast:
+                # The static encoder's side takes about a millisecond: done here, before the
+                # FTS5 query rather than alongside it (measured: with both at once, the GIL
+                # hand-offs between this thread and the database thread cost more than they save).
+                den, votes = self._vector_side(state, text, n, allowed, use_experience)
                 if mode == "hybrid":
-                    tg.start_soon(run_lexical)
-                    await searching.wait()   # the FTS5 query is with the database thread
-                if self.embedder.fast:
-                    den, votes = self._vector_side(state, query.dense_text(), n, allowed, use_experience)
-                else:
+                    lex = await self.lexical(query, namespace, n, categories)
+            else:
+                # The transformer's forward pass (25-30 ms) runs in a worker thread while the
+                # FTS5 query runs in the database thread.
+                async def run_lexical() -> None:
+                    lex.update(await self.lexical(query, namespace, n, categories))
+                async with anyio.create_task_group() as tg:
+                    if mode == "hybrid":
+                        tg.start_soon(run_lexical)
                     den, votes = await anyio.to_thread.run_sync(
-                        self._vector_side, state, query.dense_text(), n, allowed, use_experience)
+                        self._vector_side, state, text, n, allowed, use_experience)
         elif mode != "dense":
             lex = await self.lexical(query, namespace, n, categories)
         relevance = fuse(lex, den, self.config.fusion_lexical_weight, self.config.fusion)
