@@ -232,3 +232,59 @@ async def test_lexical_until_the_encoder_is_ready(tmp_path, static):
         await app.retriever.ensure_embeddings("shop")
         later = await app.retriever.search(build_query("client wants a reimbursement"), "shop", k=2)
         assert later and later[0].record.slug == "return-delivered-items"
+
+
+# ---- the dense index: exact below min_rows, clustered above ----
+
+def clustered_vectors(n: int, dim: int = 32, topics: int = 20, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((topics, dim))
+    v = centres[rng.integers(0, topics, n)] + 0.3 * rng.standard_normal((n, dim))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_dense_index_exact_below_min_rows_clustered_above():
+    from metaclaw_mcp.skills.dense import DenseIndex
+    vectors = clustered_vectors(2000)
+    flat, ivf = DenseIndex(32, min_rows=10**9), DenseIndex(32, min_rows=500, probe=0.25)
+    for i, v in enumerate(vectors):
+        flat.put(i, v)
+        ivf.put(i, v)
+    flat.fold()
+    ivf.fold()
+    assert not flat.clustered and ivf.clustered
+    assert sorted(ivf.keys) == list(range(2000)) and set(ivf.rows) == set(range(2000))
+    queries = clustered_vectors(50, seed=1)
+    recall = []
+    for q in queries:
+        exact = flat.search(q, 20)
+        approx = ivf.search(q, 20)
+        ranked = sorted(range(2000), key=lambda i: -float(vectors[i] @ q))[:20]
+        assert set(exact) == set(ranked)                                     # the flat scan is exact
+        assert all(abs(approx[k] - float(vectors[k] @ q)) < 1e-5 for k in approx)   # true scores
+        recall.append(len(set(approx) & set(exact)) / 20)
+    assert np.mean(recall) > 0.9
+    # a category filter (allowed) is always answered exactly
+    allowed = set(range(0, 2000, 7))
+    got = ivf.search(queries[0], 5, allowed)
+    assert set(got) <= allowed and set(got) == set(flat.search(queries[0], 5, allowed))
+
+
+def test_dense_index_follows_puts_and_removals_when_clustered():
+    from metaclaw_mcp.skills.dense import DenseIndex
+    vectors = clustered_vectors(800)
+    ivf = DenseIndex(32, min_rows=500, probe=1.0)    # probe every cluster: exact, so checkable
+    for i, v in enumerate(vectors):
+        ivf.put(i, v)
+    ivf.fold()
+    q = vectors[3]
+    assert next(iter(sorted(ivf.search(q, 1).items(), key=lambda kv: -kv[1])))[0] == 3
+    ivf.put(3, None)                                  # removed: never returned again
+    ivf.put(9000, q)                                  # a new skill with that very vector
+    assert 3 not in ivf and 9000 in ivf
+    top = ivf.search(q, 5)
+    assert 3 not in top and max(top, key=top.__getitem__) == 9000 and top[9000] == pytest.approx(1.0)
+    for i in range(499, 800):                         # shrinks below min_rows: back to a flat scan
+        ivf.put(i, None)
+    ivf.fold()
+    assert not ivf.clustered and len(ivf.keys) == 499
