@@ -288,3 +288,25 @@ def test_dense_index_follows_puts_and_removals_when_clustered():
         ivf.put(i, None)
     ivf.fold()
     assert not ivf.clustered and len(ivf.keys) == 499
+
+
+async def test_an_encoder_that_cannot_load_leaves_retrieval_lexical_and_says_why(tmp_path, static):
+    from metaclaw_mcp.skills.dense import StaticEmbedder
+    async with open_app(load_config(home=tmp_path / "z", retrieval_mode="hybrid", load_starter_skills=False)) as app:
+        for d in DOCS:
+            await app.library.add(d, namespace="shop")
+        # a model folder without a tokenizer: loading fails (a real failure, not a stand-in)
+        broken = tmp_path / "broken-model"
+        broken.mkdir()
+        (broken / "config.json").write_text('{"hidden_size": 384}')
+        app.retriever._embedder = StaticEmbedder(broken, cache_dir=tmp_path / "cache")
+        found = await app.fetch_skills("cancel my pending order", k=2, namespace="shop")
+        assert found.skills and found.skills[0].slug == "cancel-pending-order"     # lexical still answers
+        for _ in range(200):
+            if app.retriever.embedder.error is not None:
+                break
+            time.sleep(0.01)
+        retrieval = (await app.status())["retrieval"]
+        assert retrieval["vectors_ready"] is False and "tokenizer.json" in retrieval["vectors_error"]
+        again = await app.fetch_skills("cancel my pending order", k=2, namespace="shop")   # not retried
+        assert [s.slug for s in again.skills] == [s.slug for s in found.skills]

@@ -119,9 +119,12 @@ class _Loading:
         self._load()
 
     def start_loading(self) -> None:
-        """Begin loading in a daemon thread (at most one); `ready` turns true when it is done."""
+        """Begin loading in a daemon thread (at most one); `ready` turns true when it is done.
+
+        After a failure it is not tried again in this process (`error` says why; status shows
+        it): retrieval stays lexical rather than failing, and logging, on every fetch."""
         with self._lock:
-            if self.ready or (self._thread is not None and self._thread.is_alive()):
+            if self.ready or self.error is not None or (self._thread is not None and self._thread.is_alive()):
                 return
             self._thread = threading.Thread(target=self._load_logged, name="metaclaw-embedder", daemon=True)
             self._thread.start()
@@ -224,7 +227,11 @@ def load_static(model_path: str | Path | None = None, cache_dir: str | Path | No
         if path in _TABLES:
             return _TABLES[path]
         from tokenizers import Tokenizer
-        tokenizer = Tokenizer.from_file(str(model_dir(model_path) / "tokenizer.json"))
+        tokenizer_file = model_dir(model_path) / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise FileNotFoundError(f"{tokenizer_file} is missing: the static encoder needs the model's fast "
+                                    "tokenizer (a sentence-transformers folder has it)")
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
         tokenizer.no_truncation()
         tokenizer.no_padding()
         if path.exists():

@@ -137,6 +137,8 @@ class Retriever:
         if self.uses_dense:
             out["encoder"] = self.config.embedding_encoder
             out["vectors_ready"] = self.embedder.ready
+            if self.embedder.error is not None:
+                out["vectors_error"] = f"{type(self.embedder.error).__name__}: {self.embedder.error}"[:300]
             out["experience_turns"] = {ns: len(st.experience) for ns, st in self._ns.items()
                                        if st.experience is not None}
         return out
