@@ -310,3 +310,16 @@ async def test_an_encoder_that_cannot_load_leaves_retrieval_lexical_and_says_why
         assert retrieval["vectors_ready"] is False and "tokenizer.json" in retrieval["vectors_error"]
         again = await app.fetch_skills("cancel my pending order", k=2, namespace="shop")   # not retried
         assert [s.slug for s in again.skills] == [s.slug for s in found.skills]
+
+
+async def test_the_transformer_encoder_still_serves_hybrid_retrieval(tmp_path, static):
+    async with open_app(load_config(home=tmp_path / "t", retrieval_mode="hybrid", embedding_encoder="transformer",
+                                    load_starter_skills=False, retrieval_seed=3)) as app:
+        for d in DOCS:
+            await app.library.add(d, namespace="shop")
+        assert await app.retriever.ensure_embeddings("shop") == len(DOCS)
+        assert app.retriever.embedder.model_id == "all-MiniLM-L6-v2"       # the full model's vectors
+        found = await app.fetch_skills("client wants a reimbursement", k=1, namespace="shop")
+        assert [s.slug for s in found.skills] == ["return-delivered-items"]   # no word in common
+        both = await app.fetch_skills("cancel the pending order", k=2, namespace="shop")
+        assert both.skills[0].slug == "cancel-pending-order"

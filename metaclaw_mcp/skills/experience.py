@@ -51,9 +51,6 @@ class ExperienceIndex:
 
     def fold(self) -> None:
         """Apply pending changes now (the owner's thread; `vote(fold=False)` may then run in another)."""
-        self._fold()
-
-    def _fold(self) -> None:
         if not self._dirty:
             return
         rows = list(self.turns.values())
@@ -74,7 +71,7 @@ class ExperienceIndex:
         one consistent snapshot while the owner's thread keeps calling `put`.
         """
         if fold:
-            self._fold()
+            self.fold()
         vectors_ND, skills = self._snapshot
         n = len(skills)
         if n == 0 or neighbours <= 0:
