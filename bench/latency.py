@@ -85,11 +85,13 @@ async def time_calls(client: Client, calls: int, seed: int = 11) -> dict[str, li
 MODE = {"value": "auto"}  # retrieval_mode of the servers under test
 
 
-def env_for(home: Path) -> dict[str, str]:
+def env_for(home: Path, mode: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a server under test: this home, quiet logs, no starter skills, the given
+    retrieval mode (default: --mode), the whole library kept; `extra` adds METACLAW_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METACLAW_", "TINKER_"))}
     return env | {"METACLAW_HOME": str(home), "METACLAW_LOG_LEVEL": "WARNING", "METACLAW_LOAD_STARTER_SKILLS": "false",
-                  "METACLAW_RETRIEVAL_MODE": MODE["value"],
-                  "METACLAW_MAX_ACTIVE_SKILLS": "1000000"}   # a benchmark library, not one to trim
+                  "METACLAW_RETRIEVAL_MODE": mode or MODE["value"],
+                  "METACLAW_MAX_ACTIVE_SKILLS": "1000000"} | extra   # a benchmark library, not one to trim
 
 
 async def over_stdio(home: Path, calls: int) -> dict[str, list[float]]:

@@ -143,6 +143,12 @@ def metrics(ranked: list[list[str]], relevant: list[set[str]]) -> dict[str, floa
     return {"R@1": 100 * r1 / n, "R@5": 100 * r5 / n, "MRR@10": 100 * mrr / n}
 
 
+async def load_library(app: App, docs: list[SkillDoc], namespace: str = "default") -> None:
+    """The skills into `namespace`, with their vectors when the app uses them."""
+    await app.library.import_docs(((d.name, d) for d in docs), len(docs), namespace, source="bench")
+    await app.retriever.ensure_embeddings(namespace)
+
+
 async def evaluate(app: App, queries: list[tuple[str, set[str]]], mode: str | None,
                    experience: bool = True, namespace: str = "default") -> dict[str, float]:
     ranked = []
@@ -195,7 +201,7 @@ class TransformerDense:
 METHODS = (("BM25 alone", "lexical"), ("dense alone", "dense"), ("default", None))
 
 
-async def quality(app: App, splits: dict[str, list[tuple[str, set[str]]]]) -> None:
+async def quality(app: App, splits: dict[str, list[tuple[str, set[str]]]], docs: list[SkillDoc]) -> None:
     cfg = app.config
     print(f"\nretrieval quality on tau2-bench ({app.retriever.mode} default: encoder={cfg.embedding_encoder}, "
           f"fusion={cfg.fusion}, lexical weight={cfg.fusion_lexical_weight}, BM25 field weights="
@@ -227,12 +233,10 @@ async def quality(app: App, splits: dict[str, list[tuple[str, set[str]]]]) -> No
     # Learning from turns, two-fold: the train split's tasks as history, the test split measured,
     # then the other way round, each in a namespace of its own; "all" pools the two.
     print("\nafter the other split's tasks went through the server as solved turns (two-fold):")
-    docs = app._bench_docs  # type: ignore[attr-defined]
     learned: dict[str, dict[str, float]] = {}
     for history, measured, name_tools in (("train", "test", True), ("test", "train", True), ("train", "test", False)):
         ns = f"{history}-history" + ("" if name_tools else "-injected-only")
-        await app.library.import_docs(((d.name, d) for d in docs), len(docs), ns, source="bench")
-        await app.retriever.ensure_embeddings(ns)
+        await load_library(app, docs, ns)
         await replay(app, splits[history], ns, name_tools)
         m = await evaluate(app, splits[measured], None, namespace=ns)
         if name_tools:
@@ -253,23 +257,17 @@ async def quality(app: App, splits: dict[str, list[tuple[str, set[str]]]]) -> No
         print(f"  {split:5} {label}: {lead}")
 
 
-async def tune_experience(app: App, train: list[tuple[str, set[str]]]) -> None:
+async def tune_experience(app: App, train: list[tuple[str, set[str]]], docs: list[SkillDoc]) -> None:
     """Experience settings by leave-one-out on the train split: each task is scored with every other
     train task as history (in its own namespace, so the held-out task never votes for itself)."""
-    import copy
+    for i in range(len(train)):
+        await load_library(app, docs, f"loo-{i}")
+        await replay(app, train[:i] + train[i + 1:], f"loo-{i}")
     results = []
     for neighbours, min_sim, weight in itertools.product((5, 10), (0.4, 0.5, 0.6), (0.5, 1.0)):
         app.config.experience_neighbours, app.config.experience_min_similarity = neighbours, min_sim
         app.config.experience_weight = weight
-        hits = []
-        for i, task in enumerate(train):
-            ns = f"loo-{i}"
-            if (neighbours, min_sim, weight) == (5, 0.4, 0.5):  # first setting: build each namespace once
-                await app.library.import_docs(((d.name, copy.copy(d)) for d in app._bench_docs), len(app._bench_docs),
-                                              ns, source="bench")
-                await app.retriever.ensure_embeddings(ns)
-                await replay(app, train[:i] + train[i + 1:], ns)
-            hits.append(await evaluate(app, [task], None, namespace=ns))
+        hits = [await evaluate(app, [task], None, namespace=f"loo-{i}") for i, task in enumerate(train)]
         m = {key: statistics.mean(h[key] for h in hits) for key in ("R@1", "R@5", "MRR@10")}
         results.append((m["R@5"], f"experience neighbours={neighbours} min_sim={min_sim} weight={weight}", m))
     for _, label, m in sorted(results, key=lambda r: r[0], reverse=True):
@@ -414,16 +412,11 @@ async def latency(sizes: list[int], base: list[SkillDoc], tasks: list[tuple[str,
 
 async def over_stdio(home: Path, queries: list[str], mode: str, seed: int) -> list[float]:
     """fetch_skills through `mcp.Client` and a `metaclaw-mcp serve` subprocess on the same home (ms)."""
-    import os
-
+    from latency import CLI, env_for  # the server environment bench/latency.py uses
     from mcp import Client, StdioServerParameters
-    cli = str(Path(sys.executable).parent / "metaclaw-mcp")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METACLAW_")} | {
-        "METACLAW_HOME": str(home), "METACLAW_LOG_LEVEL": "WARNING", "METACLAW_LOAD_STARTER_SKILLS": "false",
-        "METACLAW_RETRIEVAL_MODE": mode, "METACLAW_RETRIEVAL_SEED": str(seed),
-        "METACLAW_MAX_ACTIVE_SKILLS": "1000000"}   # a benchmark library, not one to trim
+    env = env_for(home, mode, METACLAW_RETRIEVAL_SEED=str(seed))
     times = []
-    async with Client(StdioServerParameters(command=cli, args=["serve"], env=env), read_timeout_seconds=120) as client:
+    async with Client(StdioServerParameters(command=CLI, args=["serve"], env=env), read_timeout_seconds=120) as client:
         for _ in range(3):  # the first fetch loads the index (and the static table) into the server
             await client.call_tool("fetch_skills", {"query": "warm up the index"})
         for _ in range(600):   # until the vectors are loaded (the first fetches answer from the lexical index)
@@ -449,16 +442,14 @@ async def main(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             config = load_config(home=Path(tmp), load_starter_skills=False, retrieval_seed=args.seed)
             async with open_app(config) as app:
-                await app.library.import_docs(((d.name, d) for d in base), len(base), "default", source="bench")
-                await app.retriever.ensure_embeddings("default")
+                await load_library(app, base)
                 if args.tune:
                     await tune(app, splits["train"])
                     return
-                app._bench_docs = base  # type: ignore[attr-defined]
                 if args.tune_experience:
-                    await tune_experience(app, splits["train"])
+                    await tune_experience(app, splits["train"], base)
                     return
-                await quality(app, splits)
+                await quality(app, splits, base)
     if not args.skip_latency:
         tasks = [t for split in splits.values() for t in split]
         await latency(args.sizes, base, tasks, args.calls, args.seed, args.dense_max, args.history,
