@@ -3,6 +3,7 @@ index against a real SQLite file, JSONL and SKILL.md import/export, and (with th
 from __future__ import annotations
 
 import json
+import random
 import time
 
 import pytest
@@ -11,9 +12,9 @@ from metaclaw_mcp.app import open_app
 from metaclaw_mcp.config import load_config
 from metaclaw_mcp.errors import Conflict
 from metaclaw_mcp.skills import library as library_module
-from metaclaw_mcp.skills.retrieval import (INJECTION_HEADER, RetrievalQuery, build_query, clean_message,
-                                           drop_near_duplicates, estimate_tokens, fuse, index_text, jaccard,
-                                           normalise, prune_terms, query_terms, shingles, split_identifier, words)
+from metaclaw_mcp.skills.retrieval import (INJECTION_HEADER, RetrievalQuery, bucket_mask, build_query,
+                                           clean_message, drop_near_duplicates, estimate_tokens, fuse, index_text,
+                                           jaccard, normalise, prune_terms, query_terms, shingles, split_identifier, words)
 from metaclaw_mcp.skills.skillmd import SkillDoc, render_skill_md
 
 # ---- tokenisation ----
@@ -125,6 +126,33 @@ def test_near_duplicates_kept_once_in_rank_order():
     assert drop_near_duplicates([a, a2, c, b], threshold=0.6) == [0, 2]
     assert drop_near_duplicates([a, c, b], keys=["h1", "h1", "h2"]) == [0, 2]
     assert drop_near_duplicates([a, c, b], limit=2) == [0, 1]
+    masks = [bucket_mask(x) for x in (a, a2, c, b)]
+    assert drop_near_duplicates([a, a2, c, b], threshold=0.8, masks=masks) == [0, 2, 3]
+    assert drop_near_duplicates([a, a2, c, b], threshold=0.6, masks=masks) == [0, 2]
+
+
+def test_bucket_masks_only_skip_pairs_that_cannot_match():
+    """The masks bound the overlap from above: on sets of every size, with copies edited to every
+    degree, near-duplicate removal keeps exactly what the exact comparison keeps."""
+    rng = random.Random(3)
+    vocab = [f"w{i}" for i in range(400)]
+    texts = [" ".join(rng.choices(vocab, k=rng.choice((3, 12, 60, 400, 3000)))) for _ in range(40)]
+    for text in texts[:20]:
+        words_ = text.split()
+        for share in (0.02, 0.1, 0.3):   # copies with that share of their words replaced
+            texts.append(" ".join(rng.choice(vocab) if rng.random() < share else w for w in words_))
+    sigs = [shingles(t) for t in texts]
+    masks = [bucket_mask(s) for s in sigs]
+    for threshold in (0.5, 0.8, 0.95):
+        for _ in range(30):
+            order = rng.sample(range(len(sigs)), 25)
+            plain = drop_near_duplicates([sigs[i] for i in order], threshold)
+            assert drop_near_duplicates([sigs[i] for i in order], threshold, masks=[masks[i] for i in order]) == plain
+    # and they do rule pairs out: two unrelated texts of 60 words share few pairs, and the bound shows it
+    x, y = (shingles(" ".join(rng.choices(vocab, k=60))) for _ in range(2))
+    mx, my = bucket_mask(x), bucket_mask(y)
+    la, lb, either = len(x), len(y), (mx | my).bit_count()
+    assert min(la - (either - my.bit_count()), lb - (either - mx.bit_count())) < 0.2 * min(la, lb)
 
 
 # ---- through the app and a real database (lexical: what CI has) ----

@@ -311,21 +311,54 @@ def jaccard(a: frozenset, b: frozenset) -> float:
     return inter / (len(a) + len(b) - inter)
 
 
+MASK_BITS = 1024
+
+
+def bucket_mask(signature: frozenset) -> int:
+    """The set's elements hashed into `MASK_BITS` buckets, as the bits of an int (within one process:
+    string hashes are salted per process). An element of `a` alone in a bucket no element of `b`
+    hashes to is certainly not in `b`: that bounds their overlap from above (`drop_near_duplicates`)."""
+    bits = bytearray(MASK_BITS // 8)
+    for item in signature:
+        h = hash(item) & (MASK_BITS - 1)
+        bits[h >> 3] |= 1 << (h & 7)
+    return int.from_bytes(bits, "little")
+
+
 def drop_near_duplicates(signatures: Sequence[frozenset], threshold: float = 0.8,
-                         keys: Sequence[str] | None = None, limit: int | None = None) -> list[int]:
+                         keys: Sequence[str] | None = None, limit: int | None = None,
+                         masks: Sequence[int] | None = None) -> list[int]:
     """Indices to keep, in order: an item whose words overlap an earlier kept one's by Jaccard >=
     `threshold`, or whose key (a content hash) equals one, is dropped. The list is in rank order,
-    so the better-ranked copy stays. Stops once `limit` are kept."""
+    so the better-ranked copy stays. Stops once `limit` are kept.
+
+    With `masks` (`bucket_mask` of each signature) most pairs are ruled out without intersecting
+    the sets: the result is the same, as the masks only bound the overlap from above."""
     kept: list[int] = []
     seen_keys: set[str] = set()
-    for i, sig in enumerate(signatures):
+    sizes = [len(sig) for sig in signatures]
+    pops = [m.bit_count() for m in masks] if masks is not None else []
+    t = threshold
+
+    def near(i: int, j: int) -> bool:
+        la, lb = sizes[i], sizes[j]
+        # |a & b| / |a | b| >= t needs min(|a|, |b|) >= t * max(|a|, |b|): most pairs fail that cheaply
+        if min(la, lb) < t * max(la, lb):
+            return False
+        if masks is not None:
+            either = (masks[i] | masks[j]).bit_count()
+            # buckets of one set's only: each holds at least one element the other set lacks
+            bound = min(la - (either - pops[j]), lb - (either - pops[i]))  # >= |a & b|
+            if bound * (1 + t) < t * (la + lb):   # so Jaccard <= bound / (la + lb - bound) < t
+                return False
+        return jaccard(signatures[i], signatures[j]) >= t
+
+    for i in range(len(signatures)):
         if limit is not None and len(kept) >= limit:
             break
         if keys is not None and keys[i] in seen_keys:
             continue
-        # |a & b| / |a | b| >= t needs min(|a|, |b|) >= t * max(|a|, |b|): most pairs fail that cheaply
-        if any(min(len(sig), len(signatures[j])) >= threshold * max(len(sig), len(signatures[j]))
-               and jaccard(sig, signatures[j]) >= threshold for j in kept):
+        if any(near(i, j) for j in kept):
             continue
         kept.append(i)
         if keys is not None:
