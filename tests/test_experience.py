@@ -234,7 +234,7 @@ async def test_lexical_until_the_encoder_is_ready(tmp_path, static):
         assert later and later[0].record.slug == "return-delivered-items"
 
 
-# ---- the dense index: exact below min_rows, clustered above ----
+# ---- the dense index: exact when small, shortlisted on principal coordinates, clustered above min_rows ----
 
 def clustered_vectors(n: int, dim: int = 32, topics: int = 20, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -268,6 +268,36 @@ def test_dense_index_exact_below_min_rows_clustered_above():
     allowed = set(range(0, 2000, 7))
     got = ivf.search(queries[0], 5, allowed)
     assert set(got) <= allowed and set(got) == set(flat.search(queries[0], 5, allowed))
+
+
+def test_dense_index_shortlists_on_principal_coordinates_with_exact_scores():
+    from metaclaw_mcp.skills.dense import DenseIndex
+    vectors = clustered_vectors(3000, dim=64)
+    flat = DenseIndex(64, prefix_rows=10**9)
+    short = DenseIndex(64, prefix_rows=1000, prefix_dims=16, shortlist=400)
+    for i, v in enumerate(vectors):
+        flat.put(i, v)
+        short.put(i, v)
+    flat.fold()
+    short.fold()
+    assert flat._snap.prefix_NP is None and short._snap.prefix_NP.shape == (3000, 16)
+    recall = []
+    for q in clustered_vectors(50, dim=64, seed=1):
+        exact, got = flat.search(q, 10), short.search(q, 10)
+        assert len(got) == 10 and all(abs(got[k] - float(vectors[k] @ q)) < 1e-5 for k in got)   # true scores
+        recall.append(len(set(got) & set(exact)) / 10)
+    assert np.mean(recall) > 0.95
+    q = vectors[7]
+    allowed = set(range(1, 3000, 2))                  # a filter: answered by an exact scan
+    assert set(short.search(q, 5, allowed)) == set(flat.search(q, 5, allowed))
+    short.put(7, None)                                # removed: never returned again
+    short.put(5000, q)
+    top = short.search(q, 3)
+    assert 7 not in top and max(top, key=top.__getitem__) == 5000
+    for i in range(900, 3000):                        # shrinks below prefix_rows: a plain scan
+        short.put(i, None)
+    short.fold()
+    assert short._snap.prefix_NP is None
 
 
 def test_dense_index_follows_puts_and_removals_when_clustered():

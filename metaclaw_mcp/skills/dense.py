@@ -332,6 +332,12 @@ IVF_MIN_ROWS = 50_000  # from this many vectors a namespace is clustered. Measur
 IVF_PROBE = 0.2        # share of the clusters (the nearest to the query) whose vectors are scanned
 KMEANS_SAMPLE = 16384
 KMEANS_ITERS = 6
+PREFIX_MIN_ROWS = 4096  # from this many vectors (below IVF_MIN_ROWS) a query first ranks every row on
+PREFIX_DIMS = 64        # its coordinates along the library's first principal directions, then scores
+PREFIX_SHORTLIST = 800  # the best this many (at least 16x the asked-for count) on the whole vectors.
+                        # Measured at 10k (tau2-bench skills among 9,858 filler skills, interleaved):
+                        # 0.28 ms less p50, tau2 R@5 unchanged and MRR 30.0 vs 30.1; with 400
+                        # rows 0.44 ms less but dense R@5 1.2 points lower
 
 
 @dataclass(frozen=True)
@@ -340,6 +346,8 @@ class _Snapshot:
     vectors_ND: np.ndarray
     centroids_CD: np.ndarray | None = None
     bounds: np.ndarray | None = None   # [C + 1]: cluster c's rows are bounds[c]:bounds[c + 1]
+    basis_PD: np.ndarray | None = None   # [P, D]: the library's first P principal directions
+    prefix_NP: np.ndarray | None = None  # [N, P]: each row's coordinates along them
 
 
 def spherical_kmeans(vectors_ND: np.ndarray, clusters: int, rng: np.random.Generator,
@@ -369,16 +377,22 @@ def nearest(vectors_ND: np.ndarray, centroids_CD: np.ndarray, chunk: int = 8192)
 class DenseIndex:
     """The vectors of one namespace's retrievable skills, searched by dot product.
 
-    Below `min_rows` vectors (`IVF_MIN_ROWS`), every query scans them all. From there they are grouped
+    Below `prefix_rows` vectors (`PREFIX_MIN_ROWS`), every query scans them all. From there to
+    `min_rows` it first scans each row's `prefix_dims` coordinates along the library's principal
+    directions (a quarter of the memory), and scores the `shortlist` best of those on the whole
+    vectors: exact scores, for rows that almost always hold the exact top n.
+    From `min_rows` vectors (`IVF_MIN_ROWS`) they are grouped
     by the nearest of sqrt(N) centroids (spherical k-means on a sample, redone when the count
     has changed by half since; new vectors join their nearest cluster), stored cluster by
     cluster, and a query scans only the `probe` share of clusters nearest to it: a fraction of the
     memory to stream, for candidates that fusion then reranks anyway.
     """
 
-    def __init__(self, dim: int, seed: int = 0, min_rows: int = IVF_MIN_ROWS, probe: float = IVF_PROBE):
+    def __init__(self, dim: int, seed: int = 0, min_rows: int = IVF_MIN_ROWS, probe: float = IVF_PROBE,
+                 prefix_rows: int = PREFIX_MIN_ROWS, prefix_dims: int = PREFIX_DIMS, shortlist: int = PREFIX_SHORTLIST):
         self.dim = dim
         self.min_rows, self.probe = min_rows, probe
+        self.prefix_rows, self.prefix_dims, self.shortlist = prefix_rows, prefix_dims, shortlist
         self.rows: dict[int, int] = {}            # skill id -> row
         self._snap = _Snapshot([], np.zeros((0, dim), dtype=np.float32))
         self._pending: dict[int, np.ndarray | None] = {}  # changes not yet folded into the matrix
@@ -386,6 +400,8 @@ class DenseIndex:
         self._centroids_CD: np.ndarray | None = None
         self._clustered_n = 0
         self._assign: dict[int, int] = {}
+        self._basis_PD: np.ndarray | None = None
+        self._basis_n = 0
 
     @property
     def keys(self) -> list[int]:
@@ -426,11 +442,26 @@ class DenseIndex:
             self._centroids_CD, self._assign = None, {}
             vectors_ND = (np.stack([current[k] for k in keys]) if keys
                           else np.zeros((0, self.dim), dtype=np.float32))
-            new = _Snapshot(keys, vectors_ND)
+            new = self._prefixed_snapshot(keys, vectors_ND)
         else:
             new = self._clustered_snapshot(current, changed)
         self.rows = {k: i for i, k in enumerate(new.keys)}
         self._snap = new   # one assignment: a reader in another thread sees the old or the new
+
+    def _prefixed_snapshot(self, keys: list[int], vectors_ND: np.ndarray) -> _Snapshot:
+        """A flat snapshot; from `prefix_rows` rows with each row's first principal coordinates (the
+        directions from an uncentred SVD of a sample, redone when the count has changed by half)."""
+        n = len(keys)
+        if n < self.prefix_rows or self.prefix_dims >= self.dim:
+            self._basis_PD = None
+            return _Snapshot(keys, vectors_ND)
+        if self._basis_PD is None or not self._basis_n / 1.5 <= n <= self._basis_n * 1.5:
+            sample = vectors_ND if n <= 4096 else vectors_ND[self._rng.choice(n, 4096, replace=False)]
+            _, _, vt_DD = np.linalg.svd(sample, full_matrices=False)
+            self._basis_PD = np.ascontiguousarray(vt_DD[:self.prefix_dims], dtype=np.float32)
+            self._basis_n = n
+        return _Snapshot(keys, vectors_ND, basis_PD=self._basis_PD,
+                         prefix_NP=np.ascontiguousarray(vectors_ND @ self._basis_PD.T))
 
     def _clustered_snapshot(self, current: dict[int, np.ndarray], changed: set[int]) -> _Snapshot:
         n = len(current)
@@ -473,6 +504,11 @@ class DenseIndex:
                 return {}
             scores_N = np.concatenate([snap.vectors_ND[a:b] @ query_D for a, b in spans])
             rows_N = np.concatenate([np.arange(a, b) for a, b in spans])
+        elif snap.prefix_NP is not None and allowed is None:
+            short = min(len(snap.keys), max(self.shortlist, 16 * n))
+            approx_N = snap.prefix_NP @ (snap.basis_PD @ query_D)
+            rows_N = np.argpartition(-approx_N, short - 1)[:short] if short < len(approx_N) else np.arange(len(approx_N))
+            scores_N = snap.vectors_ND[rows_N] @ query_D
         else:
             scores_N = snap.vectors_ND @ query_D
             rows_N = None
