@@ -95,6 +95,7 @@ class App:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._flush_loop)
                 tg.start_soon(self._credit_loop)
+                tg.start_soon(self._warm_up)
                 if self.trainer is not None:
                     tg.start_soon(self.trainer.run)
                 if self.judge is not None:
@@ -178,6 +179,13 @@ class App:
         """Apply the promotions and retirements that measured credit calls for (thresholds in the config)."""
         applied = await self.retriever.review(namespace)
         return [{"namespace": ns, "slug": slug, "status": d.status, "reason": d.reason} for ns, slug, d in applied]
+
+    async def _warm_up(self) -> None:
+        """Background, once: load retrieval's model, indexes and experience before the first fetch asks."""
+        try:
+            await self.retriever.warm_up()
+        except Exception:  # the first fetch will load what it needs (and say what went wrong)
+            log.exception("could not warm up retrieval")
 
     async def _credit_loop(self) -> None:
         """Background: apply credit decisions and embed new skill versions, off the fetch path."""

@@ -16,7 +16,7 @@ import aiosqlite
 from .errors import InvalidInput, NotFound
 from .models import Message, TokenData
 from .rewards import SOURCE_PRIORITY, Rating, fuse
-from .skills.retrieval import parse_retrieval_id
+from .skills.retrieval import parse_retrieval_id, request_text
 from .store import Database, dumps, utcnow
 
 MAX_FEEDBACK_CHARS = 8000
@@ -85,10 +85,10 @@ class TurnLog:
             refs, named = await self._resolve_skills(db, namespace, refs, skill_ids or [])
             turn_id = new_turn_id()
             await db.execute(
-                "INSERT INTO turns(id, namespace, session_id, messages, response, model, prompt_ids, completion_ids,"
-                " logprobs, metadata, retrieval_id, idempotency_key, request_hash, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (turn_id, namespace, session_id, msgs_json, response, model,
+                "INSERT INTO turns(id, namespace, session_id, messages, request, response, model, prompt_ids,"
+                " completion_ids, logprobs, metadata, retrieval_id, idempotency_key, request_hash, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (turn_id, namespace, session_id, msgs_json, request_text(msgs), response, model,
                  dumps(tokens.prompt_ids) if tokens else None, dumps(tokens.completion_ids) if tokens else None,
                  dumps(tokens.logprobs) if tokens and tokens.logprobs is not None else None,
                  meta_json, retrieval_id, idempotency_key, req_hash, utcnow()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import anyio
 import numpy as np
 import pytest
 
@@ -179,6 +180,34 @@ async def test_similar_past_turns_bring_the_skill_text_cannot_find(exp_app):
     # the baselines benchmarks compare against ignore it
     plain = await app.retriever.search(build_query(query), "shop", k=2, explore=False, use_experience=False)
     assert "find-user-by-email" not in [h.record.slug for h in plain]
+
+
+async def test_a_running_server_loads_experience_before_the_first_fetch(tmp_path, static):
+    """After a restart the background warm-up reads and encodes the rated turns (their stored
+    request text), so the first fetch_skills finds them in memory and votes with them at once."""
+    from metaclaw_mcp.app import App
+    config = load_config(home=tmp_path / "w", retrieval_mode="hybrid", load_starter_skills=False, retrieval_seed=3,
+                         credit_review_seconds=3600)
+    async with open_app(config) as app:
+        for d in DOCS:
+            await app.library.add(d, namespace="shop")
+        await app.retriever.ensure_embeddings("shop")
+        for text in ("Please cancel the kettle I ordered last week, my email is a@b.c",
+                     "Cancel my order of a toaster, it was a mistake"):
+            await solved(app, text, ["find-user-by-email", "cancel-pending-order"])
+        stored = [r[0] for r in await app.db.fetchall("SELECT request FROM turns ORDER BY created_at")]
+        assert stored == ["Please cancel the kettle I ordered last week, my email is a@b.c",
+                          "Cancel my order of a toaster, it was a mistake"]
+    async with App(config).running() as app:
+        retriever = app.retriever
+        for _ in range(200):                  # the warm-up runs in the background
+            if "shop" in retriever._ns and retriever._ns["shop"].experience is not None \
+                    and len(retriever._ns["shop"].experience) == 2:
+                break
+            await anyio.sleep(0.05)
+        assert len(retriever._ns["shop"].experience) == 2    # loaded before any fetch
+        found = await app.fetch_skills("I want to cancel the blender I ordered yesterday", k=2, namespace="shop")
+        assert "find-user-by-email" in {s.slug for s in found.skills}
 
 
 async def test_failures_push_a_skill_down_and_a_rerating_counts_once(exp_app):

@@ -49,6 +49,34 @@ async def test_reopen_applies_nothing_new(tmp_path):
     assert recorded(path) == first  # same rows, same applied_at count
 
 
+def test_turn_request_is_filled_in_for_turns_stored_before_it(tmp_path, monkeypatch):
+    """Migration 5 adds turns.request (what experience compares new queries with) and fills it in
+    for the turns already there: the last user message, text parts joined, cut to 2,000 chars."""
+    import json
+
+    from metaclaw_mcp.store import db as db_module
+    path = tmp_path / "old.db"
+    monkeypatch.setattr(db_module, "MIGRATIONS", [m for m in MIGRATIONS if m[0] <= 4])
+    apply_migrations(path)
+    conn = sqlite3.connect(path)
+    turns = {"t1": [{"role": "user", "content": "refund order 7"}, {"role": "assistant", "content": "done"}],
+             "t2": [{"role": "user", "content": "first"},
+                    {"role": "user", "content": [{"type": "text", "text": "cancel"}, {"type": "text", "text": "it"}]}],
+             "t3": [{"role": "system", "content": "be brief"}],
+             "t4": [{"role": "user", "content": "x" * 5000}]}
+    with conn:
+        conn.executemany("INSERT INTO turns(id, namespace, session_id, messages, response, request_hash, created_at) "
+                         "VALUES (?, 'default', 's', ?, 'r', 'h', '2026-01-01')",
+                         [(tid, json.dumps(msgs)) for tid, msgs in turns.items()])
+    conn.close()
+    monkeypatch.setattr(db_module, "MIGRATIONS", MIGRATIONS)
+    assert apply_migrations(path) == [name for number, name, _ in sorted(MIGRATIONS) if number > 4]
+    conn = sqlite3.connect(path)
+    got = dict(conn.execute("SELECT id, request FROM turns"))
+    conn.close()
+    assert got == {"t1": "refund order 7", "t2": "cancel\nit", "t3": "", "t4": "x" * 2000}
+
+
 async def test_pragmas(db):
     assert (await db.scalar("PRAGMA journal_mode")).lower() == "wal"
     assert await db.scalar("PRAGMA foreign_keys") == 1

@@ -303,8 +303,12 @@ class StaticEmbedder(_Encoder):
         self._table_VD = table_VD
 
     def _encode_one(self, text: str) -> np.ndarray:
-        assert self._table_VD is not None and self._weights_V is not None and self._tokenizer is not None
-        ids = np.asarray(self._tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        assert self._tokenizer is not None
+        return self._vector(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _vector(self, token_ids: Sequence[int]) -> np.ndarray:
+        assert self._table_VD is not None and self._weights_V is not None
+        ids = np.asarray(token_ids, dtype=np.int64)
         ids = ids[ids < len(self._table_VD)]
         if ids.size == 0:
             return np.zeros(self.dim, dtype=np.float32)
@@ -317,7 +321,11 @@ class StaticEmbedder(_Encoder):
         self._load()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._encode_one(t) for t in texts])
+        if len(texts) == 1:
+            return self._encode_one(texts[0])[None]
+        assert self._tokenizer is not None
+        # the tokenizer's batch call splits the work over threads (outside the GIL): half the time
+        return np.stack([self._vector(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)])
 
 
 def _read_json(path: Path) -> dict:

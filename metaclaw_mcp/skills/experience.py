@@ -22,6 +22,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .retrieval import request_text
+
 
 class ExperienceIndex:
     """The rated turns of one namespace that used skills, as one matrix of request vectors."""
@@ -102,19 +104,6 @@ def turn_values(links: str, reward: float, baseline: float | None) -> dict[int, 
         return {sid: reward for sid, named in pairs if named}
     residual = reward - (reward if baseline is None else baseline)
     return {sid: residual for sid, _ in pairs} if residual else {}
-
-
-def request_text(messages: list) -> str:
-    """The text a turn was asked: its last user message (what `fetch_skills` would have been sent)."""
-    for message in reversed(messages or []):
-        if not isinstance(message, dict) or message.get("role") != "user":
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            return content
-        if isinstance(content, list):
-            return "\n".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
-    return ""
 
 
 __all__ = ["ExperienceIndex", "request_text", "turn_values"]

@@ -213,6 +213,23 @@ def clean_message(text: str, max_chars: int = MESSAGE_CHARS) -> str:
     return text[:max_chars]
 
 
+REQUEST_CHARS = 2000
+
+
+def request_text(messages: list) -> str:
+    """The text a turn was asked: its last user message (what `fetch_skills` would have been sent),
+    at most `REQUEST_CHARS`. Stored with the turn (`turns.request`) for experience to compare with."""
+    for message in reversed(messages or []):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content[:REQUEST_CHARS]
+        if isinstance(content, list):
+            return "\n".join(str(p.get("text") or "") for p in content if isinstance(p, dict))[:REQUEST_CHARS]
+    return ""
+
+
 @dataclass(frozen=True)
 class RetrievalQuery:
     """What retrieval searches with: `text` (the task) and `context` (recent messages, cleaned)."""

@@ -350,3 +350,17 @@ def m0004_experience(db: sqlite3.Connection) -> None:
     CREATE INDEX turns_rated ON turns(namespace, rated_at) WHERE reward IS NOT NULL;
     ALTER TABLE skill_uses ADD COLUMN named INTEGER NOT NULL DEFAULT 0;
     """)
+
+
+@migration(5)
+def m0005_turn_request(db: sqlite3.Connection) -> None:
+    """turns.request: what the turn was asked (its last user message, cut to 2,000 chars), so that
+    experience reads that and not every past conversation whole. Filled in for past turns."""
+    import json
+
+    from ..skills.retrieval import request_text
+    db.execute("ALTER TABLE turns ADD COLUMN request TEXT")
+    rows = db.execute("SELECT id, messages FROM turns")
+    while batch := rows.fetchmany(1000):
+        db.executemany("UPDATE turns SET request = ? WHERE id = ?",
+                       [(request_text(json.loads(r[1])), r[0]) for r in batch])
