@@ -100,6 +100,10 @@ def test_static_table_is_cached_whole(static):
     table = np.load(path)
     assert table.shape == (30522, STATIC_DIMS) and table.dtype == np.float16
     assert load_static()[1] is load_static()[1]   # once a process
+    # a server warms up with it only when it is cached: building it is half a minute of CPU
+    from metaclaw_mcp.skills.dense import StaticEmbedder
+    assert StaticEmbedder().cheap_to_load
+    assert not StaticEmbedder(cache_dir=path.parent / "elsewhere").cheap_to_load
 
 
 def test_static_vectors_are_unit_length_and_mean_what_they_say(static):

@@ -93,6 +93,11 @@ class _Encoder(ABC):
 
     fast = False   # True when encoding one query takes well under a millisecond (no thread needed)
 
+    @property
+    def cheap_to_load(self) -> bool:
+        """Whether loading takes a fraction of a second (so a server may do it before it is asked)."""
+        return self.ready
+
     def __init__(self, model_path: str | Path | None, model_id: str):
         self.model_path = model_path
         self.model_id = model_id if model_path is None else f"{model_id}@{Path(model_path).name}"
@@ -291,6 +296,11 @@ class StaticEmbedder(_Encoder):
     @property
     def ready(self) -> bool:
         return self._table_VD is not None
+
+    @property
+    def cheap_to_load(self) -> bool:
+        """Loaded, or the table is cached (reading it is quick; building it is half a minute of CPU)."""
+        return self.ready or static_table_path(self.model_path, self.cache_dir).exists()
 
     def _load(self) -> None:
         if self._table_VD is not None:

@@ -383,8 +383,11 @@ class Retriever:
     async def warm_up(self, max_namespaces: int = 16) -> None:
         """Load now what the first fetch of each namespace would otherwise wait for: the encoder,
         the namespace's index and vectors, and its experience (every rated turn's request encoded:
-        about a second for 10,000 turns here)."""
+        about a second for 10,000 turns here). Not when loading the encoder is itself slow (the
+        transformer, or a static table not built yet): the first fetch starts that, as before."""
         if self.uses_dense:
+            if not self.embedder.cheap_to_load:
+                return
             self.embedder.start_loading()
             while not self.embedder.ready and self.embedder.error is None:
                 await anyio.sleep(0.05)
