@@ -300,7 +300,10 @@ class StaticEmbedder(_Encoder):
     @property
     def cheap_to_load(self) -> bool:
         """Loaded, or the table is cached (reading it is quick; building it is half a minute of CPU)."""
-        return self.ready or static_table_path(self.model_path, self.cache_dir).exists()
+        try:
+            return self.ready or static_table_path(self.model_path, self.cache_dir).exists()
+        except Exception:  # noqa: BLE001 - no model to name the table by: loading will say what is wrong
+            return False
 
     def _load(self) -> None:
         if self._table_VD is not None:
