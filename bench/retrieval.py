@@ -259,6 +259,31 @@ async def quality(app: App, splits: dict[str, list[tuple[str, set[str]]]], docs:
         print(f"  {split:5} {label}: {lead}")
 
 
+async def lexical_learning(splits: dict[str, list[tuple[str, set[str]]]], docs: list[SkillDoc], seed: int) -> None:
+    """The same two-fold replay on a lexical server (what runs without the embeddings extra): its
+    experience compares requests by their words."""
+    print("\na lexical server (no embeddings extra), after the other split's turns (two-fold):")
+    print(f"{'split':6} {'queries':>7}  {'method':34} {'R@1':>6} {'R@5':>6} {'MRR@10':>7}")
+    learned = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config(home=Path(tmp), load_starter_skills=False, retrieval_mode="lexical", retrieval_seed=seed)
+        async with open_app(config) as app:
+            for history, measured in (("train", "test"), ("test", "train")):
+                ns = f"{history}-history"
+                await load_library(app, docs, ns)
+                before = await evaluate(app, splits[measured], None, namespace=ns)
+                await replay(app, splits[history], ns)
+                m = learned[measured] = await evaluate(app, splits[measured], None, namespace=ns)
+                for label, row in (("BM25 alone", before), (f"lexical after {len(splits[history])} {history} turns", m)):
+                    print(f"{measured:6} {len(splits[measured]):>7}  {label:34} {row['R@1']:6.1f} {row['R@5']:6.1f} "
+                          f"{row['MRR@10']:7.1f}")
+    n_train, n_test = len(splits["train"]), len(splits["test"])
+    pooled = {key: (learned["train"][key] * n_train + learned["test"][key] * n_test) / (n_train + n_test)
+              for key in ("R@1", "R@5", "MRR@10")}
+    print(f"{'all':6} {n_train + n_test:>7}  {'lexical after the other split':34} {pooled['R@1']:6.1f} "
+          f"{pooled['R@5']:6.1f} {pooled['MRR@10']:7.1f}")
+
+
 async def tune_experience(app: App, train: list[tuple[str, set[str]]], docs: list[SkillDoc]) -> None:
     """Experience settings by leave-one-out on the train split: each task is scored with every other
     train task as history (in its own namespace, so the held-out task never votes for itself)."""
@@ -469,6 +494,8 @@ async def main(args: argparse.Namespace) -> None:
                     await tune_experience(app, splits["train"], base)
                     return
                 await quality(app, splits, base)
+        if not args.skip_quality and not (args.tune or args.tune_experience):
+            await lexical_learning(splits, base, args.seed)
     if not args.skip_latency:
         tasks = [t for split in splits.values() for t in split]
         await latency(args.sizes, base, tasks, args.calls, args.seed, args.dense_max, args.history,

@@ -74,6 +74,9 @@ class MetaClawConfig(BaseSettings):
     experience_neighbours: int = Field(5, ge=1, le=100, description="Past turns that vote for a query.")
     experience_min_similarity: float = Field(0.6, ge=-1.0, le=1.0, description="Cosine a past request needs to "
                                              "vote; its weight is the excess over this.")
+    experience_min_similarity_terms: float = Field(0.2, ge=-1.0, le=1.0, description="The same, for servers "
+                                                   "without dense vectors, where requests are compared by "
+                                                   "their words (about the share of words in common).")
     experience_turns: int = Field(20_000, ge=0, description="Most recent rated turns kept for experience.")
     credit_usefulness_weight: float = Field(2.0, ge=0.0, le=10.0, description="Weight of measured uplift in ranking.")
     credit_prior_sd: float = Field(0.25, gt=0.0, le=2.0, description="Prior sd of a skill's uplift (shrinkage).")

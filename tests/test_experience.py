@@ -186,6 +186,35 @@ async def test_similar_past_turns_bring_the_skill_text_cannot_find(exp_app):
     assert "find-user-by-email" not in [h.record.slug for h in plain]
 
 
+async def test_without_vectors_experience_compares_requests_by_their_words(tmp_path):
+    """A lexical server (no embeddings extra needed) learns the same lesson: past requests that
+    share words with the new one vote for the skills they used."""
+    from metaclaw_mcp.skills.experience import TermVectors
+    enc = TermVectors()
+    a, b, c = enc.encode(["cancel the orders I placed", "Cancelled order: placed by mistake", "draw a histogram"])
+    assert abs(float(np.linalg.norm(a)) - 1.0) < 1e-6 and float(a @ b) > 0.5 and abs(float(a @ c)) < 0.2
+    async with open_app(load_config(home=tmp_path / "t", retrieval_mode="lexical", load_starter_skills=False,
+                                    retrieval_seed=3)) as app:
+        for d in DOCS:
+            await app.library.add(d, namespace="shop")
+        query = "I want to cancel the blender I ordered yesterday"
+        before = [s.slug for s in (await app.fetch_skills(query, k=2, namespace="shop")).skills]
+        assert "find-user-by-email" not in before
+        for text in ("Please cancel the kettle I ordered last week, my email is a@b.c",
+                     "Cancel my order of a toaster, it was a mistake",
+                     "I'd like to cancel the lamp I ordered"):
+            await solved(app, text, ["find-user-by-email", "cancel-pending-order"])
+        after = (await app.fetch_skills(query, k=2, namespace="shop")).skills
+        assert {s.slug for s in after} == {"find-user-by-email", "cancel-pending-order"}
+        assert next(s for s in after if s.slug == "find-user-by-email").why == "usefulness"
+        plot = await app.fetch_skills("draw a histogram of ages", k=1, namespace="shop")
+        assert [s.slug for s in plot.skills] == ["plot-histogram"]
+        assert (await app.status())["retrieval"] == {"mode": "lexical", "experience_by": "words",
+                                                      "experience_turns": {"shop": 3}}
+        plain = await app.retriever.search(build_query(query), "shop", k=2, explore=False, use_experience=False)
+        assert "find-user-by-email" not in [h.record.slug for h in plain]
+
+
 async def test_a_running_server_loads_experience_before_the_first_fetch(tmp_path, static):
     """After a restart the background warm-up reads and encodes the rated turns (their stored
     request text), so the first fetch_skills finds them in memory and votes with them at once."""

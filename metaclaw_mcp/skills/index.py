@@ -105,6 +105,8 @@ class Retriever:
         if mode == "auto":
             mode = "hybrid" if dense_available() else "lexical"
         self.mode = mode
+        # Without vectors (a lexical server), experience compares requests by their words.
+        self.terms_experience = mode == "lexical"
         self.rng = random.Random(config.retrieval_seed)
         self._embedder: Embedder | StaticEmbedder | None = None
         self._ns: dict[str, NamespaceState] = {}
@@ -134,6 +136,14 @@ class Retriever:
                 self._embedder = Embedder(self.config.embedding_model_path)
         return self._embedder
 
+    @property
+    def experience_encoder(self) -> Any:
+        """What experience compares requests with: the dense encoder, or words on a lexical server."""
+        if self.terms_experience:
+            from .experience import TermVectors
+            return TermVectors()
+        return self.embedder
+
     def describe(self) -> dict[str, Any]:
         """For `status`: the mode, the encoder and whether it is loaded, and the experience in memory."""
         out: dict[str, Any] = {"mode": self.mode}
@@ -142,6 +152,9 @@ class Retriever:
             out["vectors_ready"] = self.embedder.ready
             if self.embedder.error is not None:
                 out["vectors_error"] = f"{type(self.embedder.error).__name__}: {self.embedder.error}"[:300]
+        if self.uses_dense or self.terms_experience:
+            if self.terms_experience:
+                out["experience_by"] = "words"
             out["experience_turns"] = {ns: len(st.experience) for ns, st in self._ns.items()
                                        if st.experience is not None}
         return out
@@ -394,7 +407,7 @@ class Retriever:
         rows = await self.db.fetchall("SELECT DISTINCT namespace FROM skills LIMIT ?", (max_namespaces,))
         for row in rows:
             state = await self.state(row[0])
-            if self.uses_dense and self.embedder.ready:
+            if self.terms_experience or (self.uses_dense and self.embedder.ready):
                 await self.refresh_experience(row[0], state)
 
     # ---- experience: what went well on similar past requests ----
@@ -402,11 +415,11 @@ class Retriever:
     async def refresh_experience(self, namespace: str, state: NamespaceState) -> None:
         """Read the rated turns (with skills) not yet in `state.experience`; encode their requests."""
         cap = self.config.experience_turns
-        if cap <= 0 or self.config.experience_weight <= 0 or state.dense is None:
+        if cap <= 0 or self.config.experience_weight <= 0 or (state.dense is None and not self.terms_experience):
             return
         if state.experience is None:
             from .experience import ExperienceIndex
-            state.experience = ExperienceIndex(state.dense.dim, cap)
+            state.experience = ExperienceIndex(self.experience_encoder.dim, cap)
         stats_gen = self._seen[2]
         if state.experience_stats == stats_gen:
             return
@@ -427,10 +440,11 @@ class Retriever:
         if rows:
             from .experience import turn_values
             texts = [r["request"] or "" for r in reversed(rows)]
-            if self.embedder.fast and len(texts) <= 64:
-                vectors_ND = self.embedder.encode(texts)
+            encoder = self.experience_encoder
+            if encoder.fast and len(texts) <= 64:
+                vectors_ND = encoder.encode(texts)
             else:
-                vectors_ND = await anyio.to_thread.run_sync(self.embedder.encode, texts)
+                vectors_ND = await anyio.to_thread.run_sync(encoder.encode, texts)
             for r, text, vector_D in zip(reversed(rows), texts, vectors_ND):
                 values = turn_values(str(r["used"]), float(r["reward"]), r["credit_baseline"])
                 if text.strip() and values:
@@ -466,7 +480,8 @@ class Retriever:
         lex: dict[int, float] = {}
         den: dict[int, float] = {}
         votes: dict[int, float] = {}
-        use_experience = use_experience and mode != "lexical" and self.config.experience_weight > 0
+        use_experience = (use_experience and self.config.experience_weight > 0
+                          and (mode != "lexical" or self.terms_experience))
         if use_experience:
             await self.refresh_experience(namespace, state)
         if mode != "lexical" and state.dense is not None:
@@ -497,6 +512,10 @@ class Retriever:
                         self._vector_side, state, text, n, allowed, use_experience)
         elif mode != "dense":
             lex = await self.lexical(query, namespace, n, categories)
+            if use_experience and self.terms_experience and state.experience is not None and len(state.experience):
+                votes = state.experience.vote(self.experience_encoder.encode_query(query.dense_text()),
+                                              self.config.experience_neighbours,
+                                              self.config.experience_min_similarity_terms)
         relevance = fuse(lex, den, self.config.fusion_lexical_weight, self.config.fusion)
         from_experience: dict[int, float] = {}
         if votes:
