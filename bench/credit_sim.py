@@ -206,6 +206,7 @@ if __name__ == "__main__":
     parser.add_argument("--window", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--mode", choices=("lexical", "hybrid"), default="lexical",
-                        help="hybrid (needs the [embeddings] extra) adds dense vectors and experience votes to the "
-                             "learned run; the baseline stays relevance-only")
+                        help="the learned run's retrieval: lexical (experience compares requests by their words) "
+                             "or hybrid (needs the [embeddings] extra: dense vectors, experience by vectors); the "
+                             "baseline stays relevance-only")
     anyio.run(main, parser.parse_args())
