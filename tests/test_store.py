@@ -64,6 +64,7 @@ def test_turn_request_is_filled_in_for_turns_stored_before_it(tmp_path, monkeypa
                     {"role": "user", "content": [{"type": "text", "text": "cancel"}, {"type": "text", "text": "it"}]}],
              "t3": [{"role": "system", "content": "be brief"}],
              "t4": [{"role": "user", "content": "x" * 5000}]}
+    turns.update({f"b{i}": [{"role": "user", "content": f"question {i}"}] for i in range(2500)})  # several batches
     with conn:
         conn.executemany("INSERT INTO turns(id, namespace, session_id, messages, response, request_hash, created_at) "
                          "VALUES (?, 'default', 's', ?, 'r', 'h', '2026-01-01')",
@@ -74,7 +75,9 @@ def test_turn_request_is_filled_in_for_turns_stored_before_it(tmp_path, monkeypa
     conn = sqlite3.connect(path)
     got = dict(conn.execute("SELECT id, request FROM turns"))
     conn.close()
-    assert got == {"t1": "refund order 7", "t2": "cancel\nit", "t3": "", "t4": "x" * 2000}
+    assert {k: got.pop(k) for k in ("t1", "t2", "t3", "t4")} == {"t1": "refund order 7", "t2": "cancel\nit",
+                                                                 "t3": "", "t4": "x" * 2000}
+    assert got == {f"b{i}": f"question {i}" for i in range(2500)}
 
 
 async def test_pragmas(db):

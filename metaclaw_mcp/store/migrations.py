@@ -360,7 +360,10 @@ def m0005_turn_request(db: sqlite3.Connection) -> None:
 
     from ..skills.retrieval import request_text
     db.execute("ALTER TABLE turns ADD COLUMN request TEXT")
-    rows = db.execute("SELECT id, messages FROM turns")
-    while batch := rows.fetchmany(1000):
-        db.executemany("UPDATE turns SET request = ? WHERE id = ?",
+    last = 0
+    # in rowid ranges, each read whole before its rows are updated (no scan open across writes)
+    while batch := db.execute("SELECT rowid, messages FROM turns WHERE rowid > ? ORDER BY rowid LIMIT 1000",
+                              (last,)).fetchall():
+        db.executemany("UPDATE turns SET request = ? WHERE rowid = ?",
                        [(request_text(json.loads(r[1])), r[0]) for r in batch])
+        last = batch[-1][0]
