@@ -6,6 +6,7 @@ import json
 import random
 import time
 
+import anyio
 import pytest
 
 from metaclaw_mcp.app import open_app
@@ -148,6 +149,12 @@ def test_bucket_masks_only_skip_pairs_that_cannot_match():
             order = rng.sample(range(len(sigs)), 25)
             plain = drop_near_duplicates([sigs[i] for i in order], threshold)
             assert drop_near_duplicates([sigs[i] for i in order], threshold, masks=[masks[i] for i in order]) == plain
+    # a pair exactly at the threshold (28 shared of 29 and 34: Jaccard 0.8) is a duplicate either way
+    a29 = frozenset(range(29))
+    b34 = frozenset(list(range(28)) + list(range(100, 106)))
+    assert jaccard(a29, b34) == 0.8
+    assert drop_near_duplicates([a29, b34], 0.8) == [0]
+    assert drop_near_duplicates([a29, b34], 0.8, masks=[bucket_mask(a29), bucket_mask(b34)]) == [0]
     # and they do rule pairs out: two unrelated texts of 60 words share few pairs, and the bound shows it
     x, y = (shingles(" ".join(rng.choices(vocab, k=60))) for _ in range(2))
     mx, my = bucket_mask(x), bucket_mask(y)
@@ -216,6 +223,32 @@ async def test_index_sees_changes_from_another_connection(lexapp, tmp_path):
         await other.library.set_status("c", "first-skill", "retired", "by hand")
         await other.library.add(tool_doc("second-skill", "Use when zanzibar spices are sold."), namespace="c")
     assert [s.slug for s in (await lexapp.fetch_skills("zanzibar", namespace="c")).skills] == ["second-skill"]
+
+
+async def test_a_namespace_is_served_only_once_loaded_whole(lexapp):
+    """A fetch that meets another one (or the start-up warm-up) loading the same namespace waits
+    for it: the namespace is published whole, never with its skills half read."""
+    await lexapp.library.add(tool_doc("zebra-care", "Use when a zebra needs feeding."), namespace="z")
+    real = lexapp.db.fetchall
+    seen_while_loading = []
+
+    async def slow_fetchall(sql, params=()):
+        if "FROM skill_stats st JOIN skills s ON s.id = st.skill_id WHERE s.namespace" in sql:
+            seen_while_loading.append("z" in lexapp.retriever._ns)
+            await anyio.sleep(0.2)   # the last reads of the load: a second fetch arrives meanwhile
+        return await real(sql, params)
+
+    lexapp.db.fetchall = slow_fetchall
+    results = []
+
+    async def fetch() -> None:
+        results.append([s.slug for s in (await lexapp.fetch_skills("zebra feeding", namespace="z")).skills])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(fetch)
+        await anyio.sleep(0.05)
+        tg.start_soon(fetch)
+    assert seen_while_loading == [False] and results == [["zebra-care"], ["zebra-care"]]
 
 
 async def test_stale_fts_is_rebuilt_with_the_current_tokeniser(lexapp):

@@ -65,18 +65,21 @@ def test_turn_request_is_filled_in_for_turns_stored_before_it(tmp_path, monkeypa
              "t3": [{"role": "system", "content": "be brief"}],
              "t4": [{"role": "user", "content": "x" * 5000}]}
     turns.update({f"b{i}": [{"role": "user", "content": f"question {i}"}] for i in range(2500)})  # several batches
+    turns["odd"] = {"role": "user", "content": "not a list"}   # unreadable rows get "", never a failed upgrade
     with conn:
         conn.executemany("INSERT INTO turns(id, namespace, session_id, messages, response, request_hash, created_at) "
                          "VALUES (?, 'default', 's', ?, 'r', 'h', '2026-01-01')",
                          [(tid, json.dumps(msgs)) for tid, msgs in turns.items()])
+        conn.execute("INSERT INTO turns(id, namespace, session_id, messages, response, request_hash, created_at) "
+                     "VALUES ('broken', 'default', 's', '[{not json', 'r', 'h', '2026-01-01')")
     conn.close()
     monkeypatch.setattr(db_module, "MIGRATIONS", MIGRATIONS)
     assert apply_migrations(path) == [name for number, name, _ in sorted(MIGRATIONS) if number > 4]
     conn = sqlite3.connect(path)
     got = dict(conn.execute("SELECT id, request FROM turns"))
     conn.close()
-    assert {k: got.pop(k) for k in ("t1", "t2", "t3", "t4")} == {"t1": "refund order 7", "t2": "cancel\nit",
-                                                                 "t3": "", "t4": "x" * 2000}
+    assert {k: got.pop(k) for k in ("t1", "t2", "t3", "t4", "odd", "broken")} == {
+        "t1": "refund order 7", "t2": "cancel\nit", "t3": "", "t4": "x" * 2000, "odd": "", "broken": ""}
     assert got == {f"b{i}": f"question {i}" for i in range(2500)}
 
 

@@ -337,8 +337,14 @@ class StaticEmbedder(_Encoder):
         if len(texts) == 1:
             return self._encode_one(texts[0])[None]
         assert self._tokenizer is not None
-        # the tokenizer's batch call splits the work over threads (outside the GIL): half the time
-        return np.stack([self._vector(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)])
+        # the tokenizer's batch call splits the work over threads (outside the GIL): half the time;
+        # in chunks, so that the tokenised texts held at once stay few
+        out_ND = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size * 8):
+            chunk = self._tokenizer.encode_batch(list(texts[start:start + batch_size * 8]), add_special_tokens=False)
+            for i, encoding in enumerate(chunk, start):
+                out_ND[i] = self._vector(encoding.ids)
+        return out_ND
 
 
 def _read_json(path: Path) -> dict:

@@ -99,7 +99,7 @@ class ExperienceIndex:
 
 class TermVectors:
     """Request vectors without a model, for servers without the `[embeddings]` extra: each content
-    word (`query_terms`: identifiers split, stopwords dropped; plural and -ed/-ing endings cut)
+    word (`query_terms`: identifiers split, stopwords dropped; then plural and -ed/-ing endings cut)
     hashed to one of `dim` coordinates with a hashed sign, the whole of unit length. Two requests'
     dot product is then about the share of words they have in common (0.2 is a few of ten).
     Measured on tau2-bench (two-fold, as `bench/retrieval.py`), lexical retrieval after the train

@@ -91,6 +91,7 @@ class NamespaceState:
     experience: ExperienceIndex | None = None
     experience_since: str = ""                       # rated_at of the newest turn read into `experience`
     experience_stats: int = -1                       # the stats counter it was read at
+    experience_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))  # one reader
 
 
 class Retriever:
@@ -112,7 +113,6 @@ class Retriever:
         self._ns: dict[str, NamespaceState] = {}
         self._seen = (-1, -1, -1)   # change_counters: skills, skills_reset, stats
         self._refresh_lock = anyio.Lock()
-        self._experience_lock = anyio.Lock(fast_acquire=True)
         self._fts_checked = False
         self._signatures: dict[tuple[int, int], tuple[frozenset, int]] = {}
         self._record_cache: dict[int, SkillRecord] = {}
@@ -204,8 +204,9 @@ class Retriever:
         self._seen = seen
 
     async def _load_namespace(self, namespace: str) -> None:
+        # Built aside and published whole at the end: `state()` hands out what is in `_ns` without
+        # the lock, and a half-loaded namespace (no metas yet) would answer a fetch with nothing.
         state = NamespaceState()
-        self._ns[namespace] = state
         if self.uses_dense:
             from .dense import DenseIndex
             state.dense = DenseIndex(await anyio.to_thread.run_sync(lambda: self.embedder.dim))
@@ -237,6 +238,7 @@ class Retriever:
                                         (namespace,))
         if totals is not None:
             state.totals = RewardStats(totals[0], totals[1], totals[2])
+        self._ns[namespace] = state
 
     async def _put_meta(self, state: NamespaceState, r: Any) -> None:
         old = state.metas.get(r["id"])
@@ -423,7 +425,8 @@ class Retriever:
         stats_gen = self._seen[2]
         if state.experience_stats == stats_gen:
             return
-        async with self._experience_lock:   # one reader at a time (the warm-up and a fetch may meet here)
+        async with state.experience_lock:   # one reader at a time (the warm-up and a fetch may meet here)
+            stats_gen = self._seen[2]
             if state.experience_stats != stats_gen:
                 await self._read_experience(namespace, state, stats_gen)
 

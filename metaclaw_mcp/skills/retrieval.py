@@ -216,10 +216,12 @@ def clean_message(text: str, max_chars: int = MESSAGE_CHARS) -> str:
 REQUEST_CHARS = 2000
 
 
-def request_text(messages: list) -> str:
+def request_text(messages: Any) -> str:
     """The text a turn was asked: its last user message (what `fetch_skills` would have been sent),
     at most `REQUEST_CHARS`. Stored with the turn (`turns.request`) for experience to compare with."""
-    for message in reversed(messages or []):
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
         if not isinstance(message, dict) or message.get("role") != "user":
             continue
         content = message.get("content")
@@ -366,7 +368,8 @@ def drop_near_duplicates(signatures: Sequence[frozenset], threshold: float = 0.8
             either = (masks[i] | masks[j]).bit_count()
             # buckets of one set's only: each holds at least one element the other set lacks
             bound = min(la - (either - pops[j]), lb - (either - pops[i]))  # >= |a & b|
-            if bound * (1 + t) < t * (la + lb):   # so Jaccard <= bound / (la + lb - bound) < t
+            # Jaccard <= bound / (la + lb - bound), computed as `jaccard` does (so ties agree)
+            if la + lb - bound > 0 and bound / (la + lb - bound) < t:
                 return False
         return jaccard(signatures[i], signatures[j]) >= t
 

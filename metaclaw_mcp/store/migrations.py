@@ -355,15 +355,30 @@ def m0004_experience(db: sqlite3.Connection) -> None:
 @migration(5)
 def m0005_turn_request(db: sqlite3.Connection) -> None:
     """turns.request: what the turn was asked (its last user message, cut to 2,000 chars), so that
-    experience reads that and not every past conversation whole. Filled in for past turns."""
+    experience reads that and not every past conversation whole. Filled in for past turns (a row
+    whose messages cannot be read gets an empty request, never a failed upgrade)."""
     import json
 
-    from ..skills.retrieval import request_text
+    def last_user_text(messages_json: str) -> str:   # as this migration reads it, whatever changes later
+        try:
+            messages = json.loads(messages_json)
+        except (TypeError, ValueError):
+            return ""
+        for message in reversed(messages if isinstance(messages, list) else []):
+            if not isinstance(message, dict) or message.get("role") != "user":
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                return content[:2000]
+            if isinstance(content, list):
+                return "\n".join(str(p.get("text") or "") for p in content if isinstance(p, dict))[:2000]
+        return ""
+
     db.execute("ALTER TABLE turns ADD COLUMN request TEXT")
     last = 0
-    # in rowid ranges, each read whole before its rows are updated (no scan open across writes)
-    while batch := db.execute("SELECT rowid, messages FROM turns WHERE rowid > ? ORDER BY rowid LIMIT 1000",
+    # in rowid ranges, each read whole before its rows are updated (no scan open across writes);
+    # small ones, as a stored conversation may be megabytes
+    while batch := db.execute("SELECT rowid, messages FROM turns WHERE rowid > ? ORDER BY rowid LIMIT 100",
                               (last,)).fetchall():
-        db.executemany("UPDATE turns SET request = ? WHERE rowid = ?",
-                       [(request_text(json.loads(r[1])), r[0]) for r in batch])
+        db.executemany("UPDATE turns SET request = ? WHERE rowid = ?", [(last_user_text(r[1]), r[0]) for r in batch])
         last = batch[-1][0]
