@@ -159,15 +159,23 @@ async def solved(app, text: str, used: list[str], reward: float = 1.0) -> str:
     return turn.turn_id
 
 
+CANCEL_REQUESTS = ("Please cancel the kettle I ordered last week, my email is a@b.c",
+                   "Cancel my order of a toaster, it was a mistake",
+                   "I'd like to cancel the lamp I ordered")
+
+
+async def learn_cancellations(app, requests=CANCEL_REQUESTS) -> None:
+    """Solved cancellations, each naming the user lookup and the cancellation as used."""
+    for text in requests:
+        await solved(app, text, ["find-user-by-email", "cancel-pending-order"])
+
+
 async def test_similar_past_turns_bring_the_skill_text_cannot_find(exp_app):
     app = exp_app
     query = "I want to cancel the blender I ordered yesterday"
     before = [s.slug for s in (await app.fetch_skills(query, k=2, namespace="shop")).skills]
     assert "find-user-by-email" not in before
-    for text in ("Please cancel the kettle I ordered last week, my email is a@b.c",
-                 "Cancel my order of a toaster, it was a mistake",
-                 "I'd like to cancel the lamp I ordered"):
-        await solved(app, text, ["find-user-by-email", "cancel-pending-order"])
+    await learn_cancellations(app)
     row = await app.db.fetchone("SELECT SUM(named), COUNT(*) FROM skill_uses u JOIN skills s ON s.id = u.skill_id "
                                 "WHERE s.slug = 'find-user-by-email'")
     assert row[0] == 3 and row[1] == 3            # named as used in each turn, and stored so
@@ -200,10 +208,7 @@ async def test_without_vectors_experience_compares_requests_by_their_words(tmp_p
         query = "I want to cancel the blender I ordered yesterday"
         before = [s.slug for s in (await app.fetch_skills(query, k=2, namespace="shop")).skills]
         assert "find-user-by-email" not in before
-        for text in ("Please cancel the kettle I ordered last week, my email is a@b.c",
-                     "Cancel my order of a toaster, it was a mistake",
-                     "I'd like to cancel the lamp I ordered"):
-            await solved(app, text, ["find-user-by-email", "cancel-pending-order"])
+        await learn_cancellations(app)
         after = (await app.fetch_skills(query, k=2, namespace="shop")).skills
         assert {s.slug for s in after} == {"find-user-by-email", "cancel-pending-order"}
         assert next(s for s in after if s.slug == "find-user-by-email").why == "usefulness"
@@ -225,9 +230,7 @@ async def test_a_running_server_loads_experience_before_the_first_fetch(tmp_path
         for d in DOCS:
             await app.library.add(d, namespace="shop")
         await app.retriever.ensure_embeddings("shop")
-        for text in ("Please cancel the kettle I ordered last week, my email is a@b.c",
-                     "Cancel my order of a toaster, it was a mistake"):
-            await solved(app, text, ["find-user-by-email", "cancel-pending-order"])
+        await learn_cancellations(app, CANCEL_REQUESTS[:2])
         stored = [r[0] for r in await app.db.fetchall("SELECT request FROM turns ORDER BY created_at")]
         assert stored == ["Please cancel the kettle I ordered last week, my email is a@b.c",
                           "Cancel my order of a toaster, it was a mistake"]

@@ -25,9 +25,11 @@ from .retrieval import (BM25_WEIGHTS, RetrievalQuery, bucket_mask, drop_near_dup
                         prune_terms, shingles)
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..config import MetaClawConfig
     from .dense import DenseIndex, Embedder, StaticEmbedder
-    from .experience import ExperienceIndex
+    from .experience import ExperienceIndex, TermVectors
 
 log = logging.getLogger("metaclaw_mcp.retrieval")
 
@@ -110,6 +112,7 @@ class Retriever:
         self.terms_experience = mode == "lexical"
         self.rng = random.Random(config.retrieval_seed)
         self._embedder: Embedder | StaticEmbedder | None = None
+        self._terms: TermVectors | None = None
         self._ns: dict[str, NamespaceState] = {}
         self._seen = (-1, -1, -1)   # change_counters: skills, skills_reset, stats
         self._refresh_lock = anyio.Lock()
@@ -139,10 +142,20 @@ class Retriever:
     @property
     def experience_encoder(self) -> Any:
         """What experience compares requests with: the dense encoder, or words on a lexical server."""
-        if self.terms_experience:
+        if not self.terms_experience:
+            return self.embedder
+        if self._terms is None:
             from .experience import TermVectors
-            return TermVectors()
-        return self.embedder
+            self._terms = TermVectors()
+        return self._terms
+
+    def _experience_votes(self, state: NamespaceState, query_D: np.ndarray, fold: bool = True) -> dict[int, float]:
+        """The votes of the past turns nearest `query_D` (by the experience encoder's similarity)."""
+        if state.experience is None or not len(state.experience):
+            return {}
+        min_similarity = (self.config.experience_min_similarity_terms if self.terms_experience
+                          else self.config.experience_min_similarity)
+        return state.experience.vote(query_D, self.config.experience_neighbours, min_similarity, fold=fold)
 
     def describe(self) -> dict[str, Any]:
         """For `status`: the mode, the encoder and whether it is loaded, and the experience in memory."""
@@ -389,10 +402,7 @@ class Retriever:
         assert state.dense is not None
         query_D = self.embedder.encode_query(text)
         den = state.dense.search(query_D, n, allowed, fold=False)
-        votes: dict[int, float] = {}
-        if use_experience and state.experience is not None and len(state.experience):
-            votes = state.experience.vote(query_D, self.config.experience_neighbours,
-                                          self.config.experience_min_similarity, fold=False)
+        votes = self._experience_votes(state, query_D, fold=False) if use_experience else {}
         return den, votes
 
     async def warm_up(self, max_namespaces: int = 16) -> None:
@@ -515,10 +525,8 @@ class Retriever:
                         self._vector_side, state, text, n, allowed, use_experience)
         elif mode != "dense":
             lex = await self.lexical(query, namespace, n, categories)
-            if use_experience and self.terms_experience and state.experience is not None and len(state.experience):
-                votes = state.experience.vote(self.experience_encoder.encode_query(query.dense_text()),
-                                              self.config.experience_neighbours,
-                                              self.config.experience_min_similarity_terms)
+            if use_experience and self.terms_experience:
+                votes = self._experience_votes(state, self.experience_encoder.encode_query(query.dense_text()))
         relevance = fuse(lex, den, self.config.fusion_lexical_weight, self.config.fusion)
         from_experience: dict[int, float] = {}
         if votes:
