@@ -289,3 +289,31 @@ def test_similar_failures_are_grouped_in_the_prompt():
     assert [[x.turn_id for x in g] for g in groups] == [["a", "b", "c"], ["d"]]
     prompt = build_prompt(Digest(failures=[*tz, *csv], instructions="", proposal_schema={}), [], 2)
     assert "in 2 group(s)" in prompt and "# Group 1: 3 failure(s)" in prompt and "# Group 2: 1 failure(s)" in prompt
+
+
+PROPOSAL = ('{"name": "offset-timestamps", "description": "Use when writing a timestamp to a file.", '
+            '"body": "1. Always add the UTC offset.\\nAnti-pattern: a naive time.", "addresses": ["t1"]}')
+
+
+@pytest.mark.parametrize("answer", [
+    PROPOSAL,
+    f"Here are the skills [as requested]:\n[ {PROPOSAL}, {PROPOSAL.replace('offset-', 'zoned-')} ]",
+    f"Sure.\n```json\n[{PROPOSAL}]\n```\nDone.",
+    f'{{"proposals": [{PROPOSAL}]}}',
+], ids=["bare-object", "array-after-prose-brackets", "fenced", "proposals-key"])
+def test_parse_proposals_shapes(answer):
+    from metaclaw_mcp.evolution.prompts import parse_proposals
+
+    good, bad = parse_proposals(answer)
+    assert bad == [] and good[0].name == "offset-timestamps" and good[0].addresses == ["t1"]
+    assert [p.name for p in good[1:]] == (["zoned-timestamps"] if "zoned-" in answer else [])
+
+
+def test_parse_proposals_prose_and_bad_items():
+    from metaclaw_mcp.evolution.prompts import parse_proposals
+
+    good, bad = parse_proposals("I could not think of any skill [sorry].")
+    assert good == [] and [r.name for r in bad] == ["(answer)"]
+    good, bad = parse_proposals(f'[{PROPOSAL}, {{"name": "Bad Name", "body": "x"}}]')
+    assert [p.name for p in good] == ["offset-timestamps"] and [r.name for r in bad] == ["Bad Name"]
+    assert parse_proposals("Nothing to add: []") == ([], [])

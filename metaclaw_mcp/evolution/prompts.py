@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -78,35 +78,64 @@ def build_prompt(digest: Digest, existing: Sequence[tuple[str, str]], max_new: i
     return "\n".join(lines)
 
 
-FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+MAX_JSON_STARTS = 1000  # "[" / "{" positions tried at most: each failed try may read to the end of the text
 
 
-def _json_candidates(text: str) -> list[str]:
-    found = [m.group(1) for m in FENCE.finditer(text)]
-    for open_, close in (("[", "]"), ("{", "}")):
-        start, end = text.find(open_), text.rfind(close)
-        if 0 <= start < end:
-            found.append(text[start:end + 1])
-    return found
+def _json_values(text: str) -> Iterator[Any]:
+    """Every JSON value in the text, in order: at each "[" or "{" try to decode one; after a value, go on
+    past its end (so its nested values are not found again). Fenced blocks are covered by the same scan."""
+    decoder = json.JSONDecoder()
+    i = 0
+    for _ in range(MAX_JSON_STARTS):
+        starts = [j for j in (text.find("[", i), text.find("{", i)) if j >= 0]
+        if not starts:
+            return
+        i = min(starts)
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except (ValueError, RecursionError):  # not JSON here (or nested past the decoder's depth)
+            i += 1
+            continue
+        yield value
+        i = end
+
+
+def _looks_like_proposal(value: Any) -> bool:
+    return isinstance(value, dict) and "name" in value and ("body" in value or "description" in value)
+
+
+def _proposal_items(value: Any) -> list[Any] | None:
+    """The proposal-like items a JSON value holds: a list of objects, {"proposals"|"skills": [...]}, or one
+    proposal object; None when it holds none."""
+    if isinstance(value, dict):
+        inner = value.get("proposals", value.get("skills"))
+        if isinstance(inner, list):
+            value = inner
+        elif _looks_like_proposal(value):
+            return [value]
+        else:
+            return None
+    if isinstance(value, list) and value and any(isinstance(v, dict) for v in value):
+        return value
+    return None
 
 
 def parse_proposals(text: str) -> tuple[list[SkillProposal], list[RejectedProposal]]:
-    """Proposals from an LLM's answer (a JSON array, or {"proposals": [...]}, fenced or not).
+    """Proposals from an LLM's answer (a JSON array, {"proposals": [...]} or one proposal object, fenced or
+    not, after any prose): the first JSON value in the text that holds proposal-like items.
 
     Items that fail the schema are returned as rejections with the reason; an answer with no
     JSON at all is one rejection named "(answer)".
     """
     items: list[Any] | None = None
-    for candidate in _json_candidates(text):
-        try:
-            data = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(data, dict):
-            data = data.get("proposals", data.get("skills", [data]))
-        if isinstance(data, list):
-            items = data
+    empty = False  # an empty list of proposals: the model had nothing to add
+    for value in _json_values(text):
+        items = _proposal_items(value)
+        if items is not None:
             break
+        empty = empty or value == [] or (isinstance(value, dict) and value.get("proposals", value.get("skills")) == [])
+    if items is None and empty:
+        return [], []
     if items is None:
         return [], [RejectedProposal(name="(answer)", reason="the model's answer held no JSON array of proposals: "
                                                               + text[:200].replace("\n", " "))]
