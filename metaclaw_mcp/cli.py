@@ -184,7 +184,8 @@ def skills_import(path: Path = typer.Argument(..., help="A SKILL.md file, a fold
                   namespace: str = typer.Option("default", "--namespace", "-n"),
                   status_: str = typer.Option("active", "--status", help="Status of new skills.")) -> None:
     """Import SKILL.md folders (agentskills.io format) or JSONL. Bad files are reported and skipped;
-    the rest lands in one transaction, or nothing does."""
+    the rest lands in one transaction, or nothing does. Exits 1 when nothing was imported and something
+    was skipped for a reason other than being unchanged."""
     from rich.progress import Progress
 
     with Progress(console=err, transient=True) as bar:
@@ -197,8 +198,13 @@ def skills_import(path: Path = typer.Argument(..., help="A SKILL.md file, a fold
         else:
             report = _run(lambda app: app.library.import_folder(path, namespace, status=status_, progress=progress))
     out.print(f"imported {len(report.imported)} skill(s)", highlight=False)
+    failed = False
     for where, why in report.skipped:
+        why = why.removeprefix(f"{where}: ")  # the path once, not twice
+        failed = failed or why != "unchanged"
         err.print(f"skipped {where}: {why}", highlight=False, markup=False)
+    if failed and not report.imported:
+        raise typer.Exit(1)
 
 
 @skills_cli.command("export")

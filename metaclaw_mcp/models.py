@@ -9,7 +9,7 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .config import CATEGORIES
 
@@ -19,7 +19,23 @@ Namespace = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z
 Score = Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False, description="Reward in [-1, 1].")]
 RatingSource = Literal["user", "env", "agent", "judge"]
 SkillStatus = Literal["candidate", "active", "retired"]
-Category = Literal[CATEGORIES]  # type: ignore[valid-type]
+CATEGORY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def normalise_category(value: object) -> str:
+    """A category as stored: a free-form label, trimmed, lowercase, at most 64 chars; empty is "general".
+    ValueError for a non-string or a label with control characters or line breaks."""
+    if not isinstance(value, str):
+        raise ValueError(f"category must be a string, not {type(value).__name__}")
+    label = value.strip().lower()
+    if CATEGORY_CONTROL.search(label):
+        raise ValueError(f"category {value!r} has control characters or line breaks")
+    return label[:64].rstrip() or "general"
+
+
+Category = Annotated[str, AfterValidator(normalise_category), Field(
+    examples=list(CATEGORIES), description="A free-form label, lowercased, at most 64 chars; suggested: "
+                                           + ", ".join(CATEGORIES) + ".")]
 
 
 # ---- messages (OpenAI chat format) ----

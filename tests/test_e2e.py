@@ -113,7 +113,7 @@ BAD_INPUTS = [
     ("fetch_skills", {"k": 3}, "query"),
     ("fetch_skills", {"query": "x" * 40_000}, "at most"),
     ("fetch_skills", {"query": "tests", "k": 0}, "k"),
-    ("fetch_skills", {"query": "tests", "categories": ["astrology"]}, "categories"),
+    ("fetch_skills", {"query": "tests", "categories": ["astro\nlogy"]}, "categories"),  # free-form, but one line
     ("fetch_skills", {"query": "tests", "namespace": "bad namespace!"}, "namespace"),
     ("report_turn", {"session_id": "s", "response": "r"}, "messages"),
     ("report_turn", {"session_id": "s", "messages": "hello", "response": "r"}, "messages"),
@@ -136,7 +136,7 @@ BAD_INPUTS = [
     ("rate_turn", {"turn_id": "TURN", "score": 1, "source": "boss"}, "source"),
     ("evolve_skills", {"proposals": [{"name": "Bad Name!!", "description": "", "body": ""}]}, "proposals.0.name"),
     ("evolve_skills", {"proposals": [{"name": "ok-name", "description": "Use when testing.", "body": "x" * 30,
-                                      "category": "cooking"}]}, "category"),
+                                      "category": "cook\ning"}]}, "category"),  # labels are free-form, one line
     ("evolve_skills", {"proposals": [{"name": "ok-name", "description": "Use when testing things.",
                                       "body": "steps " * 3000}]}, "at most"),
     ("evolve_skills", {"max_new": -1}, "max_new"),

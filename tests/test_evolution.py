@@ -267,7 +267,9 @@ def test_proposal_model_validation():
         SkillProposal(name="ok", description="short", body="1. A long enough body text.")
     with pytest.raises(ValidationError):
         SkillProposal(name="ok", description="Use when things.", body="1. A long enough body text.",
-                      category="cooking")
+                      category="cook\ning")
+    assert SkillProposal(name="ok", description="Use when things.", body="1. A long enough body text.",
+                         category=" Cooking ").category == "cooking"  # a free-form label, normalised
     with pytest.raises(ValidationError, match="blank"):
         SkillProposal(name="ok", description="          ", body="1. A long enough body text.")
     p = SkillProposal(name="ok", description="  Use when things.  ", body="  1. A long enough body text.  ")

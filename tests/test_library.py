@@ -86,7 +86,7 @@ async def test_add_validates(app):
     with pytest.raises(InvalidInput, match="name"):
         await app.library.add(SkillDoc(name="Bad Name", description="Use when x.", body="1. y"))
     with pytest.raises(InvalidInput, match="category"):
-        await app.library.add(SkillDoc(name="ok-name", description="Use when x.", body="1. y", category="nope"))
+        await app.library.add(SkillDoc(name="ok-name", description="Use when x.", body="1. y", category="no\npe"))
     with pytest.raises(NotFound):
         await app.library.get("default", "ok-name")
 

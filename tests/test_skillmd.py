@@ -142,7 +142,39 @@ def test_body_limits():
 def test_category():
     for category in CATEGORIES:
         assert validate_doc(doc(category=category), 100).category == category
-    with pytest.raises(InvalidInput) as exc:
-        validate_doc(doc(category="cooking"), 100)
-    msg = str(exc.value)
-    assert "'cooking'" in msg and "coding" in msg and "devops" in msg
+    # free-form labels (agentskills.io metadata), normalised
+    assert validate_doc(doc(category="  Cooking "), 100).category == "cooking"
+    assert validate_doc(doc(category="x" * 80), 100).category == "x" * 64
+    assert validate_doc(doc(category="   "), 100).category == "general"
+    for bad in ("two\nlines", "tab\tbed", 7, ["coding"]):
+        with pytest.raises(InvalidInput, match="category") as exc:
+            validate_doc(doc(category=bad), 100, where="here")
+        assert str(exc.value).startswith("here:")
+
+
+def test_parse_free_form_category():
+    text = "---\nname: a-b\ndescription: Use when x.\nmetadata:\n  category: Tools\n---\nbody\n"
+    assert validate_doc(parse_skill_md(text), 100).category == "tools"
+    text = "---\nname: a-b\ndescription: Use when x.\nmetadata:\n  category: [a, b]\n---\nbody\n"
+    with pytest.raises(InvalidInput, match="category must be a string"):
+        validate_doc(parse_skill_md(text), 100)
+
+
+@pytest.mark.anyio
+async def test_free_form_category_is_imported_and_filtered(app, tmp_path):
+    from pydantic import TypeAdapter
+
+    from metaclaw_mcp.models import Category
+
+    (tmp_path / "k" / "SKILL.md").parent.mkdir()
+    (tmp_path / "k" / "SKILL.md").write_text(
+        "---\nname: kubectl-rollouts\ndescription: Use when rolling out a kubectl deployment.\n"
+        "metadata:\n  category: Tools\n---\n1. Run kubectl rollout status before moving on.\n", encoding="utf-8")
+    report = await app.library.import_folder(tmp_path, namespace="ff")
+    assert report.imported == ["kubectl-rollouts"] and report.skipped == []
+    wanted = TypeAdapter(list[Category]).validate_python([" TOOLS "])  # the fetch_skills argument's type
+    assert wanted == ["tools"]
+    fetched = await app.fetch_skills("roll out the kubectl deployment", namespace="ff", categories=wanted)
+    assert [(s.slug, s.category) for s in fetched.skills] == [("kubectl-rollouts", "tools")]
+    other = await app.fetch_skills("roll out the kubectl deployment", namespace="ff", categories=["coding"])
+    assert other.skills == []

@@ -17,6 +17,7 @@ from typing import Any
 import aiosqlite
 
 from ..errors import Conflict, InvalidInput, NotFound
+from ..evolution.screening import screen
 from ..store import Database, dumps, set_kv, utcnow
 from .retrieval import BM25_WEIGHTS, TOKENISER_VERSION, index_text, match_expression, query_terms
 from .skillmd import SkillDoc, read_skill_folder, render_skill_md, starter_dir, validate_doc
@@ -309,8 +310,9 @@ class SkillLibrary:
                           progress: Progress | None = None) -> ImportReport:
         """Apply parsed docs, `(where, doc or the error that made it bad)`, in one transaction.
 
-        Bad ones and second copies of a name are skipped with their reason; all the rest lands or,
-        on any failure, nothing does.
+        Bad ones, ones that fail the screening evolve_skills proposals pass, and second copies of a name
+        are skipped with their reason (without the `where` prefix: that is the pair's first half); all the
+        rest lands or, on any failure, nothing does.
         """
         if status not in ("candidate", "active", "retired"):
             raise InvalidInput(f"status {status!r} is not one of candidate, active, retired")
@@ -323,9 +325,12 @@ class SkillLibrary:
             if progress is not None and done % 200 == 0:
                 progress(done // 2, total)  # parsing is the first half of the work
             if isinstance(doc, InvalidInput):
-                skipped.append((where, str(doc)))
+                why = str(doc)
+                skipped.append((where, why[len(where) + 2:] if why.startswith(f"{where}: ") else why))
+            elif (problem := screen(doc.name, doc.description, doc.body)) is not None:
+                skipped.append((where, f"screening: {problem}"))
             elif doc.name in seen:
-                skipped.append((where, f"{where}: a second skill named {doc.name!r} in this import"))
+                skipped.append((where, f"a second skill named {doc.name!r} in this import"))
             else:
                 seen.add(doc.name)
                 good.append((where, doc))
@@ -349,7 +354,7 @@ class SkillLibrary:
                     await self._point_at(db, row["id"], row["latest"] + 1)
                 else:
                     unchanged.append(doc.name)
-                    skipped.append((doc.name, f"{doc.name}: unchanged"))
+                    skipped.append((doc.name, "unchanged"))
                     continue
                 imported.append(doc.name)
         if progress is not None:

@@ -4,7 +4,7 @@
     name: write-unit-tests          # lowercase letters, digits, hyphens; <= 64 chars
     description: Use when ...       # <= 1024 chars
     metadata:
-      category: coding
+      category: coding              # a free-form label; config.CATEGORIES are the suggested ones
     ---
     # Title
     steps ...
@@ -18,9 +18,8 @@ from typing import Any
 
 import yaml
 
-from ..config import CATEGORIES
 from ..errors import InvalidInput
-from ..models import SLUG_RE
+from ..models import SLUG_RE, normalise_category
 
 # libyaml's loader when PyYAML was built with it: an import of 10k skills spends most of its time here.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -49,8 +48,10 @@ def validate_doc(doc: SkillDoc, max_body_chars: int, where: str = "skill") -> Sk
         raise InvalidInput(f"{where}: body is empty")
     if len(doc.body) > max_body_chars:
         raise InvalidInput(f"{where}: body has {len(doc.body)} chars; at most {max_body_chars}")
-    if doc.category not in CATEGORIES:
-        raise InvalidInput(f"{where}: category {doc.category!r} is not one of {', '.join(CATEGORIES)}")
+    try:
+        doc.category = normalise_category(doc.category)  # free-form label; CATEGORIES is only the suggested set
+    except ValueError as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
     doc.description = doc.description.strip()
     doc.body = doc.body.strip()
     return doc
@@ -70,7 +71,7 @@ def parse_skill_md(text: str, where: str = "SKILL.md") -> SkillDoc:
     extra = meta.get("metadata") or {}
     if not isinstance(extra, dict):
         raise InvalidInput(f"{where}: 'metadata' must be a mapping")
-    category = str(extra.get("category") or meta.get("category") or "general")
+    category = next((c for c in (extra.get("category"), meta.get("category")) if c is not None), "general")
     return SkillDoc(name=meta.get("name"), description=meta.get("description"), body=m.group(2),
                     category=category, metadata={k: v for k, v in extra.items() if k != "category"})
 
