@@ -244,7 +244,7 @@ ROUNDS = [
     (23, "List the conference deadlines we need to meet this spring.", {"dates"}),
     (23, "How much does the new laptop model cost with the student discount?", {"money"}),
     (23, "Release version 2.4 of the mobile app.", {"commit"}),
-    (23, "Explain the difference between our two pricing tiers.", set()),
+    (23, "Explain the difference between our two pricing tiers.", {"money"}),   # the answer states prices
     (24, "Replace the exchange_rates table with today's rates and tell me the date of the data.",
      {"backup", "dates"}),
     (24, "Where in the codebase is the session timeout defined?", {"sources"}),
@@ -380,7 +380,11 @@ async def replay(env: dict[str, str], verbose: bool) -> dict[str, Score]:
                 extra = sorted(f"{s}({skill_rule[s]})" for s in lessons_got if skill_rule[s] not in need)
                 print(f"day {day:>2} {'OK  ' if not missed else 'MISS'} need={sorted(need)} missed={sorted(missed)} "
                       f"extra={extra} tokens={tokens(out.get('injection', ''))}  {request[:60]}")
+                if missed:
+                    for s in out.get("skills") or []:
+                        print(f"      {s['slug']:34} {s['why']:11} rel {s['relevance']:.2f} use {s['usefulness']:+.2f}")
     if verbose:
+        print(f"server home: {home}")
         print(f"skills made from the {len(written)} lessons written: {len(set(skill_rule))} "
               f"({', '.join(sorted(skill_rule))})")
     return scores

@@ -21,7 +21,8 @@ from .models import (EvolveResult, FetchResult, Message, RateResult, ReportResul
                      TokenData)
 from .skills.index import Retriever
 from .skills.library import SkillLibrary
-from .skills.retrieval import build_query, fit_to_budget, make_retrieval_id, render_injection, render_skill
+from .skills.injection import Entry, compose
+from .skills.retrieval import build_query, make_retrieval_id
 from .store import Database, dumps, utcnow
 from .llm import ChatMessage, make_chat_model
 from .rewards.judge import Judge
@@ -42,7 +43,8 @@ class App:
         self.library = SkillLibrary(self.db, max_body_chars=config.max_skill_body_chars)
         self.turns = TurnLog(self.db, max_turn_bytes=config.max_turn_bytes)
         self.evolution = Evolution(self.db, self.library, self.turns, config.failure_threshold,
-                                   config.digest_max_failures)
+                                   config.digest_max_failures,
+                                   same_rule=lambda namespace, text: self.retriever.same_rule(namespace, text))
         self.started_at = utcnow()
         self.llm = make_chat_model(config, self.db)  # None unless a server-side LLM is configured
         self.judge = self._make_judge()
@@ -155,20 +157,29 @@ class App:
         budget = token_budget if token_budget is not None else self.config.injection_token_budget
         search_query = build_query(query, messages, self.config.query_messages)
         hits = await self.retriever.search(search_query, namespace, k=k, categories=categories)
-        blocks = [render_skill(h.record.slug, h.record.description, h.record.body) for h in hits]
-        keep = fit_to_budget(blocks, budget)
-        chosen = [hits[i] for i in keep]
-        retrieval_id = make_retrieval_id([(h.record.id, h.record.version) for h in chosen])
+        standing = await self.retriever.standing_lessons(namespace, categories)
+        records = {h.record.id: h.record for h in hits} | {r.id: r for r in standing}
+        by_id = {h.record.id: h for h in hits}
+
+        def entry(r: Any) -> Entry:
+            return Entry(r.id, f"skill://{r.namespace}/{r.slug}", r.slug, r.description, r.body)
+        injection, shown = compose([entry(h.record) for h in hits], [entry(r) for r in standing], budget,
+                                   self.config.injection_full_skills)
+        retrieval_id = make_retrieval_id([(records[s.key].id, records[s.key].version) for s in shown])
+        skills = []
+        for s in shown:
+            r, h = records[s.key], by_id.get(s.key)
+            standing_only = s.disclosure == "standing" or h is None
+            skills.append(SkillOut(
+                id=r.id, slug=r.slug, version=r.version, name=r.name, description=r.description, body=r.body,
+                category=r.category, status=r.status, score=0.0 if standing_only else round(h.score, 4),  # type: ignore[arg-type,union-attr]
+                why="standing" if standing_only else h.why, disclosure=s.disclosure,  # type: ignore[arg-type,union-attr]
+                relevance=0.0 if standing_only else round(h.relevance, 4),  # type: ignore[union-attr]
+                usefulness=0.0 if standing_only else round(h.usefulness, 4),  # type: ignore[union-attr]
+                uses=0 if standing_only else h.credit.uses))  # type: ignore[union-attr]
         self._retrieval_log.append((retrieval_id, namespace, session_id, query[:2000],
-                                    dumps([[h.record.id, h.record.version, round(h.score, 4), h.why] for h in chosen]),
-                                    utcnow()))
-        return FetchResult(
-            skills=[SkillOut(id=h.record.id, slug=h.record.slug, version=h.record.version, name=h.record.name,
-                             description=h.record.description, body=h.record.body, category=h.record.category,
-                             status=h.record.status, score=round(h.score, 4), why=h.why,  # type: ignore[arg-type]
-                             relevance=round(h.relevance, 4), usefulness=round(h.usefulness, 4), uses=h.credit.uses)
-                    for h in chosen],
-            injection=render_injection([blocks[i] for i in keep]), retrieval_id=retrieval_id)
+                                    dumps([[s.id, s.version, s.score, s.why] for s in skills]), utcnow()))
+        return FetchResult(skills=skills, injection=injection, retrieval_id=retrieval_id)
 
     @cached_property
     def retriever(self) -> Retriever:

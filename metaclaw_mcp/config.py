@@ -48,8 +48,10 @@ class MetaClawConfig(BaseSettings):
     max_new_skills: int = Field(3, ge=0, le=50)
     load_starter_skills: bool = True
     max_skill_body_chars: int = Field(8000, ge=200, le=100_000)
-    injection_token_budget: int | None = Field(3000, ge=50, description="Cap on an injection's size in tokens "
+    injection_token_budget: int | None = Field(1200, ge=50, description="Cap on an injection's size in tokens "
                                                "(fetch_skills' token_budget overrides it per call).")
+    injection_full_skills: int = Field(2, ge=0, le=50, description="Top skills shown with their whole body; "
+                                       "the next relevant ones get a one-line entry (short bodies are always whole).")
     max_active_skills: int | None = Field(10_000, ge=1, description="Per namespace; past it the least useful "
                                           "active skills are retired (nothing is deleted).")
 
@@ -59,6 +61,9 @@ class MetaClawConfig(BaseSettings):
     fusion: Literal["blend", "rrf"] = Field("blend", description="How lexical and dense relevance combine.")
     fusion_lexical_weight: float = Field(0.4, ge=0.0, le=1.0, description="Lexical share of fused relevance.")
     retrieval_candidates: int = Field(50, ge=5, le=1000, description="Candidates each retriever hands to fusion.")
+    consolidate_min_similarity: float | None = Field(None, ge=-1.0, le=1.0, description="Cosine (of description "
+                                                     "and body) from which a proposal is a new version of the lesson it "
+                                                     "resembles; default: the encoder's own (0.6 for MiniLM).")
     dedup_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Word overlap (Jaccard) that makes two skills one.")
     query_messages: int = Field(4, ge=0, le=50, description="Recent messages fetch_skills adds to the query.")
     embedding_model_path: Path | None = Field(None, description="Sentence-transformers model folder; "

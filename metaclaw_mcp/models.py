@@ -135,9 +135,13 @@ class SkillOut(BaseModel):
     category: str
     status: SkillStatus
     score: float = Field(description="What it was ranked by: relevance plus weighted usefulness (higher is better).")
-    why: Literal["relevance", "usefulness", "exploration"] = Field(
-        "relevance", description="Chosen for its relevance, for its measured usefulness, or to explore "
-                                 "(a candidate or a skill still short of evidence).")
+    why: Literal["relevance", "usefulness", "exploration", "standing"] = Field(
+        "relevance", description="Chosen for its relevance, for its measured usefulness, to explore "
+                                 "(a candidate or a skill still short of evidence), or as a standing lesson "
+                                 "(one that applies whatever the task).")
+    disclosure: Literal["full", "brief", "standing"] = Field(
+        "full", description="How the injection shows it: its whole body, a one-line entry (read the skill:// "
+                            "resource for the body), or its rule on one line among the standing preferences.")
     relevance: float = Field(0.0, description="Fused lexical and dense relevance in [0, 1]; the best match is 1.")
     usefulness: float = Field(0.0, description="Measured reward uplift of this version (0 without evidence).")
     uses: int = Field(0, description="Turns this version was injected into so far.")

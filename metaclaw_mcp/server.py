@@ -20,7 +20,7 @@ from .errors import MetaClawError, NotFound
 from .models import (Category, EvolveResult, FetchResult, Message, Namespace, RateResult, RatingSource,
                      ReportResult, Score, SkillProposal, TokenData)
 from .llm.accounting import record_usage
-from .skills.retrieval import estimate_tokens
+from .skills.injection import estimate_tokens
 from .skills.skillmd import render_skill_md
 
 INSTRUCTIONS = """\

@@ -92,9 +92,11 @@ class TurnLog:
                  dumps(tokens.prompt_ids) if tokens else None, dumps(tokens.completion_ids) if tokens else None,
                  dumps(tokens.logprobs) if tokens and tokens.logprobs is not None else None,
                  meta_json, retrieval_id, idempotency_key, req_hash, utcnow()))
+            # credit follows what the agent said it used: when it named skills, only those (migration 6)
             await db.executemany(
-                "INSERT INTO skill_uses(turn_id, skill_id, version, rank, named) VALUES (?, ?, ?, ?, ?)",
-                [(turn_id, sid, ver, rank, int(sid in named)) for rank, (sid, ver) in enumerate(refs)])
+                "INSERT INTO skill_uses(turn_id, skill_id, version, rank, named, credited) VALUES (?, ?, ?, ?, ?, ?)",
+                [(turn_id, sid, ver, rank, int(sid in named), int(sid in named or not named))
+                 for rank, (sid, ver) in enumerate(refs)])
         return ReportOutcome(turn_id, False, len(refs))
 
     @staticmethod

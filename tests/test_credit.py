@@ -93,8 +93,18 @@ def test_rank_blends_relevance_and_usefulness():
     ranked = rank(cands, 3, policy)
     assert [r.key for r in ranked] == [2, 1, 3]
     assert ranked[0].why == "usefulness" and ranked[1].why == "relevance"
-    assert ranked[0].score == pytest.approx(0.8 + 2 * 0.2)
+    assert ranked[0].score == pytest.approx(0.8 * (1 + 2 * 0.2))
     assert len(rank(cands, 2, policy)) == 2
+
+
+def test_usefulness_scales_relevance_and_never_pulls_an_irrelevant_skill_in():
+    policy = CreditPolicy(usefulness_weight=2.0, explore_slots=0)
+    # a skill that helped a lot elsewhere, barely relevant here, stays below the one that fits
+    cands = [cand(1, 1.0), cand(2, 0.2, uplift=0.5, se=0.05, rated=40)]
+    assert [r.key for r in rank(cands, 2, policy)] == [1, 2]
+    # among skills that fit about as well, usefulness decides
+    cands = [cand(1, 1.0), cand(2, 0.9, uplift=0.3, se=0.05, rated=40)]
+    assert [r.key for r in rank(cands, 2, policy)] == [2, 1]
 
 
 def test_rank_candidates_only_through_bounded_exploration():

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from metaclaw_mcp.skills.retrieval import (INJECTION_HEADER, MAX_TERMS, estimate_tokens, fit_to_budget,
-                                           make_retrieval_id, match_expression, parse_retrieval_id, query_terms,
+from metaclaw_mcp.skills.injection import (INJECTION_HEADER, SHORT_BODY_CHARS, Entry, compose, estimate_tokens,
                                            render_injection, render_skill)
+from metaclaw_mcp.skills.retrieval import MAX_TERMS, make_retrieval_id, match_expression, parse_retrieval_id, query_terms
 
 
 def test_query_terms_drop_stopwords_and_lowercase():
@@ -44,31 +44,49 @@ def test_match_expression():
     assert match_expression(['or', 'near']) == '"or" OR "near"'  # FTS5 keywords stay quoted
 
 
-def test_fit_to_budget_none_keeps_all():
-    blocks = ["x" * 4000, "y", "z" * 10]
-    assert fit_to_budget(blocks, None) == [0, 1, 2]
-    assert fit_to_budget([], None) == []
+def entry(i: int, body_chars: int, description: str = "Use when testing budgets.") -> Entry:
+    return Entry(i, f"skill://d/skill-{i}", f"skill-{i}", description, ("step " * body_chars)[:body_chars])
 
 
-def test_fit_to_budget_skips_big_block_keeps_later_small_ones():
-    small = "s" * 40           # 10 tokens (+1)
-    big = "b" * 4000           # 1000 tokens
-    header = estimate_tokens(INJECTION_HEADER)
-    budget = header + 3 * 11
-    assert fit_to_budget([small, big, small, small, small], budget) == [0, 2, 3]
+def test_compose_without_budget_shows_every_skill():
+    ranked = [entry(i, 2000) for i in range(6)]
+    text, shown = compose(ranked, [], None, full_skills=2)
+    assert [s.key for s in shown] == list(range(6))
+    # the top two with their bodies, the rest as one-line entries naming their resource
+    assert [s.disclosure for s in shown] == ["full", "full", "brief", "brief", "brief", "brief"]
+    assert text.count("### skill-") == 2 and "`skill-5`: Use when testing budgets. (skill://d/skill-5)" in text
+    assert compose([], [], None) == ("", [])
 
 
-def test_fit_to_budget_respects_budget():
-    blocks = [render_skill(f"skill-{i}", "Use when testing budgets.", "step " * (20 + 10 * i)) for i in range(8)]
-    for budget in (50, 100, 200, 400, 1000):
-        keep = fit_to_budget(blocks, budget)
-        assert keep == sorted(keep)
-        used = estimate_tokens(INJECTION_HEADER) + sum(estimate_tokens(blocks[i]) + 1 for i in keep)
-        assert used <= budget
-        # greedy: every block left out would not fit even now
-        for i in set(range(len(blocks))) - set(keep):
-            assert used + estimate_tokens(blocks[i]) + 1 > budget
-    assert fit_to_budget(blocks, 1) == []
+def test_compose_short_bodies_are_whole_wherever_they_rank():
+    ranked = [entry(0, 2000), entry(1, 2000), entry(2, 2000), entry(3, SHORT_BODY_CHARS)]
+    _, shown = compose(ranked, [], None, full_skills=1)
+    assert [s.disclosure for s in shown] == ["full", "brief", "brief", "full"]
+
+
+def test_compose_standing_lessons_come_first_in_the_text_and_last_in_the_list():
+    rule = Entry(9, "skill://d/summary-first", "summary-first", "Use for every answer.", "Open with a Summary: line.")
+    text, shown = compose([entry(0, 100), rule], [rule], None)
+    assert [(s.key, s.disclosure) for s in shown] == [(0, "full"), (9, "standing")]
+    assert text.index("summary-first") < text.index("skill-0") and text.count("summary-first") == 1
+
+
+def test_compose_respects_budget():
+    ranked = [entry(i, 200 + 300 * i) for i in range(8)]
+    standing = [Entry(20, "skill://d/rule", "rule", "Use for every answer.", "Say it once. " * 10)]
+    for budget in (40, 60, 100, 200, 400, 1000):
+        text, shown = compose(ranked, standing, budget)
+        assert estimate_tokens(text) <= budget
+        for s in shown:  # what is listed is what the text shows
+            assert (f"skill-{s.key}" if s.key < 20 else "**rule**") in text
+    assert compose(ranked, standing, 1) == ("", [])
+
+
+def test_compose_a_body_that_does_not_fit_becomes_an_entry():
+    ranked = [entry(0, 4000), entry(1, 40)]
+    text, shown = compose(ranked, [], 200)
+    assert [(s.key, s.disclosure) for s in shown] == [(0, "brief"), (1, "full")]
+    assert estimate_tokens(text) <= 200
 
 
 def test_render_injection():

@@ -6,13 +6,14 @@ address. Every run is recorded in `evolutions` with what was accepted and reject
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..config import CATEGORIES
 from ..errors import Conflict, InvalidInput, NotFound
 from ..models import (AcceptedSkill, Digest, EvolveResult, FailureItem, Message, RejectedProposal,
                       SkillProposal)
+from ..skills.lessons import merge_descriptions, merge_provenance
 from ..skills.library import SkillLibrary, SkillRecord, content_hash
 from ..skills.skillmd import SkillDoc, validate_doc
 from ..store import Database, dumps, utcnow
@@ -22,6 +23,11 @@ from .screening import screen
 
 DIGEST_TEXT_CHARS = 600
 NEAR_DUPLICATE = 0.5  # word-set overlap (Jaccard) above which a proposal revises a skill instead of joining it
+
+# (namespace, text) -> [(skill id, similarity)] of the namespace's lessons that teach what `text`
+# teaches (same rule, other words), best first: the retriever's judgement by meaning
+# (`Retriever.same_rule`); [] where it cannot judge (no vectors).
+MeaningMatch = Callable[[str, str], Awaitable[list[tuple[int, float]]]]
 
 PROPOSAL_INSTRUCTIONS = f"""\
 These turns failed (low reward or negative feedback). Write at most {{max_new}} skills that would
@@ -48,12 +54,13 @@ def _clip(text: str, n: int = DIGEST_TEXT_CHARS) -> str:
 
 class Evolution:
     def __init__(self, db: Database, library: SkillLibrary, turns: TurnLog, failure_threshold: float = 0.0,
-                 digest_max_failures: int = 20):
+                 digest_max_failures: int = 20, same_rule: MeaningMatch | None = None):
         self.db = db
         self.library = library
         self.turns = turns
         self.failure_threshold = failure_threshold
         self.digest_max_failures = digest_max_failures
+        self.same_rule = same_rule
 
     async def digest(self, namespace: str, max_new: int) -> tuple[Digest, list[str]]:
         failures = await self.turns.failures(namespace, self.failure_threshold, self.digest_max_failures)
@@ -173,7 +180,8 @@ class Evolution:
         return None
 
     async def near_duplicate(self, namespace: str, p: SkillProposal) -> SkillRecord | None:
-        """The existing skill a proposal refines: the one with its name, else one sharing most of its words."""
+        """The existing skill a proposal refines (consolidation): the one with its name, else one sharing
+        most of its words, else the lesson that teaches the same rule in other words (`same_rule`)."""
         try:
             return await self.library.get(namespace, p.name)
         except NotFound:
@@ -183,18 +191,22 @@ class Evolution:
                                               statuses=("active", "candidate", "retired")):
             if jaccard(words, content_words(f"{cand.description} {cand.body}")) >= NEAR_DUPLICATE:
                 return cand
+        if self.same_rule is not None:
+            for skill_id, _ in await self.same_rule(namespace, f"{p.description}\n{p.body}"):
+                try:
+                    return await self.library.get(namespace, skill_id)
+                except NotFound:  # deleted since
+                    continue
         return None
 
     async def _add_version(self, db: Any, target: SkillRecord, doc: SkillDoc, source: str,
                            provenance: list[str]) -> int:
-        """Inside a transaction: the proposal as the newest version of `target`, keeping its slug."""
-        latest = (await (await db.execute("SELECT MAX(version) FROM skill_versions WHERE skill_id = ?",
-                                          (target.id,))).fetchone())[0]
-        doc = SkillDoc(target.slug, doc.description, doc.body, doc.category)
-        await self.library._insert_version(db, target.id, latest + 1, doc, source, provenance, target.version, {},
-                                           utcnow())
-        await self.library._point_at(db, target.id, latest + 1)
-        return latest + 1
+        """Inside a transaction: the proposal as the newest version of `target`, keeping its slug, with
+        the situations of both descriptions and both provenances (each rule lives in one place)."""
+        doc = SkillDoc(target.slug, merge_descriptions(target.description, doc.description), doc.body,
+                       doc.category, {**target.metadata, **doc.metadata})
+        return await self.library.add_version(db, target.id, doc, source,
+                                              merge_provenance(target.provenance, provenance), target.version)
 
     async def _record(self, namespace: str, mode: str, failure_ids: list[str], proposals: list[dict[str, Any]],
                       accepted: list[AcceptedSkill], rejected: list[RejectedProposal], llm: str | None) -> int:

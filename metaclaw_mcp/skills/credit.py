@@ -20,7 +20,10 @@ make the skills used early look bad and those used late look good. From the sums
 - **decisions**: retire a version whose uplift is reliably negative (upper bound < threshold),
   promote a candidate whose uplift is reliably positive (lower bound > threshold), retire a
   candidate that showed nothing after `candidate_max_uses`;
-- **ranking**: relevance plus `usefulness_weight * usefulness`; at most `explore_slots` places
+- **ranking**: relevance scaled by usefulness, `relevance * (1 + usefulness_weight * usefulness)`:
+  usefulness says how much a skill helps where it applies, so it lifts or sinks a skill among
+  those that fit the request and never pulls an irrelevant one in (added instead, a lesson that
+  helped with dates was pushed into every request's results); at most `explore_slots` places
   go to candidates or under-tested skills picked by Thompson sampling from their posterior.
 """
 from __future__ import annotations
@@ -152,8 +155,13 @@ class Ranked:
     why: str                # relevance | usefulness | exploration
 
 
+def scaled(relevance: float, usefulness: float, policy: CreditPolicy) -> float:
+    """A ranking score: `relevance * (1 + usefulness_weight * usefulness)`."""
+    return relevance * (1.0 + policy.usefulness_weight * usefulness)
+
+
 def exploit_score(c: Candidate, policy: CreditPolicy) -> float:
-    return c.relevance + policy.usefulness_weight * c.credit.usefulness
+    return scaled(c.relevance, c.credit.usefulness, policy)
 
 
 def explorable(c: Candidate, policy: CreditPolicy) -> bool:
@@ -187,7 +195,7 @@ def rank(candidates: Sequence[Candidate], n: int, policy: CreditPolicy, rng: ran
         best, best_score = None, -math.inf
         for c in pool:
             draw = rng.gauss(c.credit.usefulness, c.credit.posterior_sd)
-            score = c.relevance + policy.usefulness_weight * draw
+            score = scaled(c.relevance, draw, policy)
             if score > best_score:
                 best, best_score = c, score
         # exploration only spends a place where the draw beats the best active skill left out

@@ -19,7 +19,8 @@ import anyio
 
 from ..store import Database, set_kv
 from .credit import (Candidate, Credit, CreditPolicy, Decision, Effect, RewardStats, credit, credit_from_effect,
-                     decide, fit_effects, rank)
+                     decide, exploit_score, fit_effects, rank)
+from .lessons import TEACHING_SOURCES, Lesson, TaughtIndex, declared_scope, learned_always
 from .library import SELECT_SKILL, SkillLibrary, SkillRecord, _record
 from .retrieval import (BM25_WEIGHTS, RetrievalQuery, bucket_mask, drop_near_duplicates, fuse, match_expression,
                         prune_terms, shingles)
@@ -42,6 +43,15 @@ DF_CACHE = 50_000         # query terms whose document frequency is remembered
 POSTINGS_BUDGET = 600     # summed document frequency of the terms one lexical query scores (FTS5
                           # computes BM25 for every row matched: about 2 us a row)
 MIN_TERMS = 3             # terms a lexical query keeps over that budget: alone,
+# A lesson (a skill whose version cites the turns it was taught from) is a rule the agent will
+# apply: it is shown only where its relevance is at least this share of the best match's (on the
+# bench/lessons.py replay, needed lessons mostly score 0.7-1.0 and others 0.1-0.5).
+LESSON_MIN_RELEVANCE = 0.5
+# Cosine of two texts' vectors (description and body) from which consolidation takes them for
+# the same rule, per encoder: about the 99th percentile of the cosines between distinct starter
+# skills (different rules) with that encoder (MiniLM: 0.59, its static table: 0.87); paraphrases of
+# one rule in bench/lessons.py lie at 0.44-0.79 (median 0.64) with MiniLM.
+SAME_RULE_SIMILARITY = {"transformer": 0.6, "onnx": 0.6, "static": 0.87}
 MIN_TERMS_HYBRID = 2      # and beside the vectors (measured at 10k skills: tau2 R@5 and MRR the
                           # same as with 3, 0.37 ms less p50, the third term being a common one)
 
@@ -68,6 +78,15 @@ class SkillMeta:
     status: str
     version: int
     category: str
+    lesson: Lesson | None = None   # for versions whose provenance cites turns (see lessons.py)
+
+    @property
+    def taught(self) -> bool:
+        return self.lesson is not None and self.lesson.taught
+
+    @property
+    def scope(self) -> str:
+        return self.lesson.scope if self.lesson is not None else "topic"
 
 
 @dataclass
@@ -94,6 +113,10 @@ class NamespaceState:
     experience_since: str = ""                       # rated_at of the newest turn read into `experience`
     experience_stats: int = -1                       # the stats counter it was read at
     experience_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))  # one reader
+    taught: TaughtIndex | None = None                # the requests lessons were taught from, encoded
+    taught_stale: bool = True                        # a lesson changed since `taught` was built
+    taught_vectors: dict[str, Any] = field(default_factory=dict)  # turn id -> its request's vector
+    taught_background: int = 0                       # experience turns when `taught` was built
 
 
 class Retriever:
@@ -122,6 +145,7 @@ class Retriever:
         self._df_cache: dict[str, int] = {}
         self._df_gen = -1
         self._fts_rows = 0
+        self._rule_vectors: dict[tuple[str, int, int], Any] = {}  # (model, skill, version) -> text vector
 
     # ---- dense model ----
 
@@ -150,12 +174,17 @@ class Retriever:
         return self._terms
 
     def _experience_votes(self, state: NamespaceState, query_D: np.ndarray, fold: bool = True) -> dict[int, float]:
-        """The votes of the past turns nearest `query_D` (by the experience encoder's similarity)."""
-        if state.experience is None or not len(state.experience):
-            return {}
-        min_similarity = (self.config.experience_min_similarity_terms if self.terms_experience
-                          else self.config.experience_min_similarity)
-        return state.experience.vote(query_D, self.config.experience_neighbours, min_similarity, fold=fold)
+        """The votes of the past turns nearest `query_D` (by the experience encoder's similarity), plus
+        those of the requests lessons were taught from (`TaughtIndex.vote`)."""
+        votes: dict[int, float] = {}
+        if state.experience is not None and len(state.experience):
+            votes = state.experience.vote(query_D, self.config.experience_neighbours, self.experience_min_similarity,
+                                          fold=fold)
+        taught = state.taught
+        if taught is not None and len(taught):
+            for sid, vote in taught.vote(query_D, self.experience_min_similarity).items():
+                votes[sid] = votes.get(sid, 0.0) + vote
+        return votes
 
     def describe(self) -> dict[str, Any]:
         """For `status`: the mode, the encoder and whether it is loaded, and the experience in memory."""
@@ -200,9 +229,10 @@ class Retriever:
                 "SELECT s.id, s.namespace, s.slug, s.status, s.current_version, v.category FROM skills s "
                 "JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version WHERE s.gen > ?",
                 (skills_gen,))
+            lessons = await self._read_lessons(None, [r["id"] for r in rows if r["namespace"] in self._ns])
             for r in rows:
                 if r["namespace"] in self._ns:
-                    await self._put_meta(self._ns[r["namespace"]], r)
+                    await self._put_meta(self._ns[r["namespace"]], r, lessons.get(r["id"]))
         if self._ns and seen[2] != stats_gen:
             rows = await self.db.fetchall(
                 "SELECT st.skill_id, st.version, st.uses, st.rated, st.reward_sum, st.reward_sq, st.resid_sum, "
@@ -233,8 +263,10 @@ class Retriever:
                 "SELECT e.skill_id, e.version, e.vector, e.dim FROM skill_embeddings e JOIN skills s "
                 "ON s.id = e.skill_id AND e.version = s.current_version WHERE s.namespace = ? AND e.model = ?",
                 (namespace, self.embedder.model_id))}
+        lessons = await self._read_lessons(namespace)
         for r in rows:
-            meta = SkillMeta(r["id"], r["slug"], r["status"], r["current_version"], r["category"])
+            meta = SkillMeta(r["id"], r["slug"], r["status"], r["current_version"], r["category"],
+                             lessons.get(r["id"]))
             state.metas[meta.id] = meta
             if state.dense is not None and meta.status in RETRIEVABLE:
                 vector = vectors.get((meta.id, meta.version))
@@ -253,10 +285,55 @@ class Retriever:
             state.totals = RewardStats(totals[0], totals[1], totals[2])
         self._ns[namespace] = state
 
-    async def _put_meta(self, state: NamespaceState, r: Any) -> None:
+    async def _read_lessons(self, namespace: str | None, ids: Sequence[int] | None = None) -> dict[int, Lesson]:
+        """skill id -> what its current version's provenance says (`lessons.Lesson`), for the skills
+        of `namespace` (or the given `ids`) whose current version cites turns."""
+        import json
+        if ids is not None and not ids:
+            return {}
+        sql = ("SELECT s.id, s.slug, s.created_at, v.provenance, v.description, v.metadata FROM skills s JOIN skill_versions v "
+               "ON v.skill_id = s.id AND v.version = s.current_version WHERE v.provenance != '[]' AND ")
+        rows = []
+        if ids is None:
+            rows = await self.db.fetchall(sql + "s.namespace = ?", (namespace,))
+        else:
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start:start + 500])
+                rows += await self.db.fetchall(sql + f"s.id IN ({','.join('?' * len(chunk))})", chunk)
+        cited: dict[int, list[str]] = {}
+        out: dict[int, Lesson] = {}
+        for r in rows:
+            try:
+                turns = [t for t in json.loads(r["provenance"]) if isinstance(t, str)]
+                metadata = json.loads(r["metadata"] or "{}")
+            except ValueError:
+                continue
+            cited[r["id"]] = turns
+            out[r["id"]] = Lesson(scope=declared_scope(r["description"], metadata if isinstance(metadata, dict)
+                                                       else None), text=f"{r['slug']}\n{r['description']}",
+                                  since=r["created_at"])
+        turn_ids = sorted({t for ts in cited.values() for t in ts})
+        found: dict[str, tuple[str, bool]] = {}
+        marks_sources = ",".join("?" * len(TEACHING_SOURCES))
+        for start in range(0, len(turn_ids), 500):
+            chunk = turn_ids[start:start + 500]
+            for t in await self.db.fetchall(
+                    f"SELECT t.id, t.request, EXISTS (SELECT 1 FROM ratings g WHERE g.turn_id = t.id AND g.source "
+                    f"IN ({marks_sources})) AS taught FROM turns t WHERE t.id IN ({','.join('?' * len(chunk))})",
+                    [*TEACHING_SOURCES, *chunk]):
+                found[t["id"]] = (t["request"] or "", bool(t["taught"]))
+        for sid, turns in cited.items():
+            lesson = out[sid]
+            lesson.requests = [(t, found[t][0]) for t in turns if t in found and found[t][0].strip()]
+            lesson.taught = any(found[t][1] for t in turns if t in found)
+        return out
+
+    async def _put_meta(self, state: NamespaceState, r: Any, lesson: Lesson | None = None) -> None:
         old = state.metas.get(r["id"])
-        meta = SkillMeta(r["id"], r["slug"], r["status"], r["current_version"], r["category"])
+        meta = SkillMeta(r["id"], r["slug"], r["status"], r["current_version"], r["category"], lesson)
         state.metas[meta.id] = meta
+        if lesson is not None or (old is not None and old.lesson is not None):
+            state.taught_stale = True
         if state.dense is None:
             return
         if meta.status not in RETRIEVABLE:
@@ -424,6 +501,101 @@ class Retriever:
 
     # ---- experience: what went well on similar past requests ----
 
+    @property
+    def experience_min_similarity(self) -> float:
+        """The cosine two requests need to count as alike, for the experience encoder in use."""
+        return (self.config.experience_min_similarity_terms if self.terms_experience
+                else self.config.experience_min_similarity)
+
+    async def _learn_scopes(self, namespace: str, lessons: Sequence[SkillMeta]) -> None:
+        """Mark as standing (scope `always`) the lessons most of the namespace's turns needed
+        (`lessons.learned_always`)."""
+        if not lessons:
+            return
+        marks = ",".join("?" * len(lessons))
+        named = {r[0]: r[1] for r in await self.db.fetchall(
+            f"SELECT u.skill_id, COUNT(*) FROM skill_uses u JOIN turns t ON t.id = u.turn_id WHERE u.named = 1 "
+            f"AND t.reward >= 0 AND u.skill_id IN ({marks}) GROUP BY u.skill_id", [m.id for m in lessons])}
+        for m in lessons:
+            assert m.lesson is not None
+            turns = int(await self.db.scalar(
+                "SELECT COUNT(*) FROM turns WHERE namespace = ? AND reward IS NOT NULL AND created_at >= ?",
+                (namespace, m.lesson.since)) or 0)
+            taught = len(m.lesson.requests)
+            if learned_always(named.get(m.id, 0) + taught, turns + taught):
+                m.lesson.scope = "always"
+
+    async def refresh_taught(self, namespace: str, state: NamespaceState) -> None:
+        """Rebuild `state.taught` (the requests each retrievable taught lesson came from, encoded)
+        when a lesson changed; learn which lessons are needed whatever the topic (`learned_always`)."""
+        grown = state.experience is not None and len(state.experience) >= state.taught_background + 10
+        if not state.taught_stale and not grown:   # scopes are relearned as the namespace's requests grow
+            return
+        encoder = self.experience_encoder
+        lessons = [m for m in state.metas.values() if m.status in RETRIEVABLE and m.taught and m.lesson.requests]
+        todo = {t: text for m in lessons for t, text in m.lesson.requests if t not in state.taught_vectors}
+        if todo:
+            texts = list(todo.values())
+            vectors_ND = (encoder.encode(texts) if encoder.fast and len(texts) <= 64
+                          else await anyio.to_thread.run_sync(encoder.encode, texts))
+            state.taught_vectors.update(zip(todo, vectors_ND, strict=True))
+        rows = [(m.id, state.taught_vectors[t]) for m in lessons for t, _ in m.lesson.requests]
+        await self._learn_scopes(namespace, [m for m in lessons if m.lesson.scope == "topic"])
+        index = TaughtIndex(encoder.dim)
+        index.build(rows)
+        state.taught = index
+        state.taught_stale = False
+        state.taught_background = len(state.experience) if state.experience is not None else 0
+
+    def standing(self, state: NamespaceState, categories: Sequence[str] | None = None) -> list[int]:
+        """Ids of the retrievable lessons whose scope is `always`, taught first then by id."""
+        wanted = set(categories) if categories else None
+        found = [m for m in state.metas.values() if m.status in RETRIEVABLE and m.scope == "always"
+                 and (m.taught or m.status == "active") and (wanted is None or m.category in wanted)]
+        return [m.id for m in sorted(found, key=lambda m: (not m.taught, m.id))]
+
+    async def same_rule(self, namespace: str, text: str) -> list[tuple[int, float]]:
+        """(skill id, cosine) of the namespace's lessons (skills written by evolution) whose text, in
+        any of their versions, says what `text` says: cosine of the encoder's vectors of description
+        and body at least `consolidate_min_similarity` (by default the encoder's `SAME_RULE_SIMILARITY`).
+        Best first. [] on a server without vectors, or while its encoder is still loading."""
+        if not self.uses_dense:
+            return []
+        if not self.embedder.ready:
+            if not self.embedder.cheap_to_load:
+                return []
+            await anyio.to_thread.run_sync(self.embedder.load)
+        threshold = self.config.consolidate_min_similarity
+        if threshold is None:
+            threshold = SAME_RULE_SIMILARITY.get(self.config.embedding_encoder, 0.9)
+        rows = await self.db.fetchall(
+            "SELECT v.skill_id, v.version, v.description, v.body FROM skill_versions v JOIN skills s "
+            "ON s.id = v.skill_id WHERE s.namespace = ? AND s.id IN (SELECT skill_id FROM skill_versions "
+            "WHERE source IN ('agent', 'llm'))", (namespace,))
+        key = self.embedder.model_id
+        todo = [r for r in rows if (key, r["skill_id"], r["version"]) not in self._rule_vectors]
+        texts = [text] + [f"{r['description']}\n{r['body']}" for r in todo]
+        vectors_ND = await anyio.to_thread.run_sync(self.embedder.encode, texts)
+        if len(self._rule_vectors) + len(todo) > SIGNATURE_CACHE:
+            self._rule_vectors.clear()
+        for r, v in zip(todo, vectors_ND[1:], strict=True):
+            self._rule_vectors[(key, r["skill_id"], r["version"])] = v
+        best: dict[int, float] = {}
+        for r in rows:
+            v = self._rule_vectors.get((key, r["skill_id"], r["version"]))
+            if v is not None:
+                best[r["skill_id"]] = max(best.get(r["skill_id"], -1.0), float(v @ vectors_ND[0]))
+        return sorted(((sid, c) for sid, c in best.items() if c >= threshold), key=lambda x: -x[1])
+
+    async def standing_lessons(self, namespace: str, categories: Sequence[str] | None = None) -> list[SkillRecord]:
+        """The namespace's standing lessons (`standing`), as records, for every fetch."""
+        state = await self.state(namespace)
+        ids = self.standing(state, categories)
+        if not ids:
+            return []
+        records = await self._records(state, ids)
+        return [records[i] for i in ids if i in records]
+
     async def refresh_experience(self, namespace: str, state: NamespaceState) -> None:
         """Read the rated turns (with skills) not yet in `state.experience`; encode their requests."""
         cap = self.config.experience_turns
@@ -497,6 +669,7 @@ class Retriever:
                           and (mode != "lexical" or self.terms_experience))
         if use_experience:
             await self.refresh_experience(namespace, state)
+            await self.refresh_taught(namespace, state)
         if mode != "lexical" and state.dense is not None:
             allowed = None
             if categories:
@@ -531,6 +704,17 @@ class Retriever:
         from_experience: dict[int, float] = {}
         if votes:
             relevance, from_experience = self._add_votes(state, relevance, votes, categories)
+        standing = set(self.standing(state, categories)) if use_credit else set()
+        if standing & relevance.keys():
+            # standing lessons come with every fetch anyway (`standing_lessons`): they take no place
+            # here, and the rest is scaled so that its best match is 1 again
+            relevance = {sid: v for sid, v in relevance.items() if sid not in standing}
+            top = max(relevance.values(), default=0.0)
+            relevance = {sid: v / top for sid, v in relevance.items()} if top > 0 else {}
+        if use_credit:
+            # a topic lesson is a rule to apply: shown where it fits about as well as the best match
+            relevance = {sid: v for sid, v in relevance.items()
+                         if v >= LESSON_MIN_RELEVANCE or sid not in state.metas or state.metas[sid].lesson is None}
         if not relevance:
             return []
         # The pool: the most relevant few; credit reorders within it, never pulls from the tail.
@@ -538,13 +722,16 @@ class Retriever:
         pool_ids = sorted(relevance, key=relevance.__getitem__, reverse=True)[:pool_size]
         records = await self._records(state, pool_ids)
         policy = self.policy if use_credit else _relevance_only(self.policy)
-        # Relevance alone knows no status: candidates compete with active skills on equal terms.
-        cands = [Candidate(sid, relevance[sid], records[sid].status if use_credit else "active",
+        # Relevance alone knows no status: candidates compete with active skills on equal terms. So
+        # does a taught lesson (a candidate whose provenance a user or an environment rated): it is
+        # evidence, not a guess; exploration is left to what is unproven (lessons.py).
+        cands = [Candidate(sid, relevance[sid], _rank_status(records[sid].status, state.metas[sid]) if use_credit
+                           else "active",
                            self.credit_of(state, sid, records[sid].version) if use_credit
                            else credit(RewardStats(), RewardStats(), 0, policy))
                  for sid in pool_ids if sid in records]
         # Near-identical skills: keep the one that ranks better on evidence and relevance.
-        cands.sort(key=lambda c: c.relevance + policy.usefulness_weight * c.credit.usefulness, reverse=True)
+        cands.sort(key=lambda c: exploit_score(c, policy), reverse=True)
         sigs = [self._signature(records[c.key]) for c in cands]
         keep = drop_near_duplicates([w for w, _ in sigs], self.config.dedup_threshold, limit=3 * k + 4,
                                     masks=[m for _, m in sigs])
@@ -645,7 +832,8 @@ class Retriever:
         rows = await self.db.fetchall(
             "SELECT t.reward, group_concat(u.skill_id || ':' || u.version) AS used FROM "
             "(SELECT id, reward FROM turns WHERE namespace = ? AND reward IS NOT NULL "
-            " ORDER BY rated_at DESC LIMIT ?) t LEFT JOIN skill_uses u ON u.turn_id = t.id GROUP BY t.id",
+            " ORDER BY rated_at DESC LIMIT ?) t LEFT JOIN skill_uses u ON u.turn_id = t.id AND u.credited = 1 "
+            "GROUP BY t.id",
             (namespace, FIT_TURNS))
         keyed: dict[str, int] = {}
         turns = []
@@ -670,6 +858,11 @@ class Retriever:
                         "se": None if c.se == float("inf") else round(c.se, 4),
                         "usefulness": round(c.usefulness, 4)})
         return sorted(out, key=lambda d: (-d["uses"], d["slug"]))
+
+
+def _rank_status(status: str, meta: SkillMeta) -> str:
+    """How ranking treats a skill: a taught candidate competes as an active skill."""
+    return "active" if status == "candidate" and meta.taught else status
 
 
 def _stats_row(r: Any) -> tuple[int, RewardStats, RewardStats]:

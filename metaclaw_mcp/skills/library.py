@@ -222,6 +222,21 @@ class SkillLibrary:
             await set_kv(db, FTS_KEY, TOKENISER_VERSION)
         return len(rows)
 
+    async def add_version(self, db: aiosqlite.Connection, skill_id: int, doc: SkillDoc, source: str,
+                          provenance: Sequence[str], parent: int | None = None) -> int:
+        """Inside a transaction: `doc` as the newest version of skill `skill_id`, made current; returns
+        its version number. `parent` is the version it was derived from (default: the current one)."""
+        row = await (await db.execute(
+            "SELECT current_version, (SELECT MAX(version) FROM skill_versions WHERE skill_id = ?) FROM skills "
+            "WHERE id = ?", (skill_id, skill_id))).fetchone()
+        if row is None:
+            raise NotFound(f"no skill with id {skill_id}")
+        version = int(row[1]) + 1
+        await self._insert_version(db, skill_id, version, doc, source, list(provenance),
+                                   int(row[0]) if parent is None else parent, doc.metadata, utcnow())
+        await self._point_at(db, skill_id, version)
+        return version
+
     async def revise(self, namespace: str, ref: str | int, doc: SkillDoc, source: str = "user",
                      provenance: Iterable[str] = ()) -> SkillRecord:
         """Add a new version of an existing skill and make it current."""
@@ -229,12 +244,29 @@ class SkillLibrary:
         doc.name = current.slug
         doc = validate_doc(doc, self.max_body_chars, where=f"skill {current.slug!r}")
         async with self.db.transaction() as db:
-            latest = (await (await db.execute("SELECT MAX(version) FROM skill_versions WHERE skill_id = ?",
-                                              (current.id,))).fetchone())[0]
-            await self._insert_version(db, current.id, latest + 1, doc, source, list(provenance), current.version,
-                                       doc.metadata, utcnow())
-            await self._point_at(db, current.id, latest + 1)
+            await self.add_version(db, current.id, doc, source, list(provenance))
         return await self.get(namespace, current.id)
+
+    async def merge(self, namespace: str, keep: str | int, other: str | int) -> SkillRecord:
+        """Fold skill `other` into skill `keep`: `keep` gets a new version with its own text, the
+        descriptions' situations merged (`lessons.merge_descriptions`) and both provenances; `other`
+        is retired with the reason "merged into ...". Nothing is deleted (rollback and activate undo
+        it). InvalidInput when both name the same skill or `other` is already retired into it."""
+        from .lessons import merge_descriptions, merge_provenance
+        a, b = await self.get(namespace, keep), await self.get(namespace, other)
+        if a.id == b.id:
+            raise InvalidInput(f"cannot merge skill {a.slug!r} into itself")
+        doc = a.doc()
+        doc.description = merge_descriptions(b.description, a.description)
+        doc.metadata = {**b.metadata, **a.metadata}
+        async with self.db.transaction() as db:
+            version = await self.add_version(db, a.id, doc, "merge", merge_provenance(a.provenance, b.provenance))
+            await db.execute("UPDATE skills SET status = 'retired', status_reason = ?, updated_at = ? WHERE id = ?",
+                             (f"merged into {a.slug!r} (v{version})", utcnow(), b.id))
+            if a.status == "candidate" and b.status == "active":
+                await db.execute("UPDATE skills SET status = 'active', status_reason = ? WHERE id = ?",
+                                 (f"merged with active skill {b.slug!r}", a.id))
+        return await self.get(namespace, a.id)
 
     async def rollback(self, namespace: str, ref: str | int, version: int | None = None) -> SkillRecord:
         """Point the skill at an older version (default: the one before the current)."""

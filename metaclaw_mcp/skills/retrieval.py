@@ -1,4 +1,4 @@
-"""Pure pieces of retrieval: tokenisation, query building, fusion, de-duplication, injection rendering.
+"""Pure pieces of retrieval: tokenisation, query building, fusion, de-duplication (the injection: injection.py).
 
 No I/O here: the library runs the FTS5 query, `index.py` holds the in-memory index, `credit.py`
 does the usefulness arithmetic.
@@ -105,41 +105,6 @@ def match_expression(terms: Sequence[str]) -> str | None:
     if not terms:
         return None
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-
-
-def estimate_tokens(text: str) -> int:
-    """A cheap token estimate (about four characters a token for English text and code)."""
-    return math.ceil(len(text) / 4)
-
-
-def render_skill(name: str, description: str, body: str) -> str:
-    return f"### {name}\n_{description}_\n\n{body.strip()}\n"
-
-
-INJECTION_HEADER = ("## Learned skills\n"
-                    "Skills learned from earlier work that may fit this task. Apply the ones that fit; "
-                    "ignore the rest.\n\n")
-
-
-def render_injection(blocks: Sequence[str]) -> str:
-    return INJECTION_HEADER + "\n".join(blocks) if blocks else ""
-
-
-def fit_to_budget(blocks: Sequence[str], budget: int | None) -> list[int]:
-    """Indices of the blocks to keep, in rank order, so the injection stays within `budget` tokens.
-
-    A block that does not fit is skipped and smaller later ones may still fit.
-    """
-    if budget is None:
-        return list(range(len(blocks)))
-    used = estimate_tokens(INJECTION_HEADER)
-    keep = []
-    for i, block in enumerate(blocks):
-        cost = estimate_tokens(block) + 1
-        if used + cost <= budget:
-            keep.append(i)
-            used += cost
-    return keep
 
 
 # ---- retrieval ids: self-describing, so a turn can be linked even if the log row is lost ----

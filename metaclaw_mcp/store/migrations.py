@@ -382,3 +382,82 @@ def m0005_turn_request(db: sqlite3.Connection) -> None:
                               (last,)).fetchall():
         db.executemany("UPDATE turns SET request = ? WHERE rowid = ?", [(last_user_text(r[1]), r[0]) for r in batch])
         last = batch[-1][0]
+
+
+@migration(6)
+def m0006_credited_uses(db: sqlite3.Connection) -> None:
+    """Credit follows what the agent said it used: `skill_uses.credited` is 1 for a skill the agent
+    named (`skill_ids`), and for every linked skill of a turn that named none; a skill only injected
+    into a turn that named others was, by the agent's word, not used, and gets neither credit nor
+    blame (experience reads turns the same way). The credit triggers count credited rows only, and
+    the sums are rebuilt so that past turns are counted the same way."""
+    run_script(db, """
+    ALTER TABLE skill_uses ADD COLUMN credited INTEGER NOT NULL DEFAULT 1;
+    UPDATE skill_uses SET credited = 0 WHERE named = 0 AND turn_id IN (SELECT turn_id FROM skill_uses WHERE named = 1);
+
+    DROP TRIGGER skill_uses_credit_insert;
+    DROP TRIGGER skill_uses_credit_delete;
+    DROP TRIGGER turns_reward_credit;
+
+    CREATE TRIGGER skill_uses_credit_insert AFTER INSERT ON skill_uses WHEN NEW.credited = 1 BEGIN
+        UPDATE change_counters SET value = value + 1 WHERE name = 'stats';
+        INSERT INTO skill_stats(skill_id, version, uses, rated, reward_sum, reward_sq, gen)
+        SELECT NEW.skill_id, NEW.version, 1, t.reward IS NOT NULL, COALESCE(t.reward, 0),
+               COALESCE(t.reward * t.reward, 0), (SELECT value FROM change_counters WHERE name = 'stats')
+        FROM turns t WHERE t.id = NEW.turn_id
+        ON CONFLICT(skill_id, version) DO UPDATE SET uses = uses + 1, rated = rated + excluded.rated,
+            reward_sum = reward_sum + excluded.reward_sum, reward_sq = reward_sq + excluded.reward_sq,
+            gen = excluded.gen;
+        UPDATE skill_stats SET
+            resid_sum = resid_sum + (SELECT COALESCE(t.reward - t.credit_baseline, 0) FROM turns t WHERE t.id = NEW.turn_id),
+            resid_sq = resid_sq + (SELECT COALESCE((t.reward - t.credit_baseline) * (t.reward - t.credit_baseline), 0)
+                                   FROM turns t WHERE t.id = NEW.turn_id)
+        WHERE skill_id = NEW.skill_id AND version = NEW.version;
+    END;
+    CREATE TRIGGER skill_uses_credit_delete AFTER DELETE ON skill_uses WHEN OLD.credited = 1 BEGIN
+        UPDATE change_counters SET value = value + 1 WHERE name = 'stats';
+        UPDATE skill_stats SET uses = uses - 1,
+            rated = rated - COALESCE((SELECT t.reward IS NOT NULL FROM turns t WHERE t.id = OLD.turn_id), 0),
+            reward_sum = reward_sum - COALESCE((SELECT t.reward FROM turns t WHERE t.id = OLD.turn_id), 0),
+            reward_sq = reward_sq - COALESCE((SELECT t.reward * t.reward FROM turns t WHERE t.id = OLD.turn_id), 0),
+            resid_sum = resid_sum - COALESCE((SELECT t.reward - t.credit_baseline FROM turns t WHERE t.id = OLD.turn_id), 0),
+            resid_sq = resid_sq - COALESCE((SELECT (t.reward - t.credit_baseline) * (t.reward - t.credit_baseline)
+                                            FROM turns t WHERE t.id = OLD.turn_id), 0),
+            gen = (SELECT value FROM change_counters WHERE name = 'stats')
+        WHERE skill_id = OLD.skill_id AND version = OLD.version;
+    END;
+    CREATE TRIGGER turns_reward_credit AFTER UPDATE OF reward ON turns WHEN OLD.reward IS NOT NEW.reward BEGIN
+        UPDATE change_counters SET value = value + 1 WHERE name = 'stats';
+        UPDATE turns SET credit_baseline = COALESCE(
+            (SELECT running_mean FROM reward_totals WHERE namespace = NEW.namespace), NEW.reward)
+        WHERE id = NEW.id AND credit_baseline IS NULL AND NEW.reward IS NOT NULL;
+        UPDATE skill_stats SET
+            rated = rated + (NEW.reward IS NOT NULL) - (OLD.reward IS NOT NULL),
+            reward_sum = reward_sum + COALESCE(NEW.reward, 0) - COALESCE(OLD.reward, 0),
+            reward_sq = reward_sq + COALESCE(NEW.reward * NEW.reward, 0) - COALESCE(OLD.reward * OLD.reward, 0),
+            resid_sum = resid_sum + (SELECT COALESCE(NEW.reward - t.credit_baseline, 0)
+                                     - COALESCE(OLD.reward - t.credit_baseline, 0) FROM turns t WHERE t.id = NEW.id),
+            resid_sq = resid_sq + (SELECT COALESCE((NEW.reward - t.credit_baseline) * (NEW.reward - t.credit_baseline), 0)
+                                   - COALESCE((OLD.reward - t.credit_baseline) * (OLD.reward - t.credit_baseline), 0)
+                                   FROM turns t WHERE t.id = NEW.id),
+            gen = (SELECT value FROM change_counters WHERE name = 'stats')
+        WHERE (skill_id, version) IN (SELECT skill_id, version FROM skill_uses WHERE turn_id = NEW.id AND credited = 1);
+        INSERT INTO reward_totals(namespace, rated, reward_sum, reward_sq, running_mean)
+        VALUES (NEW.namespace, (NEW.reward IS NOT NULL) - (OLD.reward IS NOT NULL),
+                COALESCE(NEW.reward, 0) - COALESCE(OLD.reward, 0),
+                COALESCE(NEW.reward * NEW.reward, 0) - COALESCE(OLD.reward * OLD.reward, 0), NEW.reward)
+        ON CONFLICT(namespace) DO UPDATE SET rated = rated + excluded.rated,
+            reward_sum = reward_sum + excluded.reward_sum, reward_sq = reward_sq + excluded.reward_sq,
+            running_mean = COALESCE(running_mean, excluded.running_mean)
+                           + 0.02 * (COALESCE(NEW.reward, running_mean) - COALESCE(OLD.reward, running_mean));
+    END;
+
+    UPDATE change_counters SET value = value + 1 WHERE name = 'stats';
+    DELETE FROM skill_stats;
+    INSERT INTO skill_stats(skill_id, version, uses, rated, reward_sum, reward_sq, resid_sum, resid_sq, gen)
+    SELECT u.skill_id, u.version, COUNT(*), COUNT(t.reward), COALESCE(SUM(t.reward), 0),
+           COALESCE(SUM(t.reward * t.reward), 0), COALESCE(SUM(t.reward - t.credit_baseline), 0),
+           COALESCE(SUM((t.reward - t.credit_baseline) * (t.reward - t.credit_baseline)), 0),
+           (SELECT value FROM change_counters WHERE name = 'stats')
+    FROM skill_uses u JOIN turns t ON t.id = u.turn_id WHERE u.credited = 1 GROUP BY u.skill_id, u.version;
+    """)
