@@ -380,6 +380,10 @@ async def replay(env: dict[str, str], verbose: bool) -> dict[str, Score]:
                 extra = sorted(f"{s}({skill_rule[s]})" for s in lessons_got if skill_rule[s] not in need)
                 print(f"day {day:>2} {'OK  ' if not missed else 'MISS'} need={sorted(need)} missed={sorted(missed)} "
                       f"extra={extra} tokens={tokens(out.get('injection', ''))}  {request[:60]}")
+                for s in out.get("skills") or []:
+                    if s["slug"] in skill_rule and s["why"] != "standing":
+                        print(f"      LESSON {'need' if skill_rule[s['slug']] in need else 'xtra'} rel {s['relevance']:.2f} "
+                              f"score {s['score']:.2f} {s['disclosure']} {s['why']}")
                 if missed:
                     for s in out.get("skills") or []:
                         print(f"      {s['slug']:34} {s['why']:11} rel {s['relevance']:.2f} use {s['usefulness']:+.2f}")

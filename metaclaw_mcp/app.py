@@ -6,7 +6,7 @@ command is one method here.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -234,7 +234,30 @@ class App:
         """With proposals: screen and store them. Without: ask the configured LLM, else return the digest."""
         if proposals is None and self.llm is not None:
             return await self.evolve_with_llm(namespace, max_new, dry_run)
-        return await self.evolution.evolve(namespace, self.max_new(max_new), proposals, dry_run)
+        result = await self.evolution.evolve(namespace, self.max_new(max_new), proposals, dry_run)
+        await self._embed_new(namespace, result)
+        return result
+
+    async def _embed_new(self, namespace: str, result: EvolveResult) -> None:
+        """Vectors for what evolution just wrote, now rather than on a fetch's path."""
+        if result.accepted and not result.dry_run and self.retriever.uses_dense and self.retriever.embedder.ready:
+            await self.retriever.ensure_embeddings(namespace)
+
+    async def import_skills(self, path: Any, namespace: str = "default", status: str = "active",
+                            progress: Callable[[int, int], None] | None = None,
+                            embed_progress: Callable[[int, int], None] | None = None) -> Any:
+        """`skills import`: SKILL.md folders or a JSONL file (`SkillLibrary.import_folder` / `import_jsonl`),
+        then the vectors of what was imported, in the same command, so a server starts ready. Returns
+        the library's ImportReport."""
+        from pathlib import Path
+        path = Path(path)
+        if path.suffix == ".jsonl":
+            report = await self.library.import_jsonl(path, namespace, status=status, progress=progress)
+        else:
+            report = await self.library.import_folder(path, namespace, status=status, progress=progress)
+        if report.imported and self.retriever.uses_dense:
+            await self.retriever.ensure_embeddings(namespace, progress=embed_progress)
+        return report
 
     async def evolve_with_llm(self, namespace: str = "default", max_new: int | None = None,
                               dry_run: bool = False) -> EvolveResult:
@@ -246,8 +269,10 @@ class App:
         system, user = prompt
         answer = await self.llm.complete([ChatMessage("system", system), ChatMessage("user", user)],
                                          max_tokens=4000, temperature=0.3, purpose="evolve", namespace=namespace)
-        return await self.evolution.evolve_from_answer(namespace, self.max_new(max_new), answer.text,
-                                                       llm=self.llm.provider, prompt=user, dry_run=dry_run)
+        result = await self.evolution.evolve_from_answer(namespace, self.max_new(max_new), answer.text,
+                                                         llm=self.llm.provider, prompt=user, dry_run=dry_run)
+        await self._embed_new(namespace, result)
+        return result
 
     # ---- status ----
 

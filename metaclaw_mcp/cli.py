@@ -184,19 +184,21 @@ def skills_import(path: Path = typer.Argument(..., help="A SKILL.md file, a fold
                   namespace: str = typer.Option("default", "--namespace", "-n"),
                   status_: str = typer.Option("active", "--status", help="Status of new skills.")) -> None:
     """Import SKILL.md folders (agentskills.io format) or JSONL. Bad files are reported and skipped;
-    the rest lands in one transaction, or nothing does. Exits 1 when nothing was imported and something
+    the rest lands in one transaction, or nothing does; then their vectors are computed (with the
+    [embeddings] extra), so a server starts ready. Exits 1 when nothing was imported and something
     was skipped for a reason other than being unchanged."""
     from rich.progress import Progress
 
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task(f"importing {path.name}", total=None)
+        vectors = bar.add_task("computing vectors", total=None, visible=False)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
-        if path.suffix == ".jsonl":
-            report = _run(lambda app: app.library.import_jsonl(path, namespace, status=status_, progress=progress))
-        else:
-            report = _run(lambda app: app.library.import_folder(path, namespace, status=status_, progress=progress))
+
+        def embed_progress(done: int, total: int) -> None:
+            bar.update(vectors, completed=done, total=total, visible=True)
+        report = _run(lambda app: app.import_skills(path, namespace, status_, progress, embed_progress))
     out.print(f"imported {len(report.imported)} skill(s)", highlight=False)
     failed = False
     for where, why in report.skipped:

@@ -61,7 +61,8 @@ def test_put_replaces_and_capacity_drops_the_oldest():
 
 def test_turn_values_trust_what_the_agent_named():
     # named (skill_ids) skills get the reward; the injected ones it did not name get nothing
-    assert turn_values("4:0,5:1,6:1", 1.0, 0.2) == {5: 1.0, 6: 1.0}
+    assert turn_values("4:0,5:1,6:1", 1.0, 0.2) == {4: -0.5, 5: 1.0, 6: 1.0}   # 4 shown, not needed
+    assert turn_values("4:0,5:1", -1.0, 0.2) == {5: -1.0}                       # a failure says nothing of 4
     assert turn_values("5:1", -1.0, 0.2) == {5: -1.0}
     # nothing named: the injected skills get the reward minus the baseline at rating time
     assert turn_values("4:0,5:0", 1.0, 0.25) == {4: 0.75, 5: 0.75}
@@ -418,3 +419,45 @@ async def test_the_transformer_encoder_still_serves_hybrid_retrieval(tmp_path, s
         assert [s.slug for s in found.skills] == ["return-delivered-items"]   # no word in common
         both = await app.fetch_skills("cancel the pending order", k=2, namespace="shop")
         assert both.skills[0].slug == "cancel-pending-order"
+
+
+ENVELOPE = ('{{"client": "acme-ide", "workspace": "billing-service", "locale": "en-GB", "request_id": "r-{i:08x}"}}\n'
+            '{{"session": {{"user": "dana", "plan": "enterprise", "timezone": "Europe/Berlin", '
+            '"sent_at": "2026-11-{day:02d}T09:{i:02d}:00Z"}}}}\n')
+SQL_QUESTIONS = ("How do I join the orders and customers tables on customer id?",
+                 "Write a query that counts rows per region in the sales table",
+                 "Why does my GROUP BY query return duplicate rows?",
+                 "Select the ten most recent invoices with their totals",
+                 "My LEFT JOIN drops rows where the right side is missing")
+
+
+async def test_a_shared_envelope_does_not_make_requests_alike(tmp_path):
+    """Every request starts with the same metadata lines a client prepends: compared by them, a
+    pytest question looks like the past SQL questions, and their SQL skill would come first. The
+    lines most requests share are stripped on both sides, so the question is compared by what it asks."""
+    async with open_app(load_config(home=tmp_path / "e", retrieval_mode="lexical", load_starter_skills=False,
+                                    retrieval_seed=3)) as app:
+        for d in [*DOCS, SkillDoc("sql-join-rows", "Use when writing SQL queries: joins, grouping, counting rows.",
+                                  "Name the join keys; check row counts before and after."),
+                  SkillDoc("pytest-fixture-not-found", "Use when pytest reports a fixture not found.",
+                           "Put shared fixtures in conftest.py next to the tests.")]:
+            await app.library.add(d, namespace="shop")
+        for i, question in enumerate(SQL_QUESTIONS):
+            await solved(app, ENVELOPE.format(i=i, day=i + 1) + question, ["sql-join-rows"])
+        query = ENVELOPE.format(i=42, day=20) + "pytest says: fixture 'tmp_db' not found"
+        out = await app.fetch_skills(query, k=1, namespace="shop")
+        assert [s.slug for s in out.skills] == ["pytest-fixture-not-found"]
+        # the SQL skill still comes with a SQL question in the same envelope
+        sql = await app.fetch_skills(ENVELOPE.format(i=43, day=21) + "count the orders per customer with a join",
+                                     k=1, namespace="shop")
+        assert [s.slug for s in sql.skills] == ["sql-join-rows"]
+
+
+def test_boilerplate_lines_are_the_ones_most_requests_share():
+    from metaclaw_mcp.skills.experience import Boilerplate, line_shape
+    assert line_shape('{"ts": "2026-12-01T10:00", "id": "9f86d081884c7d65"}') == \
+        line_shape('{"ts":  "2026-12-02T11:30", "id": "a3f1e2b4c5d6e7f8"}')
+    b = Boilerplate(min_count=3, min_share=0.05)
+    assert b.observe(["hello\nfix my test", "hello\nplot ages"]) == frozenset()   # twice is not many
+    assert b.observe(["hello\nsum the column"]) == {line_shape("hello")}
+    assert b.strip("hello\nwhat is left") == "what is left" and b.strip("no envelope") == "no envelope"

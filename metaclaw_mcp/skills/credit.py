@@ -98,15 +98,20 @@ class Credit:
 NO_EVIDENCE_SE = math.inf
 
 
-def credit(rewards: RewardStats, residuals: RewardStats, uses: int, policy: CreditPolicy) -> Credit:
-    """Credit of one version from its rated turns' rewards and residuals (reward minus baseline)."""
+def credit(rewards: RewardStats, residuals: RewardStats, uses: int, policy: CreditPolicy,
+           prior_mean: float = 0.0) -> Credit:
+    """Credit of one version from its rated turns' rewards and residuals (reward minus baseline).
+
+    `prior_mean`: where the usefulness starts without evidence (0; a taught lesson starts above
+    it, see `lessons.py`). It moves usefulness only, never the uplift and bounds that decisions use."""
     if residuals.n <= 0:
-        return Credit(uses, max(rewards.n, 0), rewards.mean, 0.0, NO_EVIDENCE_SE, 0.0, policy.prior_sd)
+        return Credit(uses, max(rewards.n, 0), rewards.mean, 0.0, NO_EVIDENCE_SE, prior_mean, policy.prior_sd)
     uplift = residuals.total / residuals.n
     se = math.sqrt(residuals.variance(policy.reward_sd) / residuals.n)
-    # Normal prior N(0, prior_sd^2) on the uplift, normal likelihood N(uplift, se^2).
+    # Normal prior N(prior_mean, prior_sd^2) on the uplift, normal likelihood N(uplift, se^2).
     shrink = policy.prior_sd ** 2 / (policy.prior_sd ** 2 + se ** 2)
-    return Credit(uses, rewards.n, rewards.mean, uplift, se, uplift * shrink, math.sqrt(shrink) * se)
+    return Credit(uses, rewards.n, rewards.mean, uplift, se, uplift * shrink + prior_mean * (1.0 - shrink),
+                  math.sqrt(shrink) * se)
 
 
 @dataclass(frozen=True)
@@ -261,6 +266,9 @@ def fit_effects(turns: Sequence[tuple[float, Sequence[int]]], prior_sd: float, s
                 for key, ts in members.items()}
 
 
-def credit_from_effect(e: Effect, uses: int, mean: float | None, policy: CreditPolicy) -> Credit:
-    """Credit from a fitted effect: the effect is already the posterior mean (ridge = normal prior)."""
-    return Credit(uses, e.rated, mean, e.effect, e.se, e.effect, e.se)
+def credit_from_effect(e: Effect, uses: int, mean: float | None, policy: CreditPolicy,
+                       prior_mean: float = 0.0) -> Credit:
+    """Credit from a fitted effect: the effect is already the posterior mean (ridge = normal prior
+    centred on 0); with `prior_mean` the prior's share of it, `se^2 / prior_sd^2`, goes there instead."""
+    prior_share = min(1.0, (e.se / policy.prior_sd) ** 2) if policy.prior_sd > 0 else 1.0
+    return Credit(uses, e.rated, mean, e.effect, e.se, e.effect + prior_share * prior_mean, e.se)

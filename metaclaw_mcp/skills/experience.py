@@ -8,8 +8,10 @@ how far the similarity is above `min_similarity`, averaged over the neighbours' 
 that helped on requests like this one rises; one that was in the way of them sinks.
 
 What a turn says of a skill (`turn_values`): a skill the agent named as used (`skill_ids`) gets
-the turn's reward. A skill only injected (`retrieval_id`; the agent did not say whether it used
-it) gets the reward minus the namespace's baseline at rating time, as credit does: a success
+the turn's reward, and when the turn went well, the skills it was shown but did not name get
+minus half that reward: they were not needed for a request like it. A skill only injected into
+a turn that named none (`retrieval_id`; the agent did not say whether it used it) gets the
+reward minus the namespace's baseline at rating time, as credit does: a success
 that every turn has tells nothing about the skills that happened to be shown, and counting it
 would only reinforce whatever retrieval already picked.
 
@@ -19,6 +21,7 @@ by the dense encoder's vectors when the server has them, else by their words (`T
 """
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -124,6 +127,52 @@ class TermVectors:
         return np.stack([self.encode_query(t) for t in texts])
 
 
+SHAPE_DIGITS = re.compile(r"\d+")
+SHAPE_TOKENS = re.compile(r"[0-9a-fA-F-]{16,}|[A-Za-z0-9+/=_-]{32,}")   # ids, hashes, tokens
+
+
+def line_shape(line: str) -> str:
+    """A line with what varies between otherwise equal lines (numbers, ids, hashes) blanked out:
+    `{"ts": "2026-12-01T10:00", "client": "ide"}` and the same line a day later have one shape."""
+    return SHAPE_DIGITS.sub("0", SHAPE_TOKENS.sub("X", " ".join(line.split())))
+
+
+class Boilerplate:
+    """Lines that many of a namespace's requests share (a metadata envelope a client prepends, a
+    pasted system preamble): they say nothing about what this request asks, and compared by
+    them, every past request looks like every other. A line shape seen in at least `min_count`
+    requests and in at least `min_share` of them is boilerplate; `strip` drops it, from stored
+    requests and queries alike. Lines are compared by `line_shape`; blank lines never count."""
+
+    def __init__(self, min_count: int = 3, min_share: float = 0.05):
+        self.min_count = min_count
+        self.min_share = min_share
+        self.counts: dict[str, int] = {}
+        self.requests = 0
+        self.shapes: frozenset[str] = frozenset()
+
+    def observe(self, texts: Sequence[str]) -> frozenset[str]:
+        """Count `texts`' line shapes (each once per text); return the shapes that became boilerplate."""
+        for text in texts:
+            self.requests += 1
+            for shape in {line_shape(line) for line in text.splitlines() if line.strip()}:
+                self.counts[shape] = self.counts.get(shape, 0) + 1
+        need = max(self.min_count, self.min_share * self.requests)
+        shapes = frozenset(k for k, n in self.counts.items() if n >= need)
+        added = shapes - self.shapes
+        self.shapes = shapes
+        if len(self.counts) > 200_000:   # bounded memory: forget shapes seen once
+            self.counts = {k: n for k, n in self.counts.items() if n > 1}
+        return added
+
+    def strip(self, text: str) -> str:
+        """`text` without its boilerplate lines (itself when there are none)."""
+        if not self.shapes or not text:
+            return text
+        kept = [line for line in text.splitlines() if line.strip() and line_shape(line) not in self.shapes]
+        return "\n".join(kept)
+
+
 def _stem(word: str) -> str:
     for suffix in ("ing", "ed", "es", "s"):
         if len(word) > len(suffix) + 2 and word.endswith(suffix):
@@ -137,9 +186,12 @@ def turn_values(links: str, reward: float, baseline: float | None) -> dict[int, 
     when the turn named none; nothing for the injected ones it did not name (it said what it used)."""
     pairs = [(int(a), b == "1") for a, _, b in (x.partition(":") for x in links.split(",") if x)]
     if any(named for _, named in pairs):
-        return {sid: reward for sid, named in pairs if named}
+        # A turn that went well without the shown skills it did not name says they were not
+        # needed for a request like it (a skipped result, in IR terms): half its reward against them.
+        skipped = -0.5 * reward if reward > 0 else 0.0
+        return {sid: reward if named else skipped for sid, named in pairs if named or skipped}
     residual = reward - (reward if baseline is None else baseline)
     return {sid: residual for sid, _ in pairs} if residual else {}
 
 
-__all__ = ["ExperienceIndex", "TermVectors", "request_text", "turn_values"]
+__all__ = ["Boilerplate", "ExperienceIndex", "TermVectors", "line_shape", "request_text", "turn_values"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ import anyio
 from ..store import Database, set_kv
 from .credit import (Candidate, Credit, CreditPolicy, Decision, Effect, RewardStats, credit, credit_from_effect,
                      decide, exploit_score, fit_effects, rank)
+from .experience import Boilerplate, line_shape
 from .lessons import TEACHING_SOURCES, Lesson, TaughtIndex, declared_scope, learned_always
 from .library import SELECT_SKILL, SkillLibrary, SkillRecord, _record
 from .retrieval import (BM25_WEIGHTS, RetrievalQuery, bucket_mask, drop_near_duplicates, fuse, match_expression,
@@ -46,7 +47,7 @@ MIN_TERMS = 3             # terms a lexical query keeps over that budget: alone,
 # A lesson (a skill whose version cites the turns it was taught from) is a rule the agent will
 # apply: it is shown only where its relevance is at least this share of the best match's (on the
 # bench/lessons.py replay, needed lessons mostly score 0.7-1.0 and others 0.1-0.5).
-LESSON_MIN_RELEVANCE = 0.5
+LESSON_MIN_RELEVANCE = 0.45
 # Cosine of two texts' vectors (description and body) from which consolidation takes them for
 # the same rule, per encoder: about the 99th percentile of the cosines between distinct starter
 # skills (different rules) with that encoder (MiniLM: 0.59, its static table: 0.87); paraphrases of
@@ -114,6 +115,7 @@ class NamespaceState:
     dense: DenseIndex | None = None
     effects: dict[tuple[int, int], Effect] = field(default_factory=dict)   # fitted at the last review
     missing: set[int] = field(default_factory=set)   # retrievable skills whose current version has no vector
+    unsaved: set[int] = field(default_factory=set)   # of those, vectors a fetch computed in memory only
     experience: ExperienceIndex | None = None
     experience_since: str = ""                       # rated_at of the newest turn read into `experience`
     experience_stats: int = -1                       # the stats counter it was read at
@@ -122,6 +124,8 @@ class NamespaceState:
     taught_stale: bool = True                        # a lesson changed since `taught` was built
     taught_vectors: dict[str, Any] = field(default_factory=dict)  # turn id -> its request's vector
     taught_background: int = 0                       # experience turns when `taught` was built
+    boilerplate: Boilerplate = field(default_factory=Boilerplate)  # lines most requests share
+    requests: dict[str, str] = field(default_factory=dict)  # turn id -> request, for turns in `experience`
 
 
 class Retriever:
@@ -364,12 +368,18 @@ class Retriever:
                 state.dense.put(meta.id, from_blob(blob[0], blob[1]))
                 state.missing.discard(meta.id)
 
-    async def ensure_embeddings(self, namespace: str, limit: int | None = None, batch: int = 256) -> int:
-        """Embed the current versions that have no vector yet (at most `limit`); return how many."""
+    async def ensure_embeddings(self, namespace: str, limit: int | None = None, batch: int = 256,
+                                write: bool = True, progress: Callable[[int, int], None] | None = None) -> int:
+        """Embed the current versions that have no vector yet (at most `limit`); return how many.
+
+        With `write=False` the vectors are only put in memory (a fetch that meets a few new skills
+        does not write; the background loop stores them later). `progress(done, total)` is called
+        after each batch (the CLI's import draws a bar with it)."""
         if not self.uses_dense:
             return 0
         state = await self.state(namespace)
-        todo = sorted(state.missing)[:limit] if limit is not None else sorted(state.missing)
+        todo = sorted(state.missing - state.unsaved if not write else state.missing)
+        todo = todo[:limit] if limit is not None else todo
         if todo and not self.embedder.ready:
             await anyio.to_thread.run_sync(self.embedder.load)
         done = 0
@@ -382,29 +392,42 @@ class Retriever:
                 f"ON v.skill_id = s.id AND v.version = s.current_version WHERE s.id IN ({marks})", ids)
             texts = [skill_text(r["slug"], r["description"]) for r in rows]
             vectors_ND = await anyio.to_thread.run_sync(self.embedder.encode, texts)
-            async with self.db.transaction() as db:
-                await db.executemany(
-                    "INSERT OR REPLACE INTO skill_embeddings(skill_id, version, model, dim, vector) VALUES (?, ?, ?, ?, ?)",
-                    [(r["id"], r["current_version"], self.embedder.model_id, int(v.shape[0]), to_blob(v))
-                     for r, v in zip(rows, vectors_ND)])
-            for r, v in zip(rows, vectors_ND):
+            if write:
+                async with self.db.transaction() as db:
+                    await db.executemany(
+                        "INSERT OR REPLACE INTO skill_embeddings(skill_id, version, model, dim, vector) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        [(r["id"], r["current_version"], self.embedder.model_id, int(v.shape[0]), to_blob(v))
+                         for r, v in zip(rows, vectors_ND, strict=True)])
+            for r, v in zip(rows, vectors_ND, strict=True):
                 meta = state.metas.get(r["id"])
                 if meta is not None and meta.version == r["current_version"] and meta.status in RETRIEVABLE:
                     assert state.dense is not None
                     state.dense.put(r["id"], v)
-                state.missing.discard(r["id"])
+                if write:
+                    state.missing.discard(r["id"])
+                    state.unsaved.discard(r["id"])
+                else:
+                    state.unsaved.add(r["id"])
             done += len(rows)
+            if progress is not None:
+                progress(done, len(todo))
         return done
 
     # ---- the search ----
 
     def credit_of(self, state: NamespaceState, skill_id: int, version: int) -> Credit:
+        """What the evidence says of one skill version. A taught lesson's usefulness starts at
+        `prior_sd` (one plausible effect) instead of 0: the user or the environment said a turn
+        without it went wrong; evidence then moves it as for any skill."""
         uses, rewards, residuals = state.stats.get((skill_id, version), (0, RewardStats(), RewardStats()))
+        meta = state.metas.get(skill_id)
+        prior_mean = self.policy.prior_sd if meta is not None and meta.taught else 0.0
         effect = state.effects.get((skill_id, version))
         if effect is not None and effect.rated >= residuals.n:
-            return credit_from_effect(effect, uses, rewards.mean, self.policy)
+            return credit_from_effect(effect, uses, rewards.mean, self.policy, prior_mean)
         # not in the last fit yet: the trigger-kept residual sums (reward minus the running mean)
-        return credit(rewards, residuals, uses, self.policy)
+        return credit(rewards, residuals, uses, self.policy, prior_mean)
 
     async def _records(self, state: NamespaceState, ids: Sequence[int]) -> dict[int, SkillRecord]:
         """The retrievable skills among `ids`, from memory when the cached record is of the current
@@ -496,19 +519,20 @@ class Retriever:
         return den, votes
 
     async def warm_up(self, max_namespaces: int = 16) -> None:
-        """Load now what the first fetch of each namespace would otherwise wait for: the encoder,
-        the namespace's index and vectors, and its experience (every rated turn's request encoded:
-        about a second for 10,000 turns here). Not when loading the encoder is itself slow (the
-        transformer, or a static table not built yet): the first fetch starts that, as before."""
+        """Load now what the first fetch of each namespace would otherwise wait for: the encoder
+        (in a worker thread: building the static table or exporting the ONNX model takes a while,
+        once; until then fetches are lexical), the namespace's index, the vectors of skills that
+        have none yet (starter skills, another process's writes), and its experience (every rated
+        turn's request encoded: about a second for 10,000 turns here)."""
         if self.uses_dense:
-            if not self.embedder.cheap_to_load:
-                return
             self.embedder.start_loading()
             while not self.embedder.ready and self.embedder.error is None:
                 await anyio.sleep(0.05)
         rows = await self.db.fetchall("SELECT DISTINCT namespace FROM skills LIMIT ?", (max_namespaces,))
         for row in rows:
             state = await self.state(row[0])
+            if self.uses_dense and self.embedder.ready:
+                await self.ensure_embeddings(row[0])
             if self.terms_experience or (self.uses_dense and self.embedder.ready):
                 await self.refresh_experience(row[0], state)
 
@@ -548,7 +572,7 @@ class Retriever:
         lessons = [m for m in state.metas.values() if m.status in RETRIEVABLE and m.taught and m.lesson.requests]
         todo = {t: text for m in lessons for t, text in m.lesson.requests if t not in state.taught_vectors}
         if todo:
-            texts = list(todo.values())
+            texts = [state.boilerplate.strip(text) for text in todo.values()]
             vectors_ND = (encoder.encode(texts) if encoder.fast and len(texts) <= 64
                           else await anyio.to_thread.run_sync(encoder.encode, texts))
             state.taught_vectors.update(zip(todo, vectors_ND, strict=True))
@@ -637,18 +661,33 @@ class Retriever:
             (namespace, state.experience_since, cap))
         if rows:
             from .experience import turn_values
-            texts = [r["request"] or "" for r in reversed(rows)]
+            raw = [r["request"] or "" for r in reversed(rows)]
+            fresh = [r["id"] not in state.requests for r in reversed(rows)]
+            added = state.boilerplate.observe([t for t, f in zip(raw, fresh, strict=True) if f])
             encoder = self.experience_encoder
+            # turns stored before a line became boilerplate: encoded again without it
+            stale = ([tid for tid, text in state.requests.items() if tid in state.experience.turns
+                      and any(line_shape(line) in added for line in text.splitlines())] if added else [])
+            entries = [(r["id"], text, turn_values(str(r["used"]), float(r["reward"]), r["credit_baseline"]))
+                       for r, text in zip(reversed(rows), raw, strict=True)]
+            entries += [(tid, state.requests[tid], state.experience.turns[tid][1]) for tid in stale]
+            texts = [state.boilerplate.strip(text) for _, text, _ in entries]
             if encoder.fast and len(texts) <= 64:
                 vectors_ND = encoder.encode(texts)
             else:
                 vectors_ND = await anyio.to_thread.run_sync(encoder.encode, texts)
-            for r, text, vector_D in zip(reversed(rows), texts, vectors_ND):
-                values = turn_values(str(r["used"]), float(r["reward"]), r["credit_baseline"])
-                if text.strip() and values:
-                    state.experience.put(r["id"], vector_D, values)
+            for (turn_id, text, values), stripped, vector_D in zip(entries, texts, vectors_ND, strict=True):
+                if stripped.strip() and values:
+                    state.experience.put(turn_id, vector_D, values)
+                    state.requests[turn_id] = text
                 else:
-                    state.experience.remove(r["id"])
+                    state.experience.remove(turn_id)
+                    state.requests.pop(turn_id, None)
+            for turn_id in [t for t in state.requests if t not in state.experience.turns]:
+                del state.requests[turn_id]       # fell out of the capacity
+            if added:
+                state.taught_vectors.clear()      # teaching requests are stripped the same way
+                state.taught_stale = True
             state.experience_since = max(state.experience_since, rows[0]["rated_at"])
         state.experience_stats = stats_gen
 
@@ -671,9 +710,9 @@ class Retriever:
                 # until then this server answers from the lexical index alone.
                 self.embedder.start_loading()
                 mode = "lexical"
-        if mode != "lexical" and state.dense is not None and state.missing:
-            if len(state.missing) <= INLINE_EMBED_MAX:
-                await self.ensure_embeddings(namespace)
+        if mode != "lexical" and state.dense is not None and len(state.missing - state.unsaved) <= INLINE_EMBED_MAX:
+            # a few new skills: vectors in memory now, stored by the background loop (no write here)
+            await self.ensure_embeddings(namespace, write=False)
         n = self.config.retrieval_candidates
         lex: dict[int, float] = {}
         den: dict[int, float] = {}
@@ -683,6 +722,9 @@ class Retriever:
         if use_experience:
             await self.refresh_experience(namespace, state)
             await self.refresh_taught(namespace, state)
+        if state.boilerplate.shapes:   # what the namespace's requests all share says nothing of this one
+            query = RetrievalQuery(state.boilerplate.strip(query.text) or query.text,
+                                   state.boilerplate.strip(query.context))
         if mode != "lexical" and state.dense is not None:
             allowed = None
             if categories:
@@ -725,7 +767,8 @@ class Retriever:
             top = max(relevance.values(), default=0.0)
             relevance = {sid: v / top for sid, v in relevance.items()} if top > 0 else {}
         if use_credit:
-            # a topic lesson is a rule to apply: shown where it fits about as well as the best match
+            # a topic lesson is a rule the agent will apply: shown only where it fits about as well
+            # as the best match (relevance at least LESSON_MIN_RELEVANCE of the best one's)
             relevance = {sid: v for sid, v in relevance.items()
                          if v >= LESSON_MIN_RELEVANCE or sid not in state.metas or state.metas[sid].lesson is None}
         if not relevance:
