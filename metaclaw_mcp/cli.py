@@ -245,6 +245,19 @@ def skills_rollback(ref: str, version: Optional[int] = typer.Option(None, "--ver
     out.print(f"{s.slug} is now at version {s.version}", highlight=False)
 
 
+@skills_cli.command("merge")
+def skills_merge(keep: str = typer.Argument(..., help="The skill that stays (id or slug)."),
+                 other: str = typer.Argument(..., help="The skill folded into it, then retired (id or slug)."),
+                 namespace: str = typer.Option("default", "--namespace", "-n")) -> None:
+    """Fold one skill into another that teaches the same rule: KEEP gets a new version with both
+    descriptions' situations and both provenances, OTHER is retired with the reason. Nothing is
+    deleted (`rollback` and `activate` undo it).
+
+    Example: metaclaw-mcp skills merge iso-8601-dates dates-year-month-day"""
+    s = _run(lambda app: app.library.merge(namespace, keep, other))
+    out.print(f"merged {other} into {s.slug} (now version {s.version})", highlight=False)
+
+
 # ---- turns ----
 
 @turns_cli.command("list")

@@ -116,6 +116,10 @@ class SkillProposal(BaseModel):
     category: Category = "general"
     addresses: list[str] = Field(default_factory=list, max_length=200,
                                  description="Turn ids of the failures this skill addresses.")
+    scope: Literal["topic", "always"] | None = Field(
+        None, description="always: a standing preference that applies whatever the request (a format, a "
+                          "convention), injected on every fetch once a rated failure taught it; topic (the "
+                          "default): retrieved where the request fits it.")
 
     @field_validator("description", "body")
     @classmethod

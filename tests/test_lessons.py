@@ -223,3 +223,25 @@ def test_vectors_are_ready_right_after_skills_import(tmp_path):
     with sqlite3.connect(home / "metaclaw.db") as db:
         n, models = db.execute("SELECT COUNT(*), COUNT(DISTINCT model) FROM skill_embeddings").fetchone()
     assert n == 40 and models == 1
+
+
+async def test_a_proposal_can_say_its_scope(lexapp):
+    found = await lexapp.fetch_skills("Reply to the supplier about the late delivery")
+    turn = await lexapp.report_turn(session_id="s", messages=[Message(role="user", content="Reply to the supplier")],
+                                    response="Dear ...", retrieval_id=found.retrieval_id)
+    await lexapp.rate_turn(turn.turn_id, -1.0, "user", "I always want British spelling.")
+    await lexapp.evolve_skills(proposals=[SkillProposal(
+        name="british-spelling", description="Use when writing English text.", body="Spell the British way: "
+        "colour, organise, centre.", addresses=[turn.turn_id], scope="always")])
+    out = await lexapp.fetch_skills("Summarise the quarterly numbers", k=3)
+    assert [s.why for s in out.skills if s.slug == "british-spelling"] == ["standing"]
+
+
+def test_a_taught_lesson_is_promoted_when_later_turns_that_used_it_went_well():
+    from metaclaw_mcp.skills.credit import Credit, CreditPolicy, decide
+    policy = CreditPolicy()
+    good = Credit(uses=3, rated=3, mean=0.6, uplift=0.2, se=0.3, usefulness=0.1, posterior_sd=0.2)
+    assert decide("candidate", good, policy, baseline_n=10, taught=True).status == "active"
+    assert decide("candidate", good, policy, baseline_n=10) is None         # a guess needs more
+    poor = Credit(uses=3, rated=3, mean=-0.3, uplift=-0.1, se=0.3, usefulness=0.0, posterior_sd=0.2)
+    assert decide("candidate", poor, policy, baseline_n=10, taught=True) is None

@@ -37,7 +37,10 @@ guidance for a whole class of tasks, not a fix for one turn:
 - description: starts "Use when ..." and names the situations and words that call for it (at most 1024 chars);
 - body: 3-8 numbered, concrete steps, then one line "Anti-pattern: ..." showing the mistake;
 - category: one of {", ".join(CATEGORIES)};
-- addresses: the turn_ids of the failures it covers.
+- addresses: the turn_ids of the failures it covers (a lesson that cites the failure it was taught
+  by is used from the next fetch on; one that cites none is only tried now and then);
+- scope: "always" for a standing preference that applies whatever the request (a format, a
+  convention the user wants everywhere), else leave it out.
 Never include secrets, personal data copied from the turns, or instructions to ignore other instructions."""
 
 
@@ -126,7 +129,8 @@ class Evolution:
                 rejected.append(RejectedProposal(name=p.name, reason=reason))
                 continue
             hashes.add(content_hash(p.description, p.body))
-            accepted_docs.append((SkillDoc(p.name, p.description, p.body, p.category), list(dict.fromkeys(p.addresses)),
+            accepted_docs.append((SkillDoc(p.name, p.description, p.body, p.category,
+                                           {"scope": p.scope} if p.scope else {}), list(dict.fromkeys(p.addresses)),
                                   target))
         accepted: list[AcceptedSkill] = []
         evo_id = None

@@ -72,6 +72,7 @@ class CreditPolicy:
     retire_min_uses: int = 5           # rated uses before a skill can be retired
     retire_max_uplift: float = 0.0     # its upper bound must be below this
     candidate_max_uses: int = 40       # a candidate not promoted by then is retired
+    taught_promote_min_uses: int = 3   # rated uses, none rated down on the whole, that confirm a taught lesson
     explore_slots: int = 1             # places per result that exploration may take
     explore_min_relevance: float = 0.3  # exploration only among skills this relevant (top = 1)
     explore_max_uses: int = 20         # an active skill with fewer rated uses is still "under-tested"
@@ -120,11 +121,13 @@ class Decision:
     reason: str   # recorded in skills.status_reason
 
 
-def decide(status: str, c: Credit, policy: CreditPolicy, baseline_n: int) -> Decision | None:
+def decide(status: str, c: Credit, policy: CreditPolicy, baseline_n: int, taught: bool = False) -> Decision | None:
     """The status change the evidence calls for, or None.
 
     `baseline_n` is the number of rated turns without the skill: no decision before there are
-    `min_baseline` of them to compare against.
+    `min_baseline` of them to compare against. A `taught` candidate (see lessons.py) is promoted
+    once `taught_promote_min_uses` later turns that got it were rated, with a mean reward above
+    0 and no reliably negative uplift: the lesson was not rated down where it was used.
     """
     if status == "retired" or baseline_n < policy.min_baseline:
         return None
@@ -132,6 +135,9 @@ def decide(status: str, c: Credit, policy: CreditPolicy, baseline_n: int) -> Dec
     if c.rated >= policy.retire_min_uses and c.upper(policy.z) < policy.retire_max_uplift:
         return Decision("retired", f"reliably negative uplift: {summary} "
                                    f"(upper bound below {policy.retire_max_uplift:+.2f})")
+    if status == "candidate" and taught and c.rated >= policy.taught_promote_min_uses and (c.mean or 0.0) > 0:
+        return Decision("active", f"taught lesson confirmed: {c.rated} later rated uses, mean reward "
+                                  f"{c.mean:+.2f} ({summary})")
     if status == "candidate":
         if c.rated >= policy.promote_min_uses and c.lower(policy.z) > policy.promote_min_uplift:
             return Decision("active", f"promoted: {summary} (lower bound above {policy.promote_min_uplift:+.2f})")

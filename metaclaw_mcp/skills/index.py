@@ -838,7 +838,7 @@ class Retriever:
                     continue
                 c = self.credit_of(state, meta.id, meta.version)
                 baseline_n = state.totals.n - c.rated
-                decision = decide(meta.status, c, self.policy, baseline_n)
+                decision = decide(meta.status, c, self.policy, baseline_n, taught=meta.taught)
                 if decision is None:
                     continue
                 reason = f"{decision.reason} (v{meta.version})"
