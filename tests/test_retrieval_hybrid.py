@@ -386,12 +386,15 @@ async def test_embeddings_stored_once_per_version(hybrid_app):
     assert [s.slug for s in found.skills] == ["refund-policy"]
     lexical = await app.retriever.search(build_query("client wants a reimbursement"), "e", k=1, mode="lexical")
     assert lexical == []
-    # a new version is embedded (inline: only one is missing), the old vector stays for rollback
+    # a new version: a fetch puts its vector in memory (only one is missing) and writes nothing;
+    # the background loop stores it; the old vector stays for rollback
     await app.library.revise("e", sk.id, SkillDoc("x", "Use when a buyer wants a refund.", "1. Refund."))
-    await app.fetch_skills("buyer refund", k=1, namespace="e")
-    versions = await app.db.fetchall("SELECT version FROM skill_embeddings WHERE skill_id = ? ORDER BY version",
-                                     (sk.id,))
-    assert [r[0] for r in versions] == [1, 2]
+    found = await app.fetch_skills("a purchaser asks to be reimbursed", k=1, namespace="e")
+    assert [(s.slug, s.version) for s in found.skills] == [("refund-policy", 2)]
+    stored = "SELECT version FROM skill_embeddings WHERE skill_id = ? ORDER BY version"
+    assert [r[0] for r in await app.db.fetchall(stored, (sk.id,))] == [1]
+    assert await app.retriever.ensure_embeddings("e") == 1
+    assert [r[0] for r in await app.db.fetchall(stored, (sk.id,))] == [1, 2]
 
 
 async def test_hybrid_fuses_both_sides(hybrid_app):
