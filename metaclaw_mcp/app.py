@@ -204,7 +204,7 @@ class App:
             await anyio.sleep(self.config.credit_review_seconds)
             try:
                 await self.review_skills()
-                for ns in list(self.retriever._ns):
+                for ns in self.retriever.loaded_namespaces():
                     await self.retriever.ensure_embeddings(ns, limit=2048)
             except Exception:  # credit is not worth the process; retry next tick
                 log.exception("could not review skill credit")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from metaclaw_mcp.evolution.screening import screen
+from metaclaw_mcp.screening import screen
 from metaclaw_mcp.skills.skillmd import read_skill_folder, starter_dir
 
 

@@ -19,7 +19,7 @@ from ..skills.skillmd import SkillDoc, validate_doc
 from ..store import Database, dumps, utcnow
 from ..turns import TurnLog
 from .prompts import SYSTEM, build_prompt, content_words, jaccard, parse_proposals
-from .screening import screen
+from ..screening import screen
 
 DIGEST_TEXT_CHARS = 600
 NEAR_DUPLICATE = 0.5  # word-set overlap (Jaccard) above which a proposal revises a skill instead of joining it

@@ -22,7 +22,7 @@ from .credit import (Candidate, Credit, CreditPolicy, Decision, Effect, RewardSt
                      decide, exploit_score, fit_effects, rank)
 from .experience import Boilerplate, line_shape
 from .lessons import TEACHING_SOURCES, Lesson, TaughtIndex, declared_scope, learned_always
-from .library import SELECT_SKILL, SkillLibrary, SkillRecord, _record
+from .library import SELECT_SKILL, SkillLibrary, SkillRecord, record_from_row
 from .retrieval import (BM25_WEIGHTS, RetrievalQuery, bucket_mask, drop_near_duplicates, fuse, match_expression,
                         prune_terms, shingles)
 
@@ -88,10 +88,12 @@ class SkillMeta:
 
     @property
     def taught(self) -> bool:
+        """Its current version cites a turn rated by the user or the environment (lessons.py)."""
         return self.lesson is not None and self.lesson.taught
 
     @property
     def scope(self) -> str:
+        """`always` (a standing lesson, on every fetch) or `topic` (retrieved by relevance)."""
         return self.lesson.scope if self.lesson is not None else "topic"
 
 
@@ -217,6 +219,10 @@ class Retriever:
             out["experience_turns"] = {ns: len(st.experience) for ns, st in self._ns.items()
                                        if st.experience is not None}
         return out
+
+    def loaded_namespaces(self) -> list[str]:
+        """The namespaces whose state is in memory (a fetch or the warm-up loaded them)."""
+        return list(self._ns)
 
     # ---- keeping the in-memory state current ----
 
@@ -450,7 +456,7 @@ class Retriever:
             if len(self._record_cache) + len(rows) > RECORD_CACHE:
                 self._record_cache.clear()
             for r in rows:
-                out[r["id"]] = self._record_cache[r["id"]] = _record(r)
+                out[r["id"]] = self._record_cache[r["id"]] = record_from_row(r)
         return out
 
     def _signature(self, record: SkillRecord) -> tuple[frozenset, int]:

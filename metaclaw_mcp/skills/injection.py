@@ -57,10 +57,12 @@ def render_skill(name: str, description: str, body: str) -> str:
 
 
 def render_brief(entry: Entry) -> str:
+    """A one-line entry: slug, description and the resource URI that holds the body."""
     return f"- `{entry.slug}`: {entry.description.strip()} ({entry.uri})\n"
 
 
 def render_standing(entry: Entry) -> str:
+    """A standing lesson on one line: slug and its rule (cut at `STANDING_CHARS`, with its URI)."""
     body = " ".join(entry.body.split())
     if len(body) > STANDING_CHARS:
         body = body[:STANDING_CHARS - 1].rstrip() + f"… ({entry.uri})"

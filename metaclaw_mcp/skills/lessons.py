@@ -102,6 +102,7 @@ class TaughtIndex:
                            else np.zeros((0, self.dim), dtype=np.float32))
 
     def vote(self, query_D: np.ndarray, min_similarity: float, allowed: set[int] | None = None) -> dict[int, float]:
+        """lesson id -> its best teaching request's rescaled cosine to `query_D` (D), in (0, 1]."""
         if not self.owners:
             return {}
         sims_N = self.vectors_ND @ query_D

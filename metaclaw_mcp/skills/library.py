@@ -17,7 +17,7 @@ from typing import Any
 import aiosqlite
 
 from ..errors import Conflict, InvalidInput, NotFound
-from ..evolution.screening import screen
+from ..screening import screen
 from ..store import Database, dumps, set_kv, utcnow
 from .retrieval import BM25_WEIGHTS, TOKENISER_VERSION, index_text, match_expression, query_terms
 from .skillmd import SkillDoc, read_skill_folder, render_skill_md, starter_dir, validate_doc
@@ -67,7 +67,8 @@ FROM skills s JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.curre
 """
 
 
-def _record(row: sqlite3.Row, score: float = 0.0) -> SkillRecord:
+def record_from_row(row: sqlite3.Row, score: float = 0.0) -> SkillRecord:
+    """A `SELECT_SKILL` row as a SkillRecord (`score`: what a search ranked it by)."""
     return SkillRecord(id=row["id"], namespace=row["namespace"], slug=row["slug"], status=row["status"],
                        version=row["version"], name=row["name"], description=row["description"], body=row["body"],
                        category=row["category"], source=row["source"], provenance=json.loads(row["provenance"]),
@@ -105,7 +106,7 @@ class SkillLibrary:
             row = await self.db.fetchone(SELECT_SKILL + " WHERE s.slug = ? AND s.namespace = ?", (ref, namespace))
         if row is None:
             raise NotFound(f"no skill {ref!r} in namespace {namespace!r}; `metaclaw-mcp skills list` shows them")
-        return _record(row)
+        return record_from_row(row)
 
     async def list(self, namespace: str | None = "default", status: str | None = None,
                    category: str | None = None, limit: int | None = None) -> list[SkillRecord]:
@@ -122,7 +123,7 @@ class SkillLibrary:
         sql = SELECT_SKILL + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY s.namespace, s.slug"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [_record(r) for r in await self.db.fetchall(sql, params)]
+        return [record_from_row(r) for r in await self.db.fetchall(sql, params)]
 
     async def versions(self, skill_id: int) -> list[dict[str, Any]]:
         rows = await self.db.fetchall(
@@ -138,7 +139,7 @@ class SkillLibrary:
         row = await self.db.fetchone(
             SELECT_SKILL + " WHERE s.namespace = ? AND EXISTS (SELECT 1 FROM skill_versions x "
             "WHERE x.skill_id = s.id AND x.content_hash = ?)", (namespace, digest))
-        return _record(row) if row else None
+        return record_from_row(row) if row else None
 
     async def search(self, query: str, namespace: str = "default", k: int = 5,
                      categories: Sequence[str] | None = None, statuses: Sequence[str] = ("active",),
@@ -158,7 +159,7 @@ class SkillLibrary:
         sql += " ORDER BY rank LIMIT ?"
         params.append(candidates or k)
         rows = await self.db.fetchall(sql, params)
-        return [_record(r, score=-float(r["rank"])) for r in rows]
+        return [record_from_row(r, score=-float(r["rank"])) for r in rows]
 
     # ---- writes (each public one is one transaction) ----
 

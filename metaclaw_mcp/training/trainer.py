@@ -28,7 +28,7 @@ from ..store import Database, dumps, set_kv, utcnow
 from .backends import StepResult, TrainingBackend, TrainingHalted, TransientTrainingError
 from .datums import DatumError, RLSample, centred_advantages, check_keys, rl_datum, sft_datum
 from .render import render_sft
-from ..evolution.screening import find_secret, redact_secrets
+from ..screening import find_secret, redact_secrets
 
 log = logging.getLogger("metaclaw_mcp.training")
 

@@ -1,4 +1,4 @@
-"""Screening of proposed skills: text that must never reach an agent's system prompt.
+"""Screening of skill text (proposals and imports): text that must never reach an agent's system prompt.
 
 Pure functions. A proposal is rejected when its text tries to override earlier
 instructions, exfiltrate data, run fetched code, reveal secrets, or carries a secret.
