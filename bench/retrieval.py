@@ -56,7 +56,7 @@ from metaclaw_mcp.app import App, open_app
 from metaclaw_mcp.config import load_config
 from metaclaw_mcp.models import Message
 from metaclaw_mcp.store import set_kv
-from metaclaw_mcp.skills import index as index_module
+from metaclaw_mcp.skills import lexical as lexical_module
 from metaclaw_mcp.skills.retrieval import build_query
 from metaclaw_mcp.skills.skillmd import SkillDoc, read_skill_folder, starter_dir
 
@@ -217,7 +217,7 @@ async def quality(app: App, splits: dict[str, list[tuple[str, set[str]]]], docs:
     cfg = app.config
     print(f"\nretrieval quality on tau2-bench ({app.retriever.mode} default: encoder={cfg.embedding_encoder}, "
           f"fusion={cfg.fusion}, lexical weight={cfg.fusion_lexical_weight}, BM25 field weights="
-          f"{index_module.BM25_WEIGHTS}; experience: weight={cfg.experience_weight}, neighbours="
+          f"{lexical_module.BM25_WEIGHTS}; experience: weight={cfg.experience_weight}, neighbours="
           f"{cfg.experience_neighbours}, min similarity={cfg.experience_min_similarity})")
     transformer = None
     if app.retriever.uses_dense and cfg.embedding_encoder != "transformer":
@@ -343,7 +343,7 @@ async def tune(app: App, train: list[tuple[str, set[str]]]) -> None:
     """Grid over fusion method, lexical weight and BM25 field weights, scored on the train split."""
     results = []
     for weights in ((4.0, 2.0, 1.0), (10.0, 5.0, 1.0), (10.0, 5.0, 0.3), (10.0, 5.0, 0.1), (5.0, 5.0, 0.3)):
-        index_module.BM25_WEIGHTS = weights
+        lexical_module.BM25_WEIGHTS = weights
         lex = await evaluate(app, train, "lexical")
         results.append((lex["R@5"], f"lexical  bm25={weights}", lex))
         for method, lw_values in (("blend", (0.2, 0.3, 0.4, 0.5, 0.6)), ("rrf", (0.3, 0.5, 0.7))):

@@ -144,7 +144,8 @@ DOCS = [
 
 @pytest.fixture
 async def exp_app(tmp_path, static):
-    async with open_app(load_config(home=tmp_path / "x", retrieval_mode="hybrid", load_starter_skills=False,
+    async with open_app(load_config(home=tmp_path / "x", retrieval_mode="hybrid", embedding_encoder="static",
+                                    load_starter_skills=False,
                                     retrieval_seed=3)) as app:
         for d in DOCS:
             await app.library.add(d, namespace="shop")
@@ -225,7 +226,8 @@ async def test_a_running_server_loads_experience_before_the_first_fetch(tmp_path
     """After a restart the background warm-up reads and encodes the rated turns (their stored
     request text), so the first fetch_skills finds them in memory and votes with them at once."""
     from metaclaw_mcp.app import App
-    config = load_config(home=tmp_path / "w", retrieval_mode="hybrid", load_starter_skills=False, retrieval_seed=3,
+    config = load_config(home=tmp_path / "w", retrieval_mode="hybrid", embedding_encoder="static",
+                                    load_starter_skills=False, retrieval_seed=3,
                          credit_review_seconds=3600)
     async with open_app(config) as app:
         for d in DOCS:
@@ -238,11 +240,11 @@ async def test_a_running_server_loads_experience_before_the_first_fetch(tmp_path
     async with App(config).running() as app:
         retriever = app.retriever
         for _ in range(200):                  # the warm-up runs in the background
-            if "shop" in retriever._ns and retriever._ns["shop"].experience is not None \
-                    and len(retriever._ns["shop"].experience) == 2:
+            loaded = retriever.peek("shop")
+            if loaded is not None and loaded.experience is not None and len(loaded.experience) == 2:
                 break
             await anyio.sleep(0.05)
-        assert len(retriever._ns["shop"].experience) == 2    # loaded before any fetch
+        assert len(retriever.peek("shop").experience) == 2    # loaded before any fetch
         found = await app.fetch_skills("I want to cancel the blender I ordered yesterday", k=2, namespace="shop")
         assert "find-user-by-email" in {s.slug for s in found.skills}
 
@@ -282,7 +284,8 @@ async def test_injected_only_successes_do_not_reinforce_themselves(exp_app):
 
 async def test_lexical_until_the_encoder_is_ready(tmp_path, static):
     from metaclaw_mcp.skills.dense import StaticEmbedder
-    async with open_app(load_config(home=tmp_path / "y", retrieval_mode="hybrid", load_starter_skills=False,
+    async with open_app(load_config(home=tmp_path / "y", retrieval_mode="hybrid", embedding_encoder="static",
+                                    load_starter_skills=False,
                                     retrieval_seed=3)) as app:
         for d in DOCS:
             await app.library.add(d, namespace="shop")
@@ -388,7 +391,8 @@ def test_dense_index_follows_puts_and_removals_when_clustered():
 
 async def test_an_encoder_that_cannot_load_leaves_retrieval_lexical_and_says_why(tmp_path, static):
     from metaclaw_mcp.skills.dense import StaticEmbedder
-    async with open_app(load_config(home=tmp_path / "z", retrieval_mode="hybrid", load_starter_skills=False)) as app:
+    async with open_app(load_config(home=tmp_path / "z", retrieval_mode="hybrid", embedding_encoder="static",
+                                    load_starter_skills=False)) as app:
         for d in DOCS:
             await app.library.add(d, namespace="shop")
         # a model folder without a tokenizer: loading fails (a real failure, not a stand-in)

@@ -236,7 +236,7 @@ async def test_a_namespace_is_served_only_once_loaded_whole(lexapp):
 
     async def slow_fetchall(sql, params=()):
         if "FROM skill_stats st JOIN skills s ON s.id = st.skill_id WHERE s.namespace" in sql:
-            seen_while_loading.append("z" in lexapp.retriever._ns)
+            seen_while_loading.append(lexapp.retriever.peek("z") is not None)
             await anyio.sleep(0.2)   # the last reads of the load: a second fetch arrives meanwhile
         return await real(sql, params)
 

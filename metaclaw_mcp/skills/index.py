@@ -1,49 +1,45 @@
-"""The retrieval index behind `fetch_skills`: lexical search in SQLite, dense vectors and credit in memory.
+"""The retrieval pipeline behind `fetch_skills`: the Retriever ranks a namespace's skills for a query.
 
-Per query: one small read to see whether anything changed (`change_counters`, bumped by
-triggers whoever writes: this server, the CLI in another process, a migration), one FTS5
-query, a dot product over the namespace's vectors when the embeddings extra is installed, and
-one read of the few candidates' texts. What is kept in memory (each skill's status, version and
-category, its vector, its version's reward sums) is refreshed incrementally: only rows whose
-generation is newer than the last one seen are read again.
+It asks the mirror (mirror.py) for the namespace's in-memory state, runs the lexical search
+(lexical.py, FTS5 BM25) and the vector side (dense.py; the dense encoder's query vector, the
+votes of similar past turns and of the requests lessons were taught from), fuses them
+(retrieval.fuse), drops standing lessons (shown apart) and lessons that fit too poorly, reorders
+the most relevant few by credit (credit.py) with bounded exploration, and shows near-identical
+skills once. Credit decisions run in the background (review.py); the injection is rendered
+apart (injection.py).
 """
 from __future__ import annotations
 
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..store import Database, set_kv
-from .credit import (Candidate, Credit, CreditPolicy, Decision, Effect, RewardStats, credit, credit_from_effect,
-                     decide, exploit_score, fit_effects, rank)
-from .experience import Boilerplate, line_shape
-from .lessons import TEACHING_SOURCES, Lesson, TaughtIndex, declared_scope, learned_always
+from .credit import Candidate, Credit, CreditPolicy, Decision, RewardStats, credit, exploit_score, rank
+from .experience import line_shape
+from .lessons import TaughtIndex, learned_always
+from .lexical import MIN_TERMS, MIN_TERMS_HYBRID, LexicalSearch
 from .library import SELECT_SKILL, SkillLibrary, SkillRecord, record_from_row
-from .retrieval import (BM25_WEIGHTS, RetrievalQuery, bucket_mask, drop_near_duplicates, fuse, match_expression,
-                        prune_terms, shingles)
+from .mirror import RETRIEVABLE, Mirror, NamespaceState, SkillMeta
+from .retrieval import RetrievalQuery, bucket_mask, drop_near_duplicates, fuse, shingles
+from .review import CreditReview, credit_of, credit_policy
 
 if TYPE_CHECKING:
     import numpy as np
 
     from ..config import MetaClawConfig
-    from .dense import DenseIndex, Embedder, StaticEmbedder
-    from .experience import ExperienceIndex, TermVectors
+    from ..store import Database
+    from .dense import Embedder, StaticEmbedder
+    from .experience import TermVectors
 
 log = logging.getLogger("metaclaw_mcp.retrieval")
 
-RETRIEVABLE = ("active", "candidate")
 SIGNATURE_CACHE = 20_000  # word sets of skill versions kept for near-duplicate checks
 RECORD_CACHE = 4_096      # skill records (text included) kept for the pools of recent fetches
-INLINE_EMBED_MAX = 16     # missing vectors a fetch computes itself; more are left to the background
-FIT_TURNS = 20_000        # recent rated turns a review fits skill effects on
-DF_CACHE = 50_000         # query terms whose document frequency is remembered
-POSTINGS_BUDGET = 600     # summed document frequency of the terms one lexical query scores (FTS5
-                          # computes BM25 for every row matched: about 2 us a row)
-MIN_TERMS = 3             # terms a lexical query keeps over that budget: alone,
+INLINE_EMBED_MAX = 16     # missing vectors a fetch computes in memory; more are left to the background
 # A lesson (a skill whose version cites the turns it was taught from) is a rule the agent will
 # apply: it is shown only where its relevance is at least this share of the best match's (on the
 # bench/lessons.py replay, needed lessons mostly score 0.7-1.0 and others 0.1-0.5).
@@ -53,18 +49,6 @@ LESSON_MIN_RELEVANCE = 0.45
 # skills (different rules) with that encoder (MiniLM: 0.59, its static table: 0.87); paraphrases of
 # one rule in bench/lessons.py lie at 0.44-0.79 (median 0.64) with MiniLM.
 SAME_RULE_SIMILARITY = {"transformer": 0.6, "onnx": 0.6, "static": 0.87}
-MIN_TERMS_HYBRID = 2      # and beside the vectors (measured at 10k skills: tau2 R@5 and MRR the
-                          # same as with 3, 0.37 ms less p50, the third term being a common one)
-
-
-def credit_policy(config: MetaClawConfig) -> CreditPolicy:
-    return CreditPolicy(
-        usefulness_weight=config.credit_usefulness_weight, prior_sd=config.credit_prior_sd, z=config.credit_z,
-        min_baseline=config.credit_min_baseline, promote_min_uses=config.credit_promote_min_uses,
-        promote_min_uplift=config.credit_promote_min_uplift, retire_min_uses=config.credit_retire_min_uses,
-        retire_max_uplift=config.credit_retire_max_uplift, candidate_max_uses=config.credit_candidate_max_uses,
-        explore_slots=config.explore_slots, explore_min_relevance=config.explore_min_relevance,
-        explore_max_uses=config.explore_max_uses)
 
 
 def dense_available() -> bool:
@@ -78,26 +62,6 @@ def dense_available() -> bool:
 
 
 @dataclass
-class SkillMeta:
-    id: int
-    slug: str
-    status: str
-    version: int
-    category: str
-    lesson: Lesson | None = None   # for versions whose provenance cites turns (see lessons.py)
-
-    @property
-    def taught(self) -> bool:
-        """Its current version cites a turn rated by the user or the environment (lessons.py)."""
-        return self.lesson is not None and self.lesson.taught
-
-    @property
-    def scope(self) -> str:
-        """`always` (a standing lesson, on every fetch) or `topic` (retrieved by relevance)."""
-        return self.lesson.scope if self.lesson is not None else "topic"
-
-
-@dataclass
 class Hit:
     """One skill chosen for a query, and why."""
     record: SkillRecord
@@ -106,28 +70,6 @@ class Hit:
     why: str
     credit: Credit
     score: float
-
-
-@dataclass
-class NamespaceState:
-    metas: dict[int, SkillMeta] = field(default_factory=dict)
-    # (skill id, version) -> (uses, sums of rated rewards, sums of their residuals)
-    stats: dict[tuple[int, int], tuple[int, RewardStats, RewardStats]] = field(default_factory=dict)
-    totals: RewardStats = RewardStats()
-    dense: DenseIndex | None = None
-    effects: dict[tuple[int, int], Effect] = field(default_factory=dict)   # fitted at the last review
-    missing: set[int] = field(default_factory=set)   # retrievable skills whose current version has no vector
-    unsaved: set[int] = field(default_factory=set)   # of those, vectors a fetch computed in memory only
-    experience: ExperienceIndex | None = None
-    experience_since: str = ""                       # rated_at of the newest turn read into `experience`
-    experience_stats: int = -1                       # the stats counter it was read at
-    experience_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))  # one reader
-    taught: TaughtIndex | None = None                # the requests lessons were taught from, encoded
-    taught_stale: bool = True                        # a lesson changed since `taught` was built
-    taught_vectors: dict[str, Any] = field(default_factory=dict)  # turn id -> its request's vector
-    taught_background: int = 0                       # experience turns when `taught` was built
-    boilerplate: Boilerplate = field(default_factory=Boilerplate)  # lines most requests share
-    requests: dict[str, str] = field(default_factory=dict)  # turn id -> request, for turns in `experience`
 
 
 class Retriever:
@@ -147,15 +89,11 @@ class Retriever:
         self.rng = random.Random(config.retrieval_seed)
         self._embedder: Embedder | StaticEmbedder | None = None
         self._terms: TermVectors | None = None
-        self._ns: dict[str, NamespaceState] = {}
-        self._seen = (-1, -1, -1)   # change_counters: skills, skills_reset, stats
-        self._refresh_lock = anyio.Lock()
-        self._fts_checked = False
+        self.mirror = Mirror(db, library, lambda: self.embedder if self.uses_dense else None)
+        self.lexical_search = LexicalSearch(db)
+        self.credit_review = CreditReview(db, library, self.mirror, self.policy, config)
         self._signatures: dict[tuple[int, int], tuple[frozenset, int]] = {}
         self._record_cache: dict[int, SkillRecord] = {}
-        self._df_cache: dict[str, int] = {}
-        self._df_gen = -1
-        self._fts_rows = 0
         self._rule_vectors: dict[tuple[str, int, int], Any] = {}  # (model, skill, version) -> text vector
 
     # ---- dense model ----
@@ -216,163 +154,19 @@ class Retriever:
         if self.uses_dense or self.terms_experience:
             if self.terms_experience:
                 out["experience_by"] = "words"
-            out["experience_turns"] = {ns: len(st.experience) for ns, st in self._ns.items()
+            out["experience_turns"] = {ns: len(st.experience) for ns, st in self.mirror.namespaces.items()
                                        if st.experience is not None}
         return out
 
     def loaded_namespaces(self) -> list[str]:
         """The namespaces whose state is in memory (a fetch or the warm-up loaded them)."""
-        return list(self._ns)
+        return list(self.mirror.namespaces)
+
+    def peek(self, namespace: str) -> NamespaceState | None:
+        """The namespace's state if it is loaded, without loading or refreshing it (`Mirror.peek`)."""
+        return self.mirror.peek(namespace)
 
     # ---- keeping the in-memory state current ----
-
-    async def state(self, namespace: str) -> NamespaceState:
-        """The namespace's in-memory state, refreshed with whatever changed since the last call."""
-        if not self._fts_checked:
-            await self.library.reindex_if_stale()
-            self._fts_checked = True
-        row = await self.db.fetchone(
-            "SELECT (SELECT value FROM change_counters WHERE name = 'skills'),"
-            " (SELECT value FROM change_counters WHERE name = 'skills_reset'),"
-            " (SELECT value FROM change_counters WHERE name = 'stats')")
-        seen = (int(row[0]), int(row[1]), int(row[2]))
-        if seen != self._seen or namespace not in self._ns:
-            async with self._refresh_lock:
-                await self._refresh(namespace, seen)
-        return self._ns[namespace]
-
-    async def _refresh(self, namespace: str, seen: tuple[int, int, int]) -> None:
-        skills_gen, reset_gen, stats_gen = self._seen
-        if seen[1] != reset_gen:
-            self._ns.clear()  # a skill was deleted: start over
-        if namespace not in self._ns:
-            await self._load_namespace(namespace)
-        if self._ns and seen[0] != skills_gen:
-            rows = await self.db.fetchall(
-                "SELECT s.id, s.namespace, s.slug, s.status, s.current_version, v.category FROM skills s "
-                "JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version WHERE s.gen > ?",
-                (skills_gen,))
-            lessons = await self._read_lessons(None, [r["id"] for r in rows if r["namespace"] in self._ns])
-            for r in rows:
-                if r["namespace"] in self._ns:
-                    await self._put_meta(self._ns[r["namespace"]], r, lessons.get(r["id"]))
-        if self._ns and seen[2] != stats_gen:
-            rows = await self.db.fetchall(
-                "SELECT st.skill_id, st.version, st.uses, st.rated, st.reward_sum, st.reward_sq, st.resid_sum, "
-                "st.resid_sq, s.namespace FROM skill_stats st JOIN skills s ON s.id = st.skill_id WHERE st.gen > ?",
-                (stats_gen,))
-            for r in rows:
-                if r["namespace"] in self._ns:
-                    self._ns[r["namespace"]].stats[(r["skill_id"], r["version"])] = _stats_row(r)
-            for r in await self.db.fetchall("SELECT namespace, rated, reward_sum, reward_sq FROM reward_totals"):
-                if r["namespace"] in self._ns:
-                    self._ns[r["namespace"]].totals = RewardStats(r["rated"], r["reward_sum"], r["reward_sq"])
-        self._seen = seen
-
-    async def _load_namespace(self, namespace: str) -> None:
-        # Built aside and published whole at the end: `state()` hands out what is in `_ns` without
-        # the lock, and a half-loaded namespace (no metas yet) would answer a fetch with nothing.
-        state = NamespaceState()
-        if self.uses_dense:
-            from .dense import DenseIndex
-            state.dense = DenseIndex(await anyio.to_thread.run_sync(lambda: self.embedder.dim))
-        rows = await self.db.fetchall(
-            "SELECT s.id, s.namespace, s.slug, s.status, s.current_version, v.category FROM skills s "
-            "JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version WHERE s.namespace = ?",
-            (namespace,))
-        if state.dense is not None:
-            from .dense import from_blob
-            vectors = {(r[0], r[1]): from_blob(r[2], r[3]) for r in await self.db.fetchall(
-                "SELECT e.skill_id, e.version, e.vector, e.dim FROM skill_embeddings e JOIN skills s "
-                "ON s.id = e.skill_id AND e.version = s.current_version WHERE s.namespace = ? AND e.model = ?",
-                (namespace, self.embedder.model_id))}
-        lessons = await self._read_lessons(namespace)
-        for r in rows:
-            meta = SkillMeta(r["id"], r["slug"], r["status"], r["current_version"], r["category"],
-                             lessons.get(r["id"]))
-            state.metas[meta.id] = meta
-            if state.dense is not None and meta.status in RETRIEVABLE:
-                vector = vectors.get((meta.id, meta.version))
-                if vector is None:
-                    state.missing.add(meta.id)
-                else:
-                    state.dense.put(meta.id, vector)
-        for r in await self.db.fetchall(
-                "SELECT st.skill_id, st.version, st.uses, st.rated, st.reward_sum, st.reward_sq, st.resid_sum, "
-                "st.resid_sq FROM skill_stats st JOIN skills s ON s.id = st.skill_id WHERE s.namespace = ?",
-                (namespace,)):
-            state.stats[(r["skill_id"], r["version"])] = _stats_row(r)
-        totals = await self.db.fetchone("SELECT rated, reward_sum, reward_sq FROM reward_totals WHERE namespace = ?",
-                                        (namespace,))
-        if totals is not None:
-            state.totals = RewardStats(totals[0], totals[1], totals[2])
-        self._ns[namespace] = state
-
-    async def _read_lessons(self, namespace: str | None, ids: Sequence[int] | None = None) -> dict[int, Lesson]:
-        """skill id -> what its current version's provenance says (`lessons.Lesson`), for the skills
-        of `namespace` (or the given `ids`) whose current version cites turns."""
-        import json
-        if ids is not None and not ids:
-            return {}
-        sql = ("SELECT s.id, s.slug, s.created_at, v.provenance, v.description, v.metadata FROM skills s JOIN skill_versions v "
-               "ON v.skill_id = s.id AND v.version = s.current_version WHERE v.provenance != '[]' AND ")
-        rows = []
-        if ids is None:
-            rows = await self.db.fetchall(sql + "s.namespace = ?", (namespace,))
-        else:
-            for start in range(0, len(ids), 500):
-                chunk = list(ids[start:start + 500])
-                rows += await self.db.fetchall(sql + f"s.id IN ({','.join('?' * len(chunk))})", chunk)
-        cited: dict[int, list[str]] = {}
-        out: dict[int, Lesson] = {}
-        for r in rows:
-            try:
-                turns = [t for t in json.loads(r["provenance"]) if isinstance(t, str)]
-                metadata = json.loads(r["metadata"] or "{}")
-            except ValueError:
-                continue
-            cited[r["id"]] = turns
-            out[r["id"]] = Lesson(scope=declared_scope(r["description"], metadata if isinstance(metadata, dict)
-                                                       else None), text=f"{r['slug']}\n{r['description']}",
-                                  since=r["created_at"])
-        turn_ids = sorted({t for ts in cited.values() for t in ts})
-        found: dict[str, tuple[str, bool]] = {}
-        marks_sources = ",".join("?" * len(TEACHING_SOURCES))
-        for start in range(0, len(turn_ids), 500):
-            chunk = turn_ids[start:start + 500]
-            for t in await self.db.fetchall(
-                    f"SELECT t.id, t.request, EXISTS (SELECT 1 FROM ratings g WHERE g.turn_id = t.id AND g.source "
-                    f"IN ({marks_sources})) AS taught FROM turns t WHERE t.id IN ({','.join('?' * len(chunk))})",
-                    [*TEACHING_SOURCES, *chunk]):
-                found[t["id"]] = (t["request"] or "", bool(t["taught"]))
-        for sid, turns in cited.items():
-            lesson = out[sid]
-            lesson.requests = [(t, found[t][0]) for t in turns if t in found and found[t][0].strip()]
-            lesson.taught = any(found[t][1] for t in turns if t in found)
-        return out
-
-    async def _put_meta(self, state: NamespaceState, r: Any, lesson: Lesson | None = None) -> None:
-        old = state.metas.get(r["id"])
-        meta = SkillMeta(r["id"], r["slug"], r["status"], r["current_version"], r["category"], lesson)
-        state.metas[meta.id] = meta
-        if lesson is not None or (old is not None and old.lesson is not None):
-            state.taught_stale = True
-        if state.dense is None:
-            return
-        if meta.status not in RETRIEVABLE:
-            state.dense.put(meta.id, None)
-            state.missing.discard(meta.id)
-        elif old is None or old.version != meta.version or meta.id not in state.dense:
-            blob = await self.db.fetchone(
-                "SELECT vector, dim FROM skill_embeddings WHERE skill_id = ? AND version = ? AND model = ?",
-                (meta.id, meta.version, self.embedder.model_id))
-            if blob is None:
-                state.dense.put(meta.id, None)
-                state.missing.add(meta.id)
-            else:
-                from .dense import from_blob
-                state.dense.put(meta.id, from_blob(blob[0], blob[1]))
-                state.missing.discard(meta.id)
 
     async def ensure_embeddings(self, namespace: str, limit: int | None = None, batch: int = 256,
                                 write: bool = True, progress: Callable[[int, int], None] | None = None) -> int:
@@ -423,17 +217,18 @@ class Retriever:
     # ---- the search ----
 
     def credit_of(self, state: NamespaceState, skill_id: int, version: int) -> Credit:
-        """What the evidence says of one skill version. A taught lesson's usefulness starts at
-        `prior_sd` (one plausible effect) instead of 0: the user or the environment said a turn
-        without it went wrong; evidence then moves it as for any skill."""
-        uses, rewards, residuals = state.stats.get((skill_id, version), (0, RewardStats(), RewardStats()))
-        meta = state.metas.get(skill_id)
-        prior_mean = self.policy.prior_sd if meta is not None and meta.taught else 0.0
-        effect = state.effects.get((skill_id, version))
-        if effect is not None and effect.rated >= residuals.n:
-            return credit_from_effect(effect, uses, rewards.mean, self.policy, prior_mean)
-        # not in the last fit yet: the trigger-kept residual sums (reward minus the running mean)
-        return credit(rewards, residuals, uses, self.policy, prior_mean)
+        """What the evidence says of one skill version (`review.credit_of`)."""
+        return credit_of(state, skill_id, version, self.policy)
+
+    async def state(self, namespace: str) -> NamespaceState:
+        """The namespace's in-memory state, refreshed with whatever changed (`Mirror.state`)."""
+        return await self.mirror.state(namespace)
+
+    async def lexical(self, query: RetrievalQuery, namespace: str, n: int,
+                      categories: Sequence[str] | None = None, min_terms: int = MIN_TERMS) -> dict[int, float]:
+        """skill id -> BM25 score of the `n` best retrievable matches (`LexicalSearch.search`)."""
+        state = await self.state(namespace)
+        return await self.lexical_search.search(query, state, n, self.mirror.seen[0], categories, min_terms)
 
     async def _records(self, state: NamespaceState, ids: Sequence[int]) -> dict[int, SkillRecord]:
         """The retrievable skills among `ids`, from memory when the cached record is of the current
@@ -469,51 +264,6 @@ class Retriever:
             words = shingles(f"{record.slug}\n{record.description}\n{record.body}")
             sig = self._signatures[key] = (words, bucket_mask(words))
         return sig
-
-    async def _doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
-        """How many FTS rows each term matches (as FTS5 tokenises it), cached until a skill changes."""
-        if self._df_gen != self._seen[0]:
-            self._df_cache.clear()
-            self._fts_rows = int(await self.db.scalar("SELECT COUNT(*) FROM skills") or 0)
-            self._df_gen = self._seen[0]
-        todo = [t for t in terms if t not in self._df_cache]
-        if todo:
-            sql = "SELECT " + ", ".join(["(SELECT COUNT(*) FROM skills_fts WHERE skills_fts MATCH ?)"] * len(todo))
-            row = await self.db.fetchone(sql, [match_expression([t]) for t in todo])
-            if len(self._df_cache) > DF_CACHE:
-                self._df_cache.clear()
-            self._df_cache.update(zip(todo, (int(v) for v in row)))  # type: ignore[union-attr]
-        return {t: self._df_cache[t] for t in terms}
-
-    async def lexical(self, query: RetrievalQuery, namespace: str, n: int,
-                      categories: Sequence[str] | None = None, min_terms: int = MIN_TERMS) -> dict[int, float]:
-        """skill id -> BM25 score (higher is better) of the `n` best retrievable matches."""
-        terms = query.terms()
-        doc_freqs = await self._doc_freqs(terms)
-        expr = match_expression(prune_terms(terms, doc_freqs, self._fts_rows, POSTINGS_BUDGET, min_terms))
-        if expr is None:
-            return {}
-        state = self._ns[namespace]
-        w_name, w_desc, w_body = BM25_WEIGHTS
-        limit = n if len(state.metas) * 2 >= self._fts_rows else 4 * n
-        while True:
-            # FTS5 alone (no join): namespace, status and category are checked against the
-            # in-memory state, which is as fresh as this query (refreshed just before).
-            rows = await self.db.fetchall(
-                f"SELECT rowid, bm25(skills_fts, {w_name}, {w_desc}, {w_body}) AS rank FROM skills_fts "
-                "WHERE skills_fts MATCH ? ORDER BY rank LIMIT ?", (expr, limit))
-            wanted = set(categories) if categories else None
-            out: dict[int, float] = {}
-            for sid, rank_ in rows:
-                meta = state.metas.get(sid)
-                if meta is None or meta.status not in RETRIEVABLE or (wanted and meta.category not in wanted):
-                    continue
-                out[sid] = -float(rank_)
-                if len(out) == n:
-                    return out
-            if len(rows) < limit:
-                return out
-            limit *= 8  # other namespaces or retired skills took the places: look further
 
     def _vector_side(self, state: NamespaceState, text: str, n: int, allowed: set[int] | None,
                      use_experience: bool) -> tuple[dict[int, float], dict[int, float]]:
@@ -647,11 +397,11 @@ class Retriever:
         if state.experience is None:
             from .experience import ExperienceIndex
             state.experience = ExperienceIndex(self.experience_encoder.dim, cap)
-        stats_gen = self._seen[2]
+        stats_gen = self.mirror.seen[2]
         if state.experience_stats == stats_gen:
             return
         async with state.experience_lock:   # one reader at a time (the warm-up and a fetch may meet here)
-            stats_gen = self._seen[2]
+            stats_gen = self.mirror.seen[2]
             if state.experience_stats != stats_gen:
                 await self._read_experience(namespace, state, stats_gen)
 
@@ -826,110 +576,26 @@ class Retriever:
         share = {sid: max(weight * votes.get(sid, 0.0), 0.0) / out[sid] for sid in scaled}
         return scaled, share
 
-    # ---- credit decisions ----
+    # ---- credit decisions (review.py) ----
 
     async def review(self, namespace: str | None = None) -> list[tuple[str, str, Decision]]:
-        """Apply the promotions and retirements the evidence calls for; return (namespace, slug, decision).
-
-        Each change is its own small transaction; the reason is recorded in `skills.status_reason`.
-        """
-        namespaces = [namespace] if namespace else [r[0] for r in await self.db.fetchall(
-            "SELECT DISTINCT namespace FROM skills WHERE status IN ('active', 'candidate')")]
-        applied = []
-        for ns in namespaces:
-            state = await self.state(ns)
-            await self.fit(ns, state)
-            for meta in list(state.metas.values()):
-                if meta.status not in RETRIEVABLE:
-                    continue
-                c = self.credit_of(state, meta.id, meta.version)
-                baseline_n = state.totals.n - c.rated
-                decision = decide(meta.status, c, self.policy, baseline_n, taught=meta.taught)
-                if decision is None:
-                    continue
-                reason = f"{decision.reason} (v{meta.version})"
-                await self.library.set_status(ns, meta.id, decision.status, reason)
-                meta.status = decision.status
-                if decision.status == "retired" and state.dense is not None:
-                    state.dense.put(meta.id, None)
-                applied.append((ns, meta.slug, Decision(decision.status, reason)))
-                log.info("skill %s/%s is now %s: %s", ns, meta.slug, decision.status, reason)
-            applied += await self.enforce_budget(ns, state)
-        if applied:
-            async with self.db.transaction() as db:
-                await set_kv(db, "credit_last_review", {"changes": len(applied)})
-        return applied
+        """Apply the promotions and retirements the evidence calls for (`CreditReview.review`)."""
+        return await self.credit_review.review(namespace)
 
     async def enforce_budget(self, namespace: str, state: NamespaceState | None = None) -> list[tuple[str, str, Decision]]:
-        """Past `max_active_skills`, retire the least useful active skills (fewest uses first among equals).
-
-        Nothing is deleted: a retired skill keeps every version and can be activated or rolled back.
-        """
-        cap = self.config.max_active_skills
-        state = state or await self.state(namespace)
-        active = [m for m in state.metas.values() if m.status == "active"]
-        if cap is None or len(active) <= cap:
-            return []
-        scored = sorted(active, key=lambda m: (self.credit_of(state, m.id, m.version).usefulness,
-                                               self.credit_of(state, m.id, m.version).uses, -m.id))
-        log.warning("namespace %r has %d active skills, over max_active_skills=%d: retiring the %d least useful "
-                    "(nothing is deleted; raise max_active_skills to keep more)", namespace, len(active), cap,
-                    len(active) - cap)
-        applied = []
-        for meta in scored[:len(active) - cap]:
-            c = self.credit_of(state, meta.id, meta.version)
-            reason = (f"library budget: over max_active_skills={cap}; among the least useful "
-                      f"(usefulness {c.usefulness:+.3f} over {c.uses} uses, v{meta.version})")
-            await self.library.set_status(namespace, meta.id, "retired", reason)
-            meta.status = "retired"
-            if state.dense is not None:
-                state.dense.put(meta.id, None)
-            applied.append((namespace, meta.slug, Decision("retired", reason)))
-            log.info("skill %s/%s retired: %s", namespace, meta.slug, reason)
-        return applied
+        """Past `max_active_skills`, retire the least useful active skills (`CreditReview.enforce_budget`)."""
+        return await self.credit_review.enforce_budget(namespace, state)
 
     async def fit(self, namespace: str, state: NamespaceState | None = None) -> None:
-        """Refit the joint effects of the namespace's skill versions from its recent rated turns."""
-        state = state or await self.state(namespace)
-        rows = await self.db.fetchall(
-            "SELECT t.reward, group_concat(u.skill_id || ':' || u.version) AS used FROM "
-            "(SELECT id, reward FROM turns WHERE namespace = ? AND reward IS NOT NULL "
-            " ORDER BY rated_at DESC LIMIT ?) t LEFT JOIN skill_uses u ON u.turn_id = t.id AND u.credited = 1 "
-            "GROUP BY t.id",
-            (namespace, FIT_TURNS))
-        keyed: dict[str, int] = {}
-        turns = []
-        for r in rows:
-            keys = []
-            for ref in (r["used"] or "").split(","):
-                if ref:
-                    keys.append(keyed.setdefault(ref, len(keyed)))
-            turns.append((float(r["reward"]), keys))
-        _, effects = await anyio.to_thread.run_sync(fit_effects, turns, self.policy.prior_sd)
-        refs = {i: tuple(int(x) for x in ref.split(":")) for ref, i in keyed.items()}
-        state.effects = {refs[i]: e for i, e in effects.items()}  # type: ignore[misc]
+        """Refit the namespace's joint skill effects (`CreditReview.fit`)."""
+        await self.credit_review.fit(namespace, state)
 
     async def credit_report(self, namespace: str = "default") -> list[dict[str, Any]]:
-        """Per skill: status and the credit of its current version, most used first."""
-        state = await self.state(namespace)
-        out = []
-        for meta in state.metas.values():
-            c = self.credit_of(state, meta.id, meta.version)
-            out.append({"id": meta.id, "slug": meta.slug, "status": meta.status, "version": meta.version,
-                        "uses": c.uses, "rated": c.rated, "mean_reward": c.mean, "uplift": round(c.uplift, 4),
-                        "se": None if c.se == float("inf") else round(c.se, 4),
-                        "usefulness": round(c.usefulness, 4)})
-        return sorted(out, key=lambda d: (-d["uses"], d["slug"]))
-
-
+        """Per skill: status and the credit of its current version (`CreditReview.credit_report`)."""
+        return await self.credit_review.credit_report(namespace)
 def _rank_status(status: str, meta: SkillMeta) -> str:
     """How ranking treats a skill: a taught candidate competes as an active skill."""
     return "active" if status == "candidate" and meta.taught else status
-
-
-def _stats_row(r: Any) -> tuple[int, RewardStats, RewardStats]:
-    return (r["uses"], RewardStats(r["rated"], r["reward_sum"], r["reward_sq"]),
-            RewardStats(r["rated"], r["resid_sum"], r["resid_sq"]))
 
 
 def _relevance_only(policy: CreditPolicy) -> CreditPolicy:

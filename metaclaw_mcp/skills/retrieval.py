@@ -5,7 +5,6 @@ does the usefulness arithmetic.
 """
 from __future__ import annotations
 
-import math
 import re
 import secrets
 from collections.abc import Mapping, Sequence

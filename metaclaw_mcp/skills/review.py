@@ -1,0 +1,156 @@
+"""Credit review, run in the background: refit the skill versions' joint effects from recent
+rated turns, apply the promotions and retirements the evidence calls for (`credit.decide`), and
+keep each namespace within `max_active_skills`. Each change is its own small transaction, with
+its reason in `skills.status_reason`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..store import Database, set_kv
+from .credit import Credit, CreditPolicy, Decision, RewardStats, credit, credit_from_effect, decide, fit_effects
+from .library import SkillLibrary
+from .mirror import RETRIEVABLE, Mirror, NamespaceState
+
+if TYPE_CHECKING:
+    from ..config import MetaClawConfig
+
+log = logging.getLogger("metaclaw_mcp.retrieval")
+
+FIT_TURNS = 20_000        # recent rated turns a review fits skill effects on
+
+
+def credit_policy(config: MetaClawConfig) -> CreditPolicy:
+    return CreditPolicy(
+        usefulness_weight=config.credit_usefulness_weight, prior_sd=config.credit_prior_sd, z=config.credit_z,
+        min_baseline=config.credit_min_baseline, promote_min_uses=config.credit_promote_min_uses,
+        promote_min_uplift=config.credit_promote_min_uplift, retire_min_uses=config.credit_retire_min_uses,
+        retire_max_uplift=config.credit_retire_max_uplift, candidate_max_uses=config.credit_candidate_max_uses,
+        explore_slots=config.explore_slots, explore_min_relevance=config.explore_min_relevance,
+        explore_max_uses=config.explore_max_uses)
+
+
+
+def credit_of(state: NamespaceState, skill_id: int, version: int, policy: CreditPolicy) -> Credit:
+    """What the evidence says of one skill version. A taught lesson's usefulness starts at
+    `prior_sd` (one plausible effect) instead of 0: the user or the environment said a turn
+    without it went wrong; evidence then moves it as for any skill."""
+    uses, rewards, residuals = state.stats.get((skill_id, version), (0, RewardStats(), RewardStats()))
+    meta = state.metas.get(skill_id)
+    prior_mean = policy.prior_sd if meta is not None and meta.taught else 0.0
+    effect = state.effects.get((skill_id, version))
+    if effect is not None and effect.rated >= residuals.n:
+        return credit_from_effect(effect, uses, rewards.mean, policy, prior_mean)
+    # not in the last fit yet: the trigger-kept residual sums (reward minus the running mean)
+    return credit(rewards, residuals, uses, policy, prior_mean)
+
+
+class CreditReview:
+    """Promotions, retirements and the library budget for the namespaces of one database."""
+
+    def __init__(self, db: Database, library: SkillLibrary, mirror: Mirror, policy: CreditPolicy,
+                 config: MetaClawConfig):
+        self.db = db
+        self.library = library
+        self.mirror = mirror
+        self.policy = policy
+        self.config = config
+
+
+    async def review(self, namespace: str | None = None) -> list[tuple[str, str, Decision]]:
+        """Apply the promotions and retirements the evidence calls for; return (namespace, slug, decision).
+
+        Each change is its own small transaction; the reason is recorded in `skills.status_reason`.
+        """
+        namespaces = [namespace] if namespace else [r[0] for r in await self.db.fetchall(
+            "SELECT DISTINCT namespace FROM skills WHERE status IN ('active', 'candidate')")]
+        applied = []
+        for ns in namespaces:
+            state = await self.mirror.state(ns)
+            await self.fit(ns, state)
+            for meta in list(state.metas.values()):
+                if meta.status not in RETRIEVABLE:
+                    continue
+                c = credit_of(state, meta.id, meta.version, self.policy)
+                baseline_n = state.totals.n - c.rated
+                decision = decide(meta.status, c, self.policy, baseline_n, taught=meta.taught)
+                if decision is None:
+                    continue
+                reason = f"{decision.reason} (v{meta.version})"
+                await self.library.set_status(ns, meta.id, decision.status, reason)
+                meta.status = decision.status
+                if decision.status == "retired" and state.dense is not None:
+                    state.dense.put(meta.id, None)
+                applied.append((ns, meta.slug, Decision(decision.status, reason)))
+                log.info("skill %s/%s is now %s: %s", ns, meta.slug, decision.status, reason)
+            applied += await self.enforce_budget(ns, state)
+        if applied:
+            async with self.db.transaction() as db:
+                await set_kv(db, "credit_last_review", {"changes": len(applied)})
+        return applied
+
+    async def enforce_budget(self, namespace: str, state: NamespaceState | None = None) -> list[tuple[str, str, Decision]]:
+        """Past `max_active_skills`, retire the least useful active skills (fewest uses first among equals).
+
+        Nothing is deleted: a retired skill keeps every version and can be activated or rolled back.
+        """
+        cap = self.config.max_active_skills
+        state = state or await self.mirror.state(namespace)
+        active = [m for m in state.metas.values() if m.status == "active"]
+        if cap is None or len(active) <= cap:
+            return []
+        scored = sorted(active, key=lambda m: (credit_of(state, m.id, m.version, self.policy).usefulness,
+                                               credit_of(state, m.id, m.version, self.policy).uses, -m.id))
+        log.warning("namespace %r has %d active skills, over max_active_skills=%d: retiring the %d least useful "
+                    "(nothing is deleted; raise max_active_skills to keep more)", namespace, len(active), cap,
+                    len(active) - cap)
+        applied = []
+        for meta in scored[:len(active) - cap]:
+            c = credit_of(state, meta.id, meta.version, self.policy)
+            reason = (f"library budget: over max_active_skills={cap}; among the least useful "
+                      f"(usefulness {c.usefulness:+.3f} over {c.uses} uses, v{meta.version})")
+            await self.library.set_status(namespace, meta.id, "retired", reason)
+            meta.status = "retired"
+            if state.dense is not None:
+                state.dense.put(meta.id, None)
+            applied.append((namespace, meta.slug, Decision("retired", reason)))
+            log.info("skill %s/%s retired: %s", namespace, meta.slug, reason)
+        return applied
+
+    async def fit(self, namespace: str, state: NamespaceState | None = None) -> None:
+        """Refit the joint effects of the namespace's skill versions from its recent rated turns."""
+        state = state or await self.mirror.state(namespace)
+        rows = await self.db.fetchall(
+            "SELECT t.reward, group_concat(u.skill_id || ':' || u.version) AS used FROM "
+            "(SELECT id, reward FROM turns WHERE namespace = ? AND reward IS NOT NULL "
+            " ORDER BY rated_at DESC LIMIT ?) t LEFT JOIN skill_uses u ON u.turn_id = t.id AND u.credited = 1 "
+            "GROUP BY t.id",
+            (namespace, FIT_TURNS))
+        keyed: dict[str, int] = {}
+        turns = []
+        for r in rows:
+            keys = []
+            for ref in (r["used"] or "").split(","):
+                if ref:
+                    keys.append(keyed.setdefault(ref, len(keyed)))
+            turns.append((float(r["reward"]), keys))
+        _, effects = await anyio.to_thread.run_sync(fit_effects, turns, self.policy.prior_sd)
+        refs = {i: tuple(int(x) for x in ref.split(":")) for ref, i in keyed.items()}
+        state.effects = {refs[i]: e for i, e in effects.items()}  # type: ignore[misc]
+
+    async def credit_report(self, namespace: str = "default") -> list[dict[str, Any]]:
+        """Per skill: status and the credit of its current version, most used first."""
+        state = await self.mirror.state(namespace)
+        out = []
+        for meta in state.metas.values():
+            c = credit_of(state, meta.id, meta.version, self.policy)
+            out.append({"id": meta.id, "slug": meta.slug, "status": meta.status, "version": meta.version,
+                        "uses": c.uses, "rated": c.rated, "mean_reward": c.mean, "uplift": round(c.uplift, 4),
+                        "se": None if c.se == float("inf") else round(c.se, 4),
+                        "usefulness": round(c.usefulness, 4)})
+        return sorted(out, key=lambda d: (-d["uses"], d["slug"]))
+
+
