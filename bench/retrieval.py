@@ -218,7 +218,7 @@ async def quality(app: App, splits: dict[str, list[tuple[str, set[str]]]], docs:
     print(f"\nretrieval quality on tau2-bench ({app.retriever.mode} default: encoder={cfg.embedding_encoder}, "
           f"fusion={cfg.fusion}, lexical weight={cfg.fusion_lexical_weight}, BM25 field weights="
           f"{lexical_module.BM25_WEIGHTS}; experience: weight={cfg.experience_weight}, neighbours="
-          f"{cfg.experience_neighbours}, min similarity={cfg.experience_min_similarity})")
+          f"{cfg.experience_neighbours}, min similarity={app.retriever.experience_min_similarity})")
     transformer = None
     if app.retriever.uses_dense and cfg.embedding_encoder != "transformer":
         transformer = TransformerDense(app)

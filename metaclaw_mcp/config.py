@@ -81,8 +81,10 @@ class MetaClawConfig(BaseSettings):
     experience_weight: float = Field(1.0, ge=0.0, le=10.0, description="Weight of the votes of similar past "
                                      "rated turns (their reward, to the skills they used) in relevance; 0 turns it off.")
     experience_neighbours: int = Field(5, ge=1, le=100, description="Past turns that vote for a query.")
-    experience_min_similarity: float = Field(0.6, ge=-1.0, le=1.0, description="Cosine a past request needs to "
-                                             "vote; its weight is the excess over this.")
+    experience_min_similarity: float | None = Field(None, ge=-1.0, le=1.0, description="Cosine a past request "
+                                                    "needs to vote; its weight is the excess over this. Default: the "
+                                                    "encoder's own (static 0.6, onnx and transformer 0.4, each fitted "
+                                                    "on the tau2 train split by leave-one-out).")
     experience_min_similarity_terms: float = Field(0.2, ge=-1.0, le=1.0, description="The same, for servers "
                                                    "without dense vectors, where requests are compared by "
                                                    "their words (about the share of words in common).")

@@ -49,6 +49,11 @@ LESSON_MIN_RELEVANCE = 0.45
 # skills (different rules) with that encoder (MiniLM: 0.59, its static table: 0.87); paraphrases of
 # one rule in bench/lessons.py lie at 0.44-0.79 (median 0.64) with MiniLM.
 SAME_RULE_SIMILARITY = {"transformer": 0.6, "onnx": 0.6, "static": 0.87}
+# Cosine from which a past request counts as alike for experience, per encoder: fitted on the tau2
+# train split by leave-one-out (`bench/retrieval.py --tune-experience`). MiniLM's cosines run lower
+# than its static table's: at 0.4, train R@5 78.0 against 63.3 at 0.6; test after the train
+# split's turns 74.0 against 71.1.
+EXPERIENCE_SIMILARITY = {"static": 0.6, "onnx": 0.4, "transformer": 0.4}
 
 
 def dense_available() -> bool:
@@ -297,8 +302,11 @@ class Retriever:
     @property
     def experience_min_similarity(self) -> float:
         """The cosine two requests need to count as alike, for the experience encoder in use."""
-        return (self.config.experience_min_similarity_terms if self.terms_experience
-                else self.config.experience_min_similarity)
+        if self.terms_experience:
+            return self.config.experience_min_similarity_terms
+        if self.config.experience_min_similarity is not None:
+            return self.config.experience_min_similarity
+        return EXPERIENCE_SIMILARITY.get(self.config.embedding_encoder, 0.6)
 
     async def _learn_scopes(self, namespace: str, lessons: Sequence[SkillMeta]) -> None:
         """Mark as standing (scope `always`) the lessons most of the namespace's turns needed
