@@ -119,3 +119,25 @@ def test_retrieval_id_empty_refs():
 ])
 def test_malformed_retrieval_ids(bad):
     assert parse_retrieval_id(bad) is None
+
+
+def test_score_relevance_explains_each_score():
+    from metaclaw_mcp.skills.scoring import score_relevance
+    lexical = {1: 9.0, 2: 3.0, 3: 6.0}
+    dense = {1: 0.5, 2: 0.9, 4: 0.2}
+    votes = {4: 0.8, 5: 1.0}                 # 5 is not retrievable here: its vote is ignored
+    out = score_relevance(lexical, dense, votes, lexical_weight=0.5, votable={1, 2, 3, 4}, standing={2},
+                          lessons={3, 4}, lesson_min=0.45, explain=True)
+    assert max(out.relevance.values()) == 1.0 and 2 not in out.relevance and 5 not in out.relevance
+    assert out.explain[2]["dropped"].startswith("standing lesson")
+    assert out.explain[5]["votes_ignored"] == "not retrievable here"
+    # 4 comes by its vote; every kept score is explained by what it came from
+    assert out.relevance[4] > 0 and out.from_votes[4] > 0.5
+    for sid, rel in out.relevance.items():
+        assert out.explain[sid]["relevance"] == round(rel, 4)
+    dropped = {sid for sid, note in out.explain.items() if "dropped" in note}
+    assert all(out.explain[sid]["relevance"] == 0.0 for sid in dropped)
+    # a lesson that fits too poorly is dropped, with the reason
+    weak = score_relevance({1: 9.0, 3: 1.0}, {}, {}, lexical_weight=0.5, lessons={3}, lesson_min=0.45, explain=True)
+    assert 3 not in weak.relevance and "below 0.45" in weak.explain[3]["dropped"]
+    assert score_relevance({}, {}, {}, lexical_weight=0.5).relevance == {}

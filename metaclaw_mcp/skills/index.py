@@ -24,8 +24,9 @@ from .lessons import TaughtIndex, learned_always
 from .lexical import MIN_TERMS, MIN_TERMS_HYBRID, LexicalSearch
 from .library import SELECT_SKILL, SkillLibrary, SkillRecord, record_from_row
 from .mirror import RETRIEVABLE, Mirror, NamespaceState, SkillMeta
-from .retrieval import RetrievalQuery, bucket_mask, drop_near_duplicates, fuse, shingles
+from .retrieval import RetrievalQuery, bucket_mask, drop_near_duplicates, shingles
 from .review import CreditReview, credit_of, credit_policy
+from .scoring import score_relevance
 
 if TYPE_CHECKING:
     import numpy as np
@@ -75,6 +76,7 @@ class Hit:
     why: str
     credit: Credit
     score: float
+    explain: dict[str, Any] | None = None   # with search(explain=True): what the score came from
 
 
 class Retriever:
@@ -457,12 +459,14 @@ class Retriever:
 
     async def search(self, query: RetrievalQuery, namespace: str = "default", k: int = 5,
                      categories: Sequence[str] | None = None, explore: bool = True,
-                     mode: str | None = None, use_credit: bool = True, use_experience: bool = True) -> list[Hit]:
+                     mode: str | None = None, use_credit: bool = True, use_experience: bool = True,
+                     explain: bool = False) -> list[Hit]:
         """The best `k` skills for `query`, near-duplicates shown once, each with why it was chosen.
 
         `mode` overrides the configured one (lexical, dense, hybrid); `use_credit=False` ranks by
         relevance alone and `use_experience=False` without the votes of similar past turns
-        (benchmarks compare against both).
+        (benchmarks compare against both). With `explain`, each hit's `explain` says what its
+        score came from (`scoring.score_relevance`, plus its usefulness and the ranking score).
         """
         mode = mode or self.mode
         state = await self.state(namespace)
@@ -519,22 +523,16 @@ class Retriever:
             lex = await self.lexical(query, namespace, n, categories)
             if use_experience and self.terms_experience:
                 votes = self._experience_votes(state, self.experience_encoder.encode_query(query.dense_text()))
-        relevance = fuse(lex, den, self.config.fusion_lexical_weight, self.config.fusion)
-        from_experience: dict[int, float] = {}
-        if votes:
-            relevance, from_experience = self._add_votes(state, relevance, votes, categories)
-        standing = set(self.standing(state, categories)) if use_credit else set()
-        if standing & relevance.keys():
-            # standing lessons come with every fetch anyway (`standing_lessons`): they take no place
-            # here, and the rest is scaled so that its best match is 1 again
-            relevance = {sid: v for sid, v in relevance.items() if sid not in standing}
-            top = max(relevance.values(), default=0.0)
-            relevance = {sid: v / top for sid, v in relevance.items()} if top > 0 else {}
-        if use_credit:
-            # a topic lesson is a rule the agent will apply: shown only where it fits about as well
-            # as the best match (relevance at least LESSON_MIN_RELEVANCE of the best one's)
-            relevance = {sid: v for sid, v in relevance.items()
-                         if v >= LESSON_MIN_RELEVANCE or sid not in state.metas or state.metas[sid].lesson is None}
+        wanted = set(categories) if categories else None
+        scored = score_relevance(
+            lex, den, votes, lexical_weight=self.config.fusion_lexical_weight, fusion=self.config.fusion,
+            votes_weight=self.config.experience_weight,
+            votable={sid for sid in votes if (m := state.metas.get(sid)) is not None and m.status in RETRIEVABLE
+                     and (wanted is None or m.category in wanted)},
+            standing=set(self.standing(state, categories)) if use_credit else set(),
+            lessons={m.id for m in state.metas.values() if m.lesson is not None} if use_credit else set(),
+            lesson_min=LESSON_MIN_RELEVANCE if use_credit else 0.0, explain=explain)
+        relevance, from_experience = scored.relevance, scored.from_votes
         if not relevance:
             return []
         # The pool: the most relevant few; credit reorders within it, never pulls from the tail.
@@ -564,25 +562,10 @@ class Retriever:
         # is measured usefulness, for requests like this one.
         return [Hit(records[r.key], r.relevance, r.usefulness,
                     "usefulness" if r.why == "relevance" and from_experience.get(r.key, 0.0) > 0.5 else r.why,
-                    by_key[r.key].credit, r.score) for r in ranked]
-
-    def _add_votes(self, state: NamespaceState, relevance: dict[int, float], votes: dict[int, float],
-                   categories: Sequence[str] | None) -> tuple[dict[int, float], dict[int, float]]:
-        """Relevance plus `experience_weight` x the votes, rescaled to [0, 1]; and each skill's share from votes."""
-        weight = self.config.experience_weight
-        wanted = set(categories) if categories else None
-        out = dict(relevance)
-        for sid, vote in votes.items():
-            meta = state.metas.get(sid)
-            if meta is None or meta.status not in RETRIEVABLE or (wanted and meta.category not in wanted):
-                continue
-            out[sid] = out.get(sid, 0.0) + weight * vote
-        top = max(out.values(), default=0.0)
-        if top <= 0.0:
-            return relevance, {}
-        scaled = {sid: max(v, 0.0) / top for sid, v in out.items() if v > 0.0}
-        share = {sid: max(weight * votes.get(sid, 0.0), 0.0) / out[sid] for sid in scaled}
-        return scaled, share
+                    by_key[r.key].credit, r.score,
+                    scored.explain.get(r.key, {}) | {"usefulness": round(r.usefulness, 4), "score": round(r.score, 4),
+                                                      "status": by_key[r.key].status} if explain else None)
+                for r in ranked]
 
     # ---- credit decisions (review.py) ----
 
