@@ -486,24 +486,92 @@ async def latency(sizes: list[int], base: list[SkillDoc], tasks: list[tuple[str,
                         app.retriever.embedder.encode([q])
                     print(f"{'':>7}  {'':8} (of which query encoding alone: "
                           f"{(time.perf_counter() - t) * 1000 / 50:.2f} ms mean)")
+                if stdio:
+                    payload = await typical_result(app, other_qs[:21])
+                    (Path(tmp) / "echo.json").write_text(payload)
+                    memory = await in_memory(app, qs, payload)
                 async with app.db.transaction() as db:   # the history's turns are not to be trained on here
                     await set_kv(db, "trainer_paused", True)
             if stdio:
-                times = await over_stdio(Path(tmp), qs, other_qs, default_mode, seed, encoder)
-                print(f"{size:>7}  {default_mode:8} {pct(times, 50):7.2f} {pct(times, 99):7.2f}  "
+                times = await over_stdio(Path(tmp), qs, other_qs, default_mode, seed, encoder, Path(tmp) / "echo.json")
+                print(f"{size:>7}  {default_mode:8} {pct(times['metaclaw'], 50):7.2f} {pct(times['metaclaw'], 99):7.2f}  "
                       f"{'over stdio (mcp.Client), after ' + str(len(other_qs)) + ' other queries':>46}")
+                transport_table(size, steady[default_mode], memory, times, len(payload))
+
+
+async def typical_result(app: App, queries: list[str]) -> str:
+    """The JSON of a typical fetch_skills result (the median size over `queries`): the echo server's payload."""
+    results = sorted([(await app.fetch_skills(q, k=5)).model_dump_json() for q in queries], key=len)
+    return results[len(results) // 2]
+
+
+async def in_memory(app: App, queries: list[str], payload: str) -> dict[str, list[float]]:
+    """ms per call through `mcp.Client(server)` in memory (no transport, the SDK's whole tool path), for the
+    real server and the echo server, interleaved call by call; and the echo's tool function called directly
+    (its in-process time, as `App.fetch_skills` is the real server's)."""
+    from echo_server import build_echo
+    from mcp import Client
+    from metaclaw_mcp.server import build_server
+    echo = build_echo(payload)
+    times: dict[str, list[float]] = {"metaclaw": [], "echo": [], "echo function": []}
+    async with Client(build_server(app)) as real, Client(echo) as fake:
+        clients = {"metaclaw": real, "echo": fake}
+        for q in queries[:5]:
+            for client in clients.values():
+                await client.call_tool("fetch_skills", {"query": q, "k": 5})
+        for i, q in enumerate(queries):
+            for name in list(clients)[i % 2:] + list(clients)[:i % 2]:
+                if name == "metaclaw" and app.retriever.uses_dense:
+                    app.retriever.embedder._cache.clear()
+                t = time.perf_counter()
+                result = await clients[name].call_tool("fetch_skills", {"query": q, "k": 5})
+                times[name].append((time.perf_counter() - t) * 1000)
+                assert not result.is_error, result.content
+            t = time.perf_counter()
+            await echo.echo_fn(query=q, k=5)
+            times["echo function"].append((time.perf_counter() - t) * 1000)
+    return times
+
+
+def transport_table(size: int, in_process: list[float], memory: dict[str, list[float]],
+                    stdio: dict[str, list[float]], payload_bytes: int) -> None:
+    """What stdio adds to fetch_skills (stdio p50 minus in-process p50) against what it adds to an echo server
+    returning a result of the same size and shape, timed in the same run."""
+    added = {"metaclaw": pct(stdio["metaclaw"], 50) - pct(in_process, 50),
+             "echo": pct(stdio["echo"], 50) - pct(memory["echo function"], 50)}
+    print(f"\nWhat stdio adds, at {size} skills: p50 over stdio minus p50 in-process (App.fetch_skills; the echo's "
+          f"tool function),\nagainst bench/echo_server.py returning one typical result ({payload_bytes} bytes of "
+          f"JSON) through the same client loop,\ninterleaved call by call; 'in memory' is mcp.Client(server) without "
+          f"a transport (the SDK's tool path).")
+    print(f"{'server':>9}  {'stdio p50':>9} {'p99':>7}  {'in memory p50':>13}  {'in-process p50':>14}  {'added':>7}")
+    rows = (("metaclaw", pct(in_process, 50)), ("echo", pct(memory["echo function"], 50)))
+    for name, local in rows:
+        print(f"{name:>9}  {pct(stdio[name], 50):9.2f} {pct(stdio[name], 99):7.2f}  {pct(memory[name], 50):13.2f}  "
+              f"{local:14.3f}  {added[name]:7.2f}")
+    ratio = added["metaclaw"] / added["echo"] if added["echo"] > 0 else float("inf")
+    print(f"added by stdio, metaclaw / echo: {ratio:.2f} (goal: at most 1.5)")
 
 
 async def over_stdio(home: Path, queries: list[str], warm_up: list[str], mode: str, seed: int,
-                     encoder: str | None = None) -> list[float]:
+                     encoder: str | None = None, echo_payload: Path | None = None) -> dict[str, list[float]]:
     """fetch_skills through `mcp.Client` and a `metaclaw-mcp serve` subprocess on the same home (ms):
-    `warm_up` first (untimed), then `queries` (each new to the server)."""
+    `warm_up` first (untimed), then `queries` (each new to the server). With `echo_payload`, the same
+    calls also go to bench/echo_server.py (a subprocess answering with that result), interleaved call
+    by call with the real server's, the order alternating."""
     from latency import CLI, env_for  # the server environment bench/latency.py uses
     from mcp import Client, StdioServerParameters
     env = env_for(home, mode, METACLAW_RETRIEVAL_SEED=str(seed),
                   **({"METACLAW_EMBEDDING_ENCODER": encoder} if encoder else {}))
-    times = []
-    async with Client(StdioServerParameters(command=CLI, args=["serve"], env=env), read_timeout_seconds=120) as client:
+    times: dict[str, list[float]] = {"metaclaw": []}
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(Client(StdioServerParameters(command=CLI, args=["serve"], env=env),
+                                                        read_timeout_seconds=120))
+        clients = {"metaclaw": client}
+        if echo_payload is not None:
+            times["echo"] = []
+            clients["echo"] = await stack.enter_async_context(Client(StdioServerParameters(
+                command=sys.executable, args=[str(Path(__file__).with_name("echo_server.py")), str(echo_payload)]),
+                read_timeout_seconds=120))
         for _ in range(3):  # the first fetch loads the index (and the static table) into the server
             await client.call_tool("fetch_skills", {"query": "warm up the index"})
         for _ in range(600):   # until the vectors are loaded (the first fetches answer from the lexical index)
@@ -512,12 +580,14 @@ async def over_stdio(home: Path, queries: list[str], warm_up: list[str], mode: s
                 break
             await anyio.sleep(0.1)
         for q in warm_up:
-            await client.call_tool("fetch_skills", {"query": q, "k": 5})
-        for q in queries:
-            t = time.perf_counter()
-            result = await client.call_tool("fetch_skills", {"query": q, "k": 5})
-            times.append((time.perf_counter() - t) * 1000)
-            assert not result.is_error, result.content
+            for c in clients.values():
+                await c.call_tool("fetch_skills", {"query": q, "k": 5})
+        for i, q in enumerate(queries):
+            for name in list(clients)[i % 2:] + list(clients)[:i % 2]:
+                t = time.perf_counter()
+                result = await clients[name].call_tool("fetch_skills", {"query": q, "k": 5})
+                times[name].append((time.perf_counter() - t) * 1000)
+                assert not result.is_error, result.content
     return times
 
 
