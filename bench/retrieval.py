@@ -48,12 +48,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from metaclaw_mcp.app import App, open_app
-from metaclaw_mcp.config import load_config
+from metaclaw_mcp.config import MetaClawConfig, load_config
 from metaclaw_mcp.models import Message
 from metaclaw_mcp.store import set_kv
 from metaclaw_mcp.skills import lexical as lexical_module
@@ -399,6 +401,17 @@ def latency_queries(filler: Filler, tau2: list[str], n: int) -> list[str]:
     return qs[:n]
 
 
+def fresh_queries(filler: Filler, seen: set[str], n: int) -> list[str]:
+    """`n` made-up queries (as `latency_queries` makes them) that are not in `seen`."""
+    qs: list[str] = []
+    while len(qs) < n:
+        q = f"I need to {filler.rng.choice(VERBS)} the {' '.join(filler.words(4))} for a customer"
+        if q not in seen:
+            seen.add(q)
+            qs.append(q)
+    return qs
+
+
 def starter_docs() -> list[SkillDoc]:
     return [read_skill_folder(p) for p in sorted(starter_dir().iterdir()) if (p / "SKILL.md").is_file()]
 
@@ -486,17 +499,19 @@ async def latency(sizes: list[int], base: list[SkillDoc], tasks: list[tuple[str,
                         app.retriever.embedder.encode([q])
                     print(f"{'':>7}  {'':8} (of which query encoding alone: "
                           f"{(time.perf_counter() - t) * 1000 / 50:.2f} ms mean)")
+                async with app.db.transaction() as db:   # the history's turns are not to be trained on here
+                    await set_kv(db, "trainer_paused", True)
                 if stdio:
                     payload = await typical_result(app, other_qs[:21])
                     (Path(tmp) / "echo.json").write_text(payload)
-                    memory = await in_memory(app, qs, payload)
-                async with app.db.transaction() as db:   # the history's turns are not to be trained on here
-                    await set_kv(db, "trainer_paused", True)
             if stdio:
-                times = await over_stdio(Path(tmp), qs, other_qs, default_mode, seed, encoder, Path(tmp) / "echo.json")
-                print(f"{size:>7}  {default_mode:8} {pct(times['metaclaw'], 50):7.2f} {pct(times['metaclaw'], 99):7.2f}  "
+                fresh = fresh_queries(filler, set(both), calls)   # new to every server timed on them
+                times = await over_stdio(Path(tmp), fresh, other_qs, default_mode, seed, encoder, config,
+                                         Path(tmp) / "echo.json")
+                stdio_ms = times["metaclaw stdio"]
+                print(f"{size:>7}  {default_mode:8} {pct(stdio_ms, 50):7.2f} {pct(stdio_ms, 99):7.2f}  "
                       f"{'over stdio (mcp.Client), after ' + str(len(other_qs)) + ' other queries':>46}")
-                transport_table(size, steady[default_mode], memory, times, len(payload))
+                transport_table(size, times, len(payload))
 
 
 async def typical_result(app: App, queries: list[str]) -> str:
@@ -505,73 +520,74 @@ async def typical_result(app: App, queries: list[str]) -> str:
     return results[len(results) // 2]
 
 
-async def in_memory(app: App, queries: list[str], payload: str) -> dict[str, list[float]]:
-    """ms per call through `mcp.Client(server)` in memory (no transport, the SDK's whole tool path), for the
-    real server and the echo server, interleaved call by call; and the echo's tool function called directly
-    (its in-process time, as `App.fetch_skills` is the real server's)."""
-    from echo_server import build_echo
-    from mcp import Client
-    from metaclaw_mcp.server import build_server
-    echo = build_echo(payload)
-    times: dict[str, list[float]] = {"metaclaw": [], "echo": [], "echo function": []}
-    async with Client(build_server(app)) as real, Client(echo) as fake:
-        clients = {"metaclaw": real, "echo": fake}
-        for q in queries[:5]:
-            for client in clients.values():
-                await client.call_tool("fetch_skills", {"query": q, "k": 5})
-        for i, q in enumerate(queries):
-            for name in list(clients)[i % 2:] + list(clients)[:i % 2]:
-                if name == "metaclaw" and app.retriever.uses_dense:
-                    app.retriever.embedder._cache.clear()
-                t = time.perf_counter()
-                result = await clients[name].call_tool("fetch_skills", {"query": q, "k": 5})
-                times[name].append((time.perf_counter() - t) * 1000)
-                assert not result.is_error, result.content
-            t = time.perf_counter()
-            await echo.echo_fn(query=q, k=5)
-            times["echo function"].append((time.perf_counter() - t) * 1000)
-    return times
-
-
-def transport_table(size: int, in_process: list[float], memory: dict[str, list[float]],
-                    stdio: dict[str, list[float]], payload_bytes: int) -> None:
+def transport_table(size: int, times: dict[str, list[float]], payload_bytes: int) -> None:
     """What stdio adds to fetch_skills (stdio p50 minus in-process p50) against what it adds to an echo server
-    returning a result of the same size and shape, timed in the same run."""
-    added = {"metaclaw": pct(stdio["metaclaw"], 50) - pct(in_process, 50),
-             "echo": pct(stdio["echo"], 50) - pct(memory["echo function"], 50)}
-    print(f"\nWhat stdio adds, at {size} skills: p50 over stdio minus p50 in-process (App.fetch_skills; the echo's "
-          f"tool function),\nagainst bench/echo_server.py returning one typical result ({payload_bytes} bytes of "
-          f"JSON) through the same client loop,\ninterleaved call by call; 'in memory' is mcp.Client(server) without "
-          f"a transport (the SDK's tool path).")
+    returning a result of the same size and shape, all timed in the same loop."""
+    p50 = {key: pct(ms, 50) for key, ms in times.items()}
+    added = {name: p50[f"{name} stdio"] - p50[f"{name} in-process"] for name in ("metaclaw", "echo")}
+    print(f"\nWhat stdio adds at {size} skills: p50 over stdio minus p50 in-process (App.fetch_skills; the echo's "
+          f"tool function),\nagainst bench/echo_server.py answering with one typical result ({payload_bytes} bytes of "
+          f"JSON). {len(times['metaclaw stdio'])} queries new to\nevery metaclaw one (apps of their own, after the "
+          f"same warm-up), each through every row before the next, the order rotating;\n'in memory': "
+          f"mcp.Client(server), no transport.")
     print(f"{'server':>9}  {'stdio p50':>9} {'p99':>7}  {'in memory p50':>13}  {'in-process p50':>14}  {'added':>7}")
-    rows = (("metaclaw", pct(in_process, 50)), ("echo", pct(memory["echo function"], 50)))
-    for name, local in rows:
-        print(f"{name:>9}  {pct(stdio[name], 50):9.2f} {pct(stdio[name], 99):7.2f}  {pct(memory[name], 50):13.2f}  "
-              f"{local:14.3f}  {added[name]:7.2f}")
+    for name in ("metaclaw", "echo"):
+        print(f"{name:>9}  {p50[name + ' stdio']:9.2f} {pct(times[name + ' stdio'], 99):7.2f}  "
+              f"{p50[name + ' memory']:13.2f}  {p50[name + ' in-process']:14.3f}  {added[name]:7.2f}")
     ratio = added["metaclaw"] / added["echo"] if added["echo"] > 0 else float("inf")
     print(f"added by stdio, metaclaw / echo: {ratio:.2f} (goal: at most 1.5)")
 
 
 async def over_stdio(home: Path, queries: list[str], warm_up: list[str], mode: str, seed: int,
-                     encoder: str | None = None, echo_payload: Path | None = None) -> dict[str, list[float]]:
-    """fetch_skills through `mcp.Client` and a `metaclaw-mcp serve` subprocess on the same home (ms):
-    `warm_up` first (untimed), then `queries` (each new to the server). With `echo_payload`, the same
-    calls also go to bench/echo_server.py (a subprocess answering with that result), interleaved call
-    by call with the real server's, the order alternating."""
+                     encoder: str | None = None, config: MetaClawConfig | None = None,
+                     echo_payload: Path | None = None) -> dict[str, list[float]]:
+    """fetch_skills through `mcp.Client` and a `metaclaw-mcp serve` subprocess on the same home (ms per call,
+    "metaclaw stdio"): `warm_up` first (untimed), then `queries` (each new to the server).
+    With `config` and `echo_payload`, each query also goes, in a rotating order, to an app of that config
+    on the same home in-process ("metaclaw in-process", `App.fetch_skills`), through `mcp.Client(server)`
+    in memory to another one ("metaclaw memory"; each its own caches, as the server has), and to
+    bench/echo_server.py answering with that payload over stdio, in memory and as a plain function call
+    ("echo stdio", "echo memory", "echo in-process"). Every metaclaw one sees `warm_up` first, then each
+    query once."""
     from latency import CLI, env_for  # the server environment bench/latency.py uses
     from mcp import Client, StdioServerParameters
     env = env_for(home, mode, METACLAW_RETRIEVAL_SEED=str(seed),
                   **({"METACLAW_EMBEDDING_ENCODER": encoder} if encoder else {}))
-    times: dict[str, list[float]] = {"metaclaw": []}
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(Client(StdioServerParameters(command=CLI, args=["serve"], env=env),
                                                         read_timeout_seconds=120))
-        clients = {"metaclaw": client}
-        if echo_payload is not None:
-            times["echo"] = []
-            clients["echo"] = await stack.enter_async_context(Client(StdioServerParameters(
+        clients = {"metaclaw stdio": client}
+        calls: dict[str, Callable[[str], Awaitable[Any]]] = {}
+        if config is not None and echo_payload is not None:
+            from echo_server import build_echo
+            from metaclaw_mcp.server import build_server
+            echo = build_echo(echo_payload.read_text())
+            clients["echo stdio"] = await stack.enter_async_context(Client(StdioServerParameters(
                 command=sys.executable, args=[str(Path(__file__).with_name("echo_server.py")), str(echo_payload)]),
                 read_timeout_seconds=120))
+            apps = [await stack.enter_async_context(open_app(config)) for _ in range(2)]
+            for app in apps:
+                app.retriever.mode = mode
+                for _ in range(600):   # the vectors load in the background here too
+                    await app.fetch_skills("warm up the index", k=5)
+                    if mode == "lexical" or app.retriever.embedder.ready:
+                        break
+                    await anyio.sleep(0.1)
+            clients["metaclaw memory"] = await stack.enter_async_context(Client(build_server(apps[1])))
+            clients["echo memory"] = await stack.enter_async_context(Client(echo))
+
+            async def in_process(q: str) -> None:
+                await apps[0].fetch_skills(q, k=5)
+
+            async def echo_function(q: str) -> None:
+                await echo.echo_fn(query=q, k=5)
+            calls = {"metaclaw in-process": in_process, "echo in-process": echo_function}
+
+        for name, c in clients.items():
+            async def call(q: str, c: Client = c) -> None:
+                result = await c.call_tool("fetch_skills", {"query": q, "k": 5})
+                assert not result.is_error, result.content
+            calls[name] = call
         for _ in range(3):  # the first fetch loads the index (and the static table) into the server
             await client.call_tool("fetch_skills", {"query": "warm up the index"})
         for _ in range(600):   # until the vectors are loaded (the first fetches answer from the lexical index)
@@ -580,14 +596,15 @@ async def over_stdio(home: Path, queries: list[str], warm_up: list[str], mode: s
                 break
             await anyio.sleep(0.1)
         for q in warm_up:
-            for c in clients.values():
-                await c.call_tool("fetch_skills", {"query": q, "k": 5})
+            for call in calls.values():
+                await call(q)
+        names = sorted(calls)
+        times: dict[str, list[float]] = {name: [] for name in names}
         for i, q in enumerate(queries):
-            for name in list(clients)[i % 2:] + list(clients)[:i % 2]:
+            for name in names[i % len(names):] + names[:i % len(names)]:
                 t = time.perf_counter()
-                result = await clients[name].call_tool("fetch_skills", {"query": q, "k": 5})
+                await calls[name](q)
                 times[name].append((time.perf_counter() - t) * 1000)
-                assert not result.is_error, result.content
     return times
 
 
