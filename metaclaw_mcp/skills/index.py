@@ -291,11 +291,15 @@ class Retriever:
             self.embedder.start_loading()
             while not self.embedder.ready and self.embedder.error is None:
                 await anyio.sleep(0.05)
+            if self.embedder.ready:   # a runtime's first inference allocates (ONNX: ~0.4 s): not on a fetch
+                await anyio.to_thread.run_sync(self.embedder.encode, ["warm up the encoder"])
         rows = await self.db.fetchall("SELECT DISTINCT namespace FROM skills LIMIT ?", (max_namespaces,))
         for row in rows:
             state = await self.state(row[0])
             if self.uses_dense and self.embedder.ready:
                 await self.ensure_embeddings(row[0])
+                if state.dense is not None:   # the search snapshot (an SVD past 4,096 vectors), built once here
+                    await anyio.to_thread.run_sync(state.dense.fold)
             if self.terms_experience or (self.uses_dense and self.embedder.ready):
                 await self.refresh_experience(row[0], state)
 
