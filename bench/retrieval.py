@@ -536,6 +536,11 @@ def transport_table(size: int, times: dict[str, list[float]], payload_bytes: int
               f"{p50[name + ' memory']:13.2f}  {p50[name + ' in-process']:14.3f}  {added[name]:7.2f}")
     ratio = added["metaclaw"] / added["echo"] if added["echo"] > 0 else float("inf")
     print(f"added by stdio, metaclaw / echo: {ratio:.2f} (goal: at most 1.5)")
+    # Less noisy on a busy machine: per query, stdio minus in-process (taken within the same rotation).
+    paired = {name: statistics.median(a - b for a, b in zip(times[f"{name} stdio"], times[f"{name} in-process"]))
+              for name in ("metaclaw", "echo")}
+    print(f"paired (median over queries of stdio minus in-process): metaclaw {paired['metaclaw']:.2f} ms, "
+          f"echo {paired['echo']:.2f} ms, ratio {paired['metaclaw'] / paired['echo']:.2f}")
 
 
 async def over_stdio(home: Path, queries: list[str], warm_up: list[str], mode: str, seed: int,
