@@ -21,7 +21,10 @@ the same home): the same library plus seeded synthetic filler skills up to each 
 drawn from -1, 0, 1), so the default's experience votes are part of what is timed; distinct
 queries (no cached query vector helps) through `App.fetch_skills`, in-process, lexical and the
 default interleaved query by query (the same moments of a noisy machine for both): a first pass
-(records and word sets not cached yet), then two passes for the steady figures.
+(records and word sets not cached yet), then two passes for the steady figures. Over stdio, what the
+transport adds (stdio p50 minus in-process p50, on queries new to every server) is set beside what it
+adds to bench/echo_server.py, a server whose one tool returns a typical fetch_skills result verbatim,
+timed in the same loop, call by call.
 
     python bench/retrieval.py                       # quality, then latency at 1k and 10k
     python bench/retrieval.py --sizes 1000 10000 100000
