@@ -339,7 +339,8 @@ class Retriever:
         if not state.taught_stale and not grown:   # scopes are relearned as the namespace's requests grow
             return
         encoder = self.experience_encoder
-        lessons = [m for m in state.metas.values() if m.status in RETRIEVABLE and m.taught and m.lesson.requests]
+        lessons = [m for m in map(state.metas.__getitem__, state.lessons)
+                   if m.status in RETRIEVABLE and m.taught and m.lesson.requests]
         todo = {t: text for m in lessons for t, text in m.lesson.requests if t not in state.taught_vectors}
         if todo:
             texts = [state.boilerplate.strip(text) for text in todo.values()]
@@ -357,8 +358,9 @@ class Retriever:
     def standing(self, state: NamespaceState, categories: Sequence[str] | None = None) -> list[int]:
         """Ids of the retrievable lessons whose scope is `always`, taught first then by id."""
         wanted = set(categories) if categories else None
-        found = [m for m in state.metas.values() if m.status in RETRIEVABLE and m.scope == "always"
-                 and (m.taught or m.status == "active") and (wanted is None or m.category in wanted)]
+        found = [m for m in map(state.metas.__getitem__, state.lessons) if m.status in RETRIEVABLE
+                 and m.scope == "always" and (m.taught or m.status == "active")
+                 and (wanted is None or m.category in wanted)]
         return [m.id for m in sorted(found, key=lambda m: (not m.taught, m.id))]
 
     async def same_rule(self, namespace: str, text: str) -> list[tuple[int, float]]:
@@ -534,7 +536,7 @@ class Retriever:
             votable={sid for sid in votes if (m := state.metas.get(sid)) is not None and m.status in RETRIEVABLE
                      and (wanted is None or m.category in wanted)},
             standing=set(self.standing(state, categories)) if use_credit else set(),
-            lessons={m.id for m in state.metas.values() if m.lesson is not None} if use_credit else set(),
+            lessons=state.lessons if use_credit else set(),
             lesson_min=LESSON_MIN_RELEVANCE if use_credit else 0.0, explain=explain)
         relevance, from_experience = scored.relevance, scored.from_votes
         if not relevance:

@@ -51,6 +51,7 @@ class SkillMeta:
 @dataclass
 class NamespaceState:
     metas: dict[int, SkillMeta] = field(default_factory=dict)
+    lessons: set[int] = field(default_factory=set)   # ids of the metas with a lesson (`SkillMeta.lesson`)
     # (skill id, version) -> (uses, sums of rated rewards, sums of their residuals)
     stats: dict[tuple[int, int], tuple[int, RewardStats, RewardStats]] = field(default_factory=dict)
     totals: RewardStats = RewardStats()
@@ -154,6 +155,8 @@ class Mirror:
             meta = SkillMeta(r["id"], r["slug"], r["status"], r["current_version"], r["category"],
                              lessons.get(r["id"]))
             state.metas[meta.id] = meta
+            if meta.lesson is not None:
+                state.lessons.add(meta.id)
             if state.dense is not None and meta.status in RETRIEVABLE:
                 vector = vectors.get((meta.id, meta.version))
                 if vector is None:
@@ -217,6 +220,10 @@ class Mirror:
         old = state.metas.get(r["id"])
         meta = SkillMeta(r["id"], r["slug"], r["status"], r["current_version"], r["category"], lesson)
         state.metas[meta.id] = meta
+        if lesson is not None:
+            state.lessons.add(meta.id)
+        else:
+            state.lessons.discard(meta.id)
         if lesson is not None or (old is not None and old.lesson is not None):
             state.taught_stale = True
         if state.dense is None:
