@@ -98,8 +98,19 @@ class _Encoder(ABC):
 
     @property
     def cheap_to_load(self) -> bool:
-        """Whether loading takes a fraction of a second (so a server may do it before it is asked)."""
-        return self.ready
+        """Whether loading takes a fraction of a second (so a server may do it before it is asked):
+        loaded, or the artefact it is built from once is cached (`cached_artefact`)."""
+        if self.ready:
+            return True
+        try:
+            path = self.cached_artefact()
+        except Exception:  # noqa: BLE001 - no model to name the file by: loading will say what is wrong
+            return False
+        return path is not None and path.exists()
+
+    def cached_artefact(self) -> Path | None:
+        """The file an encoder builds once and then loads quickly (None: nothing is built)."""
+        return None
 
     def __init__(self, model_path: str | Path | None, model_id: str):
         self.model_path = model_path
@@ -300,13 +311,9 @@ class StaticEmbedder(_Encoder):
     def ready(self) -> bool:
         return self._table_VD is not None
 
-    @property
-    def cheap_to_load(self) -> bool:
-        """Loaded, or the table is cached (reading it is quick; building it is half a minute of CPU)."""
-        try:
-            return self.ready or static_table_path(self.model_path, self.cache_dir).exists()
-        except Exception:  # noqa: BLE001 - no model to name the table by: loading will say what is wrong
-            return False
+    def cached_artefact(self) -> Path:
+        """The token table (reading it is quick; building it is half a minute of CPU)."""
+        return static_table_path(self.model_path, self.cache_dir)
 
     def _load(self) -> None:
         if self._table_VD is not None:

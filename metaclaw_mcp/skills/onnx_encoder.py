@@ -217,13 +217,9 @@ class OnnxEmbedder(_Encoder):
     def ready(self) -> bool:
         return self._session is not None
 
-    @property
-    def cheap_to_load(self) -> bool:
-        """Loaded, or the export is cached (loading it is quick; exporting takes seconds of CPU)."""
-        try:
-            return self.ready or onnx_model_path(self.model_path, self.cache_dir).exists()
-        except Exception:  # noqa: BLE001 - no model to name the file by: loading will say what is wrong
-            return False
+    def cached_artefact(self) -> Path:
+        """The exported model (loading it is quick; exporting takes seconds of CPU)."""
+        return onnx_model_path(self.model_path, self.cache_dir)
 
     def _load(self) -> None:
         if self._session is not None:
