@@ -168,15 +168,13 @@ class App:
         retrieval_id = make_retrieval_id([(records[s.key].id, records[s.key].version) for s in shown])
         skills = []
         for s in shown:
-            r, h = records[s.key], by_id.get(s.key)
-            standing_only = s.disclosure == "standing" or h is None
+            r, h = records[s.key], by_id.get(s.key)   # no hit: a standing lesson, ranked apart
+            ranked = {} if h is None else {"score": round(h.score, 4), "why": h.why, "relevance": round(h.relevance, 4),
+                                           "usefulness": round(h.usefulness, 4), "uses": h.credit.uses}
             skills.append(SkillOut(
                 id=r.id, slug=r.slug, version=r.version, name=r.name, description=r.description, body=r.body,
-                category=r.category, status=r.status, score=0.0 if standing_only else round(h.score, 4),  # type: ignore[arg-type,union-attr]
-                why="standing" if standing_only else h.why, disclosure=s.disclosure,  # type: ignore[arg-type,union-attr]
-                relevance=0.0 if standing_only else round(h.relevance, 4),  # type: ignore[union-attr]
-                usefulness=0.0 if standing_only else round(h.usefulness, 4),  # type: ignore[union-attr]
-                uses=0 if standing_only else h.credit.uses))  # type: ignore[union-attr]
+                category=r.category, status=r.status, disclosure=s.disclosure,  # type: ignore[arg-type]
+                **({"score": 0.0, "why": "standing"} | ranked)))
         self._retrieval_log.append((retrieval_id, namespace, session_id, query[:2000],
                                     dumps([[s.id, s.version, s.score, s.why] for s in skills]), utcnow()))
         return FetchResult(skills=skills, injection=injection, retrieval_id=retrieval_id)

@@ -397,8 +397,9 @@ class Retriever:
         return sorted(((sid, c) for sid, c in best.items() if c >= threshold), key=lambda x: -x[1])
 
     async def standing_lessons(self, namespace: str, categories: Sequence[str] | None = None) -> list[SkillRecord]:
-        """The namespace's standing lessons (`standing`), as records, for every fetch."""
-        state = await self.state(namespace)
+        """The namespace's standing lessons (`standing`), as records, for every fetch. Reads the state the
+        fetch's search just refreshed (no second look at the change counters)."""
+        state = self.peek(namespace) or await self.state(namespace)
         ids = self.standing(state, categories)
         if not ids:
             return []

@@ -73,7 +73,6 @@ class Lesson:
     taught: bool = False
     scope: str = "topic"
     requests: list[tuple[str, str]] = field(default_factory=list)
-    text: str = ""           # what the lesson says it is for (slug and description)
     since: str = ""          # when the skill was created (ISO time)
 
 
@@ -101,7 +100,7 @@ class TaughtIndex:
         self.vectors_ND = (np.stack([np.asarray(v, dtype=np.float32) for _, v in rows]) if rows
                            else np.zeros((0, self.dim), dtype=np.float32))
 
-    def vote(self, query_D: np.ndarray, min_similarity: float, allowed: set[int] | None = None) -> dict[int, float]:
+    def vote(self, query_D: np.ndarray, min_similarity: float) -> dict[int, float]:
         """lesson id -> its best teaching request's rescaled cosine to `query_D` (D), in (0, 1]."""
         if not self.owners:
             return {}
@@ -109,7 +108,7 @@ class TaughtIndex:
         out: dict[int, float] = {}
         span = max(1.0 - min_similarity, 1e-6)
         for sid, sim in zip(self.owners, sims_N.tolist(), strict=True):
-            if sim <= min_similarity or (allowed is not None and sid not in allowed):
+            if sim <= min_similarity:
                 continue
             v = min((sim - min_similarity) / span, 1.0)
             if v > out.get(sid, 0.0):

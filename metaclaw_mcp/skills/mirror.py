@@ -179,7 +179,7 @@ class Mirror:
         of `namespace` (or the given `ids`) whose current version cites turns."""
         if ids is not None and not ids:
             return {}
-        sql = ("SELECT s.id, s.slug, s.created_at, v.provenance, v.description, v.metadata FROM skills s JOIN skill_versions v "
+        sql = ("SELECT s.id, s.created_at, v.provenance, v.description, v.metadata FROM skills s JOIN skill_versions v "
                "ON v.skill_id = s.id AND v.version = s.current_version WHERE v.provenance != '[]' AND ")
         rows = []
         if ids is None:
@@ -198,8 +198,7 @@ class Mirror:
                 continue
             cited[r["id"]] = turns
             out[r["id"]] = Lesson(scope=declared_scope(r["description"], metadata if isinstance(metadata, dict)
-                                                       else None), text=f"{r['slug']}\n{r['description']}",
-                                  since=r["created_at"])
+                                                       else None), since=r["created_at"])
         turn_ids = sorted({t for ts in cited.values() for t in ts})
         found: dict[str, tuple[str, bool]] = {}
         marks_sources = ",".join("?" * len(TEACHING_SOURCES))
