@@ -365,7 +365,18 @@ def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
     out.print(t)
 
 
+def utf8_output() -> None:
+    """Write stdout and stderr as UTF-8 whatever the locale (a Windows pipe defaults to cp1252, which
+    cannot encode most of what turns and skills hold). Characters UTF-8 cannot encode (lone surrogates)
+    are written as backslash escapes, which is also their JSON spelling."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # absent when replaced by something not a TextIOWrapper
+        if reconfigure is not None:
+            reconfigure(encoding="utf-8", errors="backslashreplace")
+
+
 def main() -> None:
+    utf8_output()
     cli()
 
 

@@ -254,3 +254,21 @@ def test_invalid_env_value_exits_2(home, command):
     assert "importance_sampling" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_turn_text_prints_as_utf8_under_any_stdout_encoding(home):
+    """A Windows pipe (cp1252) cannot encode Cyrillic, CJK or emoji: output is UTF-8 regardless."""
+    text = "Привет, 世界 🙂 — ok"
+
+    async def go() -> str:
+        async with open_app(load_config(home=home)) as app:
+            out = await app.report_turn("s-utf8", [Message(role="user", content=text)], text)
+            return out.turn_id
+    turn_id = anyio.run(go)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("METACLAW_", "TINKER_"))}
+    environ |= {"METACLAW_HOME": str(home), "PYTHONIOENCODING": "cp1252"}
+    for args in (("turns", "show", turn_id), ("turns", "export")):
+        proc = subprocess.run([str(CLI), *args], env=environ, capture_output=True, timeout=60)
+        assert proc.returncode == 0, f"{args} exited {proc.returncode}: {proc.stderr.decode('utf-8', 'replace')}"
+        turn = json.loads(proc.stdout.decode("utf-8").splitlines()[0] if args[1] == "export" else proc.stdout)
+        assert turn["response"] == text and turn["messages"][0]["content"] == text
