@@ -13,13 +13,14 @@ from ..config import CATEGORIES
 from ..errors import Conflict, InvalidInput, NotFound
 from ..models import (AcceptedSkill, Digest, EvolveResult, FailureItem, Message, RejectedProposal,
                       SkillProposal)
+from ..privacy import redact
+from ..screening import screen
 from ..skills.lessons import merge_descriptions, merge_provenance
 from ..skills.library import SkillLibrary, SkillRecord, content_hash
 from ..skills.skillmd import SkillDoc, validate_doc
 from ..store import Database, dumps, utcnow
 from ..turns import TurnLog
 from .prompts import SYSTEM, build_prompt, content_words, jaccard, parse_proposals
-from ..screening import screen
 
 DIGEST_TEXT_CHARS = 600
 NEAR_DUPLICATE = 0.5  # word-set overlap (Jaccard) above which a proposal revises a skill instead of joining it
@@ -67,9 +68,10 @@ class Evolution:
 
     async def digest(self, namespace: str, max_new: int) -> tuple[Digest, list[str]]:
         failures = await self.turns.failures(namespace, self.failure_threshold, self.digest_max_failures)
+        # Secrets are redacted whatever the store kept: the digest goes to a client and to an LLM.
         items = [FailureItem(turn_id=f["turn_id"], session_id=f["session_id"], reward=f["reward"],
-                             request=_clip(_last_user_text(f["messages"])), response=_clip(f["response"]),
-                             feedback=[_clip(x) for x in f["feedback"]]) for f in failures]
+                             request=_clip(redact(_last_user_text(f["messages"]))), response=_clip(redact(f["response"])),
+                             feedback=[_clip(redact(x)) for x in f["feedback"]]) for f in failures]
         schema = SkillProposal.model_json_schema()
         return (Digest(failures=items, instructions=PROPOSAL_INSTRUCTIONS.format(max_new=max_new),
                        proposal_schema=schema), [f["turn_id"] for f in failures])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..privacy import redact
 from ..store import Database, utcnow
 from .base import ChatMessage, ChatModel, Completion, LLMBudgetExceeded
 
@@ -19,6 +20,7 @@ class MeteredModel:
     - the cap is checked before each call, so calls already in flight when it is reached may
       overshoot it by at most their own size (concurrency is bounded by the provider).
     A cap of None means unlimited. To grant more, raise the cap (the total is never reset).
+    Every message's text is redacted (`privacy.redact`) before the inner model sees it.
     """
 
     def __init__(self, inner: ChatModel, db: Database, spend_cap_tokens_per_namespace: int | None = None):
@@ -45,6 +47,8 @@ class MeteredModel:
                     f"namespace {namespace!r} has used {used} LLM tokens, reaching its cap of {self.cap}; "
                     f"no {purpose} call was made. Raise llm_token_cap (METACLAW_LLM_TOKEN_CAP), or unset it for "
                     "no cap, to continue")
+        # Whatever the caller built the prompt from, no secret leaves for a provider.
+        messages = [ChatMessage(m.role, redact(m.content)) for m in messages]
         out = await self.inner.complete(messages, max_tokens=max_tokens, temperature=temperature,
                                         purpose=purpose, namespace=namespace)
         await record_usage(self.db, namespace, self.provider, purpose, out.prompt_tokens, out.completion_tokens)
