@@ -20,3 +20,8 @@ class NotFound(MetaClawError):
 
 class Conflict(MetaClawError):
     """The request is well-formed but clashes with what is stored (a taken name, a trained turn)."""
+
+
+class Busy(MetaClawError):
+    """Another connection (a CLI import, a second server) held the database's write lock past the
+    busy timeout. Nothing was written; the same call can be retried in a moment."""

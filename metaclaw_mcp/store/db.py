@@ -3,6 +3,11 @@
 WAL lets the reader work while the writer commits. `synchronous=FULL` makes every commit
 durable before the tool that made it answers, so an acknowledged write survives a crash
 (process or power).
+
+A write waits for another process's write lock (a CLI import, a second server) in short polls
+here, not in SQLite's busy handler on the writer's thread, so a caller that gives up (a client's
+timeout cancels the tool) leaves at once and the connection is never left inside a transaction.
+Past the busy timeout the write fails with `errors.Busy`, which is safe to retry.
 """
 from __future__ import annotations
 
@@ -17,10 +22,28 @@ from typing import Any
 import aiosqlite
 import anyio
 
+from ..errors import Busy
 from .migrations import MIGRATIONS
 
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=ON", "PRAGMA synchronous=FULL",
-           "PRAGMA busy_timeout=10000", "PRAGMA temp_store=MEMORY")
+           "PRAGMA temp_store=MEMORY")
+BUSY_TIMEOUT_S = 10.0
+# The writer's own busy handler waits this long per attempt (ms): a cancelled write waits at most
+# this for the attempt in flight. Between attempts `Database._begin` sleeps at most POLL_MAX_S, so
+# a lock another process lets go of for a few tens of milliseconds is taken.
+WRITER_ATTEMPT_MS = 5
+POLL_MAX_S = 0.004
+BUSY_MESSAGE = "the database is busy (another process holds the write lock); retry in a moment"
+
+
+def is_busy(exc: BaseException) -> bool:
+    """True for SQLite's SQLITE_BUSY and SQLITE_LOCKED (any extended code)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "database is locked" in str(exc) or "is busy" in str(exc)
 
 
 def utcnow() -> str:
@@ -32,10 +55,21 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def apply_migrations(path: Path) -> list[str]:
-    """Bring the database at `path` to the newest schema; return the names applied now."""
+def apply_migrations(path: Path, busy_timeout: float = BUSY_TIMEOUT_S) -> list[str]:
+    """Bring the database at `path` to the newest schema; return the names applied now.
+
+    `errors.Busy` when another process holds the write lock past `busy_timeout` seconds."""
+    try:
+        return _apply_migrations(Path(path), busy_timeout)
+    except sqlite3.OperationalError as exc:
+        if is_busy(exc):
+            raise Busy(BUSY_MESSAGE) from exc
+        raise
+
+
+def _apply_migrations(path: Path, busy_timeout: float) -> list[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None)
+    db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA foreign_keys=OFF")  # schema changes may rebuild tables
@@ -61,10 +95,14 @@ def apply_migrations(path: Path) -> list[str]:
 
 
 class Database:
-    """Async access to the store. Writes go through `transaction()`, one at a time."""
+    """Async access to the store. Writes go through `transaction()`, one at a time.
 
-    def __init__(self, path: Path):
+    `busy_timeout` (seconds) is how long a read or a write waits for another process's lock
+    before it fails with `errors.Busy`."""
+
+    def __init__(self, path: Path, busy_timeout: float = BUSY_TIMEOUT_S):
         self.path = Path(path)
+        self.busy_timeout = float(busy_timeout)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = anyio.Lock()
@@ -73,16 +111,16 @@ class Database:
         self._read_lock = anyio.Lock(fast_acquire=True)
 
     async def open(self) -> Database:
-        await anyio.to_thread.run_sync(apply_migrations, self.path)
-        self._writer = await self._connect()
-        self._reader = await self._connect()
+        await anyio.to_thread.run_sync(apply_migrations, self.path, self.busy_timeout)
+        self._writer = await self._connect(WRITER_ATTEMPT_MS)
+        self._reader = await self._connect(round(self.busy_timeout * 1000))
         await self._reader.execute("PRAGMA query_only=ON")
         return self
 
-    async def _connect(self) -> aiosqlite.Connection:
+    async def _connect(self, busy_ms: int) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = aiosqlite.Row
-        for pragma in PRAGMAS:
+        for pragma in (*PRAGMAS, f"PRAGMA busy_timeout={int(busy_ms)}"):
             await conn.execute(pragma)
         return conn
 
@@ -100,26 +138,80 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction: commits on normal exit, rolls back on any exception."""
+        """One write transaction: commits on normal exit, rolls back on any exception.
+
+        Cancellation anywhere (waiting for the lock, during BEGIN, a statement or COMMIT) leaves
+        the writer clean: what was begun is rolled back, a COMMIT under way finishes. Raises
+        `errors.Busy` when another process keeps the write lock past `busy_timeout`, or SQLite
+        reports the database busy or locked inside the transaction; nothing is written then."""
         if self._writer is None:
             raise RuntimeError("database is not open")
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            await self._begin()
             try:
                 yield self._writer
-            except BaseException:
+            except BaseException as exc:
                 with anyio.CancelScope(shield=True):
-                    await self._writer.execute("ROLLBACK")
+                    await self._abort()
+                if is_busy(exc):
+                    raise Busy(BUSY_MESSAGE) from exc
                 raise
-            else:
+            try:
                 with anyio.CancelScope(shield=True):
                     await self._writer.execute("COMMIT")
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await self._abort()
+                if is_busy(exc):
+                    raise Busy(BUSY_MESSAGE) from exc
+                raise
+
+    async def _begin(self) -> None:
+        """BEGIN IMMEDIATE, polling for another process's write lock until `busy_timeout`."""
+        assert self._writer is not None
+        deadline = anyio.current_time() + self.busy_timeout
+        delay = 0.0005
+        try:
+            while True:
+                try:
+                    await self._writer.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if not is_busy(exc):
+                        raise
+                if anyio.current_time() >= deadline:
+                    raise Busy(BUSY_MESSAGE)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, POLL_MAX_S)
+        except BaseException:
+            # Cancelled while BEGIN runs on the writer's thread, it may still succeed there:
+            # roll back after it (the thread runs calls in order).
+            with anyio.CancelScope(shield=True):
+                await self._abort()
+            raise
+
+    async def _abort(self) -> None:
+        """Roll back the writer's open transaction, if any; runs after every call already queued."""
+        assert self._writer is not None
+        try:
+            await self._writer.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            if "no transaction is active" not in str(exc) and self._writer.in_transaction:
+                # ROLLBACK itself failed: a fresh connection is the only clean writer left.
+                await self._writer.close()
+                self._writer = await self._connect(WRITER_ATTEMPT_MS)
 
     async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        """Rows of one read on the read-only connection; `errors.Busy` past `busy_timeout`."""
         if self._reader is None:
             raise RuntimeError("database is not open")
         async with self._read_lock:
-            return list(await self._reader.execute_fetchall(sql, params))
+            try:
+                return list(await self._reader.execute_fetchall(sql, params))
+            except sqlite3.OperationalError as exc:
+                if is_busy(exc):
+                    raise Busy(BUSY_MESSAGE) from exc
+                raise
 
     async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Row | None:
         rows = await self.fetchall(sql, params)
