@@ -70,6 +70,18 @@ def test_advantages_are_centred_per_group_and_constant_groups_skipped():
     assert [d.loss_fn_inputs["advantages"].data[-1] for d in plan.datums] == [1.0, -1.0]
 
 
+def test_a_turn_that_is_not_a_valid_sample_is_skipped_before_its_group_is_centred():
+    turns = [{"id": f"g{i}", "namespace": "n", "prompt_ids": [1, 2], "completion_ids": [3], "logprobs": [-0.1],
+              "reward": r} for i, r in enumerate([1.0, -1.0])]
+    turns.append({"id": "bad", "namespace": "n", "prompt_ids": [1, 2], "completion_ids": [2 ** 70], "logprobs": [-0.1],
+                  "reward": 1.0})
+    plan = plan_rl_batch(turns, {}, 64)
+    assert plan.trained == ["g0", "g1"] and "completion_ids[0]" in plan.skipped["bad"]
+    assert [d.loss_fn_inputs["advantages"].data[-1] for d in plan.datums] == [1.0, -1.0]  # the mean left it out
+    with pytest.raises(DatumError, match="prompt_ids"):
+        rl_datum(RLSample("t", [-1], [3], [-0.1], 1.0), 1.0, 10)
+
+
 def test_a_lone_turn_uses_the_running_baseline():
     lone = [{"id": "x", "namespace": "n", "prompt_ids": [1], "completion_ids": [2], "logprobs": [-0.1], "reward": 1.0}]
     first = plan_rl_batch(lone, {"n": None}, 64)
@@ -240,7 +252,7 @@ class FailingBackend:
 @pytest.mark.anyio
 @pytest.mark.parametrize("failures,state", [(2, "trained"), (3, "skipped")])
 async def test_a_failing_batch_is_retried_then_its_turns_skipped_with_the_error(tmp_path, failures, state):
-    from metaclaw_mcp.training import Trainer
+    from metaclaw_mcp.training import BatchFailed, Trainer
     config = load_config(home=tmp_path / "home", batch_size=2, load_starter_skills=False, max_batch_attempts=3,
                          batch_retry_base_seconds=0.001)
     async with open_app(config) as app:
@@ -249,8 +261,8 @@ async def test_a_failing_batch_is_retried_then_its_turns_skipped_with_the_error(
         for _ in range(3):
             try:
                 await trainer.once()
-            except ValueError:
-                pass
+            except BatchFailed as exc:  # the attempt is recorded; the error names the backend's reason
+                assert "rejected datum shape" in str(exc)
         turns = [await app.turns.get(t) for t in ids]
         batch = await app.db.fetchone("SELECT state, attempts, last_error FROM batches")
     assert {t["train_state"] for t in turns} == {state}

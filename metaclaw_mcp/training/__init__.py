@@ -5,10 +5,10 @@ import logging
 
 from ..config import MetaClawConfig
 from .backends import ExportBackend, StepResult, TrainingBackend, TrainingHalted, TransientTrainingError
-from .trainer import Trainer
+from .trainer import BatchFailed, Trainer
 
-__all__ = ["ExportBackend", "StepResult", "Trainer", "TrainingBackend", "TrainingHalted", "TransientTrainingError",
-           "make_backend"]
+__all__ = ["BatchFailed", "ExportBackend", "StepResult", "Trainer", "TrainingBackend", "TrainingHalted",
+           "TransientTrainingError", "make_backend"]
 
 log = logging.getLogger("metaclaw_mcp.training")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tinker
@@ -29,8 +30,51 @@ LOSS_KEYS = {
 }
 
 
+# Token ids are integers in [0, TOKEN_ID_LIMIT): every vocabulary fits well below it, and so do
+# the int32/int64 tensors that carry them. A stored id outside it cannot be one the sampler produced.
+TOKEN_ID_LIMIT = 2 ** 31
+
+
 class DatumError(ValueError):
     """A turn cannot become a datum (the message says why); the trainer skips it with that reason."""
+
+
+def _shown(value: Any) -> str:
+    """A short repr: an integer too long to print is described by its size instead."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_token_ids(value: Any, field: str) -> list[int]:
+    """`value` as a non-empty list of token ids, each an int in [0, TOKEN_ID_LIMIT).
+
+    Raises DatumError naming the field and the first bad position, e.g. "prompt_ids[1] = ...".
+    """
+    if not isinstance(value, list) or not value:
+        raise DatumError(f"{field} is {_shown(value)}, not a non-empty list of token ids")
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < TOKEN_ID_LIMIT:
+            raise DatumError(f"{field}[{i}] = {_shown(v)} is not a token id (an integer in [0, {TOKEN_ID_LIMIT}))")
+    return value
+
+
+def check_rl_inputs(prompt_ids: Any, completion_ids: Any, logprobs_C: Any, reward: Any) -> None:
+    """Raise DatumError unless these are what an RL turn holds: token ids, one finite logprob per
+    completion token (or None), and a finite reward. Stored rows are checked with it before grouping,
+    so a turn that cannot be trained never shifts the advantages of the turns beside it."""
+    check_token_ids(prompt_ids, "prompt_ids")
+    check_token_ids(completion_ids, "completion_ids")
+    if logprobs_C is not None:
+        if not isinstance(logprobs_C, list) or len(logprobs_C) != len(completion_ids):
+            raise DatumError(f"logprobs is {_shown(logprobs_C)}, not one value per completion token "
+                             f"({len(completion_ids)})")
+        for i, v in enumerate(logprobs_C):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise DatumError(f"logprobs[{i}] = {_shown(v)} is not a finite log-probability")
+    if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
+        raise DatumError(f"reward {_shown(reward)} is not a finite number")
 
 
 @dataclass(frozen=True)
@@ -63,9 +107,15 @@ def truncate_left(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_
 
 
 def rl_datum(sample: RLSample, advantage: float, max_seq_len: int) -> tinker.Datum:
-    """One RL datum with target_tokens (int64), logprobs and advantages (float32), all of length N."""
+    """One RL datum with target_tokens (int64), logprobs and advantages (float32), all of length N.
+
+    Raises DatumError when the sample cannot be one (an id outside [0, TOKEN_ID_LIMIT), lengths
+    that disagree, a value that is not finite, a completion longer than `max_seq_len` - 1).
+    """
     if not sample.completion_ids:
         raise DatumError("no completion tokens")
+    check_token_ids(list(sample.prompt_ids), "prompt_ids")
+    check_token_ids(list(sample.completion_ids), "completion_ids")
     if len(sample.logprobs_C) != len(sample.completion_ids):
         raise DatumError(f"{len(sample.logprobs_C)} logprobs for {len(sample.completion_ids)} completion tokens")
     if not math.isfinite(advantage):

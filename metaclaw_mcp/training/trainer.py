@@ -7,6 +7,13 @@ A batch is claimed in one transaction, trained, then its turns, the step row and
 checkpoints are committed in one more. A crash in between leaves the batch `claimed`: it is
 replayed on the next start with the same turns and the same baseline, so no turn is trained
 twice and none is lost.
+
+A turn that cannot become a datum (token ids outside [0, TOKEN_ID_LIMIT), unreadable stored
+JSON, a conversation the chat template refuses) is skipped on its own with the reason. Any
+other failure to plan or to train a batch counts as one of its attempts, kept in the batch
+row: after `max_batch_attempts` the batch is `failed`, its turns are skipped with the error,
+and the batches after it go on. Only a service that is down (TransientTrainingError) or an
+account that needs a person (TrainingHalted) leaves a batch claimed without counting.
 """
 from __future__ import annotations
 
@@ -24,15 +31,28 @@ import numpy as np
 import tinker
 
 from ..config import MetaClawConfig
+from ..errors import MetaClawError
 from ..store import Database, dumps, set_kv, utcnow
 from .backends import StepResult, TrainingBackend, TrainingHalted, TransientTrainingError
-from .datums import DatumError, RLSample, centred_advantages, check_keys, rl_datum, sft_datum
+from .datums import DatumError, RLSample, centred_advantages, check_keys, check_rl_inputs, rl_datum, sft_datum
 from .render import render_sft
 from ..screening import find_secret, redact_secrets
 
 log = logging.getLogger("metaclaw_mcp.training")
 
 BASELINE_DECAY = 0.9  # running baseline for lone turns: b <- 0.9 b + 0.1 r
+
+
+class BatchFailed(MetaClawError):
+    """A claimed batch could not be planned or trained; the attempt is already recorded and logged.
+
+    `retry_in`: seconds to wait before the batch is replayed, or None when that was its last
+    attempt (the batch is `failed` and its turns are skipped with the error).
+    """
+
+    def __init__(self, message: str, retry_in: float | None):
+        super().__init__(message)
+        self.retry_in = retry_in
 
 
 @dataclass
@@ -52,15 +72,21 @@ def prompt_key(prompt_ids: list[int]) -> str:
 def plan_rl_batch(turns: list[dict[str, Any]], baselines: dict[str, float | None], max_seq_len: int) -> BatchPlan:
     """Group turns by prompt, centre rewards within groups, use the running baseline for lone turns.
 
-    Pure: `turns` are dicts with id, namespace, prompt_ids, completion_ids, logprobs, reward.
-    Constant-reward groups carry no signal and are skipped with that reason.
+    Pure: `turns` are dicts with id, namespace, prompt_ids, completion_ids, logprobs, reward, as
+    stored (any JSON). A turn that is not a valid RL sample is skipped with the reason before
+    grouping; constant-reward groups carry no signal and are skipped with that reason.
     """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    skipped: dict[str, str] = {}
     for t in turns:
+        try:
+            check_rl_inputs(t["prompt_ids"], t["completion_ids"], t["logprobs"], t["reward"])
+        except DatumError as exc:
+            skipped[t["id"]] = str(exc)
+            continue
         groups[(t["namespace"], prompt_key(t["prompt_ids"]))].append(t)
     datums: list[tinker.Datum] = []
     trained: list[str] = []
-    skipped: dict[str, str] = {}
     new_baselines: dict[str, float] = {}
     for (ns, _), members in groups.items():
         rewards_G = [m["reward"] for m in members]
@@ -90,9 +116,12 @@ def plan_rl_batch(turns: list[dict[str, Any]], baselines: dict[str, float | None
     return BatchPlan(datums, trained, skipped, new_baselines, sum(rewards) / len(rewards) if rewards else None)
 
 
-def plan_distill_batch(turns: list[tuple[str, list[dict[str, Any]], str, float]], tokenizer: Any,
-                       max_seq_len: int) -> BatchPlan:
-    """Text-only turns (id, messages, response, reward) as cross_entropy datums on the reply's tokens."""
+def plan_distill_batch(turns: list[tuple[str, Any, str, float]], tokenizer: Any, max_seq_len: int) -> BatchPlan:
+    """Text-only turns (id, messages, response, reward) as cross_entropy datums on the reply's tokens.
+
+    A turn whose messages the chat template cannot render is skipped with the reason; the
+    tokenizer itself was checked on a plain conversation when it was loaded.
+    """
     datums, trained, skipped = [], [], {}
     for turn_id, messages, response, _ in turns:
         try:
@@ -101,6 +130,8 @@ def plan_distill_batch(turns: list[tuple[str, list[dict[str, Any]], str, float]]
             trained.append(turn_id)
         except DatumError as exc:
             skipped[turn_id] = str(exc)
+        except Exception as exc:  # roles out of order, content that is not text: this turn, not the batch
+            skipped[turn_id] = f"cannot be rendered with the chat template ({type(exc).__name__}: {exc})"[:500]
     rewards = [r for t, _, _, r in turns if t in set(trained)]
     return BatchPlan(datums, trained, skipped, {}, sum(rewards) / len(rewards) if rewards else None)
 
@@ -158,9 +189,17 @@ class Trainer:
                 log.warning("training will retry in %.0f s: %s", delay, exc)
                 await anyio.sleep(delay)
                 continue
-            except Exception as exc:  # keep the server up; the batch stays claimed and is retried
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("training step failed")
+            except BatchFailed as exc:  # recorded and logged: replay after the back-off, or go on to the next
+                if exc.retry_in:
+                    await anyio.sleep(exc.retry_in)
+                continue
+            except Exception as exc:  # not a batch's fault (the store, a restore): keep the server up, retry
+                error = f"{type(exc).__name__}: {exc}"
+                if error != self.last_error:  # the traceback once; a repeat is one line a poll
+                    log.exception("training failed: %s", error)
+                else:
+                    log.warning("training failed again: %s", error)
+                self.last_error = error
                 worked = False
             if not worked:
                 self.wake = anyio.Event()
@@ -232,16 +271,27 @@ class Trainer:
         return batch_id
 
     async def tokenizer(self) -> Any:
-        """The base model's tokenizer for distillation, loaded once; None (with the reason in status) if unavailable."""
+        """The base model's tokenizer for distillation, loaded once and tried on a plain conversation;
+        None (with the reason in status) if it cannot be loaded or cannot render a chat."""
         if self._tokenizer is None and self._tokenizer_error is None:
             from .render import load_tokenizer
             source = self.config.tokenizer_path or self.config.model_name
             try:
-                self._tokenizer = await anyio.to_thread.run_sync(load_tokenizer, source)
+                tokenizer = await anyio.to_thread.run_sync(load_tokenizer, source)
             except Exception as exc:  # offline, or an unknown model: text-only turns wait, nothing is lost
                 self._tokenizer_error = (f"no tokenizer for distillation from {source!r} ({type(exc).__name__}); "
                                          "set tokenizer_path to a local tokenizer folder")
                 log.warning("%s", self._tokenizer_error)
+                return None
+            try:  # no chat template, or no jinja2: found here, before any batch is claimed
+                await anyio.to_thread.run_sync(render_sft, tokenizer, [{"role": "user", "content": "Hello"}], "Hi")
+            except Exception as exc:
+                self._tokenizer_error = (f"no tokenizer for distillation: the one from {source!r} has no usable chat "
+                                         f"template ({type(exc).__name__}: {str(exc)[:200]}); set tokenizer_path to "
+                                         "a tokenizer folder with a chat template")
+                log.warning("%s", self._tokenizer_error)
+                return None
+            self._tokenizer = tokenizer
         return self._tokenizer
 
     async def _plan(self, batch_id: int, kind: str, namespace: str) -> BatchPlan:
@@ -251,29 +301,55 @@ class Trainer:
                 "WHERE batch_id = ? AND train_state = 'claimed' ORDER BY rated_at, id", (batch_id,))
             # Token ids cannot be redacted: a turn whose text carries a secret is never trained on.
             leaks = {r["id"]: what for r in rows if (what := find_secret(r["messages"] + "\n" + r["response"]))}
-            turns = [{"id": r["id"], "namespace": r["namespace"], "prompt_ids": json.loads(r["prompt_ids"]),
-                      "completion_ids": json.loads(r["completion_ids"]),
-                      "logprobs": json.loads(r["logprobs"]) if r["logprobs"] else None, "reward": r["reward"]}
-                     for r in rows if r["id"] not in leaks]
+            turns, unreadable = [], {}
+            for r in rows:
+                if r["id"] in leaks:
+                    continue
+                try:
+                    turns.append({"id": r["id"], "namespace": r["namespace"],
+                                  "prompt_ids": _stored_json(r, "prompt_ids"),
+                                  "completion_ids": _stored_json(r, "completion_ids"),
+                                  "logprobs": _stored_json(r, "logprobs") if r["logprobs"] else None,
+                                  "reward": r["reward"]})
+                except DatumError as exc:
+                    unreadable[r["id"]] = str(exc)
             baselines = {namespace: await self.db.get_kv(f"baseline:{namespace}")}
             plan = plan_rl_batch(turns, baselines, self.config.max_seq_len)
+            plan.skipped.update(unreadable)
             plan.skipped.update({t: f"contains what looks like {what}: never trained on" for t, what in leaks.items()})
             return plan
         tokenizer = await self.tokenizer()
-        if tokenizer is None:
-            raise TransientTrainingError(self._tokenizer_error or "no tokenizer")
+        if tokenizer is None:  # a batch claimed while a tokenizer was at hand: counted like any failure to plan
+            raise DatumError(self._tokenizer_error or "no tokenizer for distillation")
         rows = await self.db.fetchall("SELECT id, messages, response, reward FROM turns WHERE batch_id = ? "
                                       "AND train_state = 'claimed' ORDER BY rated_at, id", (batch_id,))
         # Secrets are redacted from the text before it is rendered: the weights never see them.
-        return plan_distill_batch([(r["id"], json.loads(redact_secrets(r["messages"])), redact_secrets(r["response"]),
-                                    r["reward"]) for r in rows], tokenizer, self.config.max_seq_len)
+        readable, unreadable = [], {}
+        for r in rows:
+            try:
+                readable.append((r["id"], _stored_json(r, "messages", redact_secrets), redact_secrets(r["response"]),
+                                 r["reward"]))
+            except DatumError as exc:
+                unreadable[r["id"]] = str(exc)
+        plan = plan_distill_batch(readable, tokenizer, self.config.max_seq_len)
+        plan.skipped.update(unreadable)
+        return plan
 
     async def train_batch(self, batch_id: int) -> None:
+        """Plan and train one claimed batch, then commit its turns, step and checkpoints together.
+
+        Raises BatchFailed, with the attempt recorded, when the batch cannot be planned or the
+        backend rejects it; TrainingHalted and TransientTrainingError from the backend pass
+        through with no attempt counted (the batch is not at fault).
+        """
         batch = await self.db.fetchone("SELECT namespace, kind, loss_fn, attempts FROM batches WHERE id = ?", (batch_id,))
-        plan = await self._plan(batch_id, batch["kind"], batch["namespace"])
         loss_fn = batch["loss_fn"]
-        for d in plan.datums:
-            check_keys(d, loss_fn)
+        try:
+            plan = await self._plan(batch_id, batch["kind"], batch["namespace"])
+            for d in plan.datums:
+                check_keys(d, loss_fn)
+        except Exception as exc:  # a tokenizer that broke, a row no check foresaw: counted, so it cannot wedge
+            raise await self._failed(batch_id, batch["attempts"] + 1, "cannot be planned", exc) from exc
         loss_cfg = ({"clip_low_threshold": self.config.clip_low_threshold,
                      "clip_high_threshold": self.config.clip_high_threshold} if loss_fn in ("ppo", "cispo") else None)
         step = await self.steps_done() + 1
@@ -284,8 +360,7 @@ class Trainer:
             except (TrainingHalted, TransientTrainingError):
                 raise  # not the batch's fault: it stays claimed, no attempt counted
             except Exception as exc:
-                await self._failed(batch_id, batch["attempts"] + 1, exc)
-                raise
+                raise await self._failed(batch_id, batch["attempts"] + 1, "failed to train", exc) from exc
         async with self.db.transaction() as db:
             await db.executemany("UPDATE turns SET train_state = 'trained' WHERE id = ? AND train_state = 'claimed'",
                                  [(t,) for t in plan.trained])
@@ -313,24 +388,50 @@ class Trainer:
                 except Exception:  # an announcement is never worth a training step
                     log.exception("could not announce step %d", step)
 
-    async def _failed(self, batch_id: int, attempts: int, exc: Exception) -> None:
-        error = f"{type(exc).__name__}: {exc}"[:1000]
+    async def _failed(self, batch_id: int, attempts: int, what: str, exc: Exception) -> BatchFailed:
+        """Record one failed attempt (the last one fails the batch and skips its turns); log it in one line."""
+        error = (str(exc) if isinstance(exc, DatumError) else f"{type(exc).__name__}: {exc}")[:1000]
+        final = attempts >= self.config.max_batch_attempts
+        skipped = 0
         async with self.db.transaction() as db:
-            if attempts >= self.config.max_batch_attempts:
+            if final:
                 await db.execute("UPDATE batches SET state = 'failed', attempts = ?, last_error = ?, finished_at = ? "
                                  "WHERE id = ?", (attempts, error, utcnow(), batch_id))
-                await db.execute("UPDATE turns SET train_state = 'skipped', skip_reason = ? WHERE batch_id = ? "
-                                 "AND train_state = 'claimed'", (f"batch failed {attempts} times: {error}", batch_id))
+                cur = await db.execute("UPDATE turns SET train_state = 'skipped', skip_reason = ? WHERE batch_id = ? "
+                                       "AND train_state = 'claimed'", (f"batch failed {attempts} times: {error}", batch_id))
+                skipped = cur.rowcount
             else:
                 await db.execute("UPDATE batches SET attempts = ?, last_error = ? WHERE id = ?", (attempts, error, batch_id))
-        await anyio.sleep(min(60.0, self.config.batch_retry_base_seconds * 2.0 ** attempts))  # back off, then replay
+        message = f"batch {batch_id} {what} (attempt {attempts} of {self.config.max_batch_attempts}): {error}"
+        retry_in = None if final else min(60.0, self.config.batch_retry_base_seconds * 2.0 ** attempts)
+        message += f"; its {skipped} turns are skipped" if final else f"; replayed in {retry_in:.3g} s"
+        self.last_error = message
+        log.warning("%s", message)
+        log.debug("batch %d: traceback of the failure", batch_id, exc_info=exc)
+        return BatchFailed(message, retry_in)
 
     async def status(self) -> dict[str, Any]:
         return {"paused": await self.paused(), "halted": await self.halted(), "backend": self.backend.name,
                 "last_error": self.last_error,
                 "claimed_batches": await self.db.scalar("SELECT COUNT(*) FROM batches WHERE state = 'claimed'"),
                 "failed_batches": await self.db.scalar("SELECT COUNT(*) FROM batches WHERE state = 'failed'"),
+                "last_failed_batch": await self._last_failed_batch(),
                 "distillation": self._tokenizer_error or ("ready" if self._tokenizer is not None else "not loaded yet")}
+
+    async def _last_failed_batch(self) -> dict[str, Any] | None:
+        row = await self.db.fetchone("SELECT id, kind, attempts, last_error, finished_at FROM batches "
+                                     "WHERE state = 'failed' ORDER BY id DESC LIMIT 1")
+        return None if row is None else {"batch_id": row["id"], "kind": row["kind"], "attempts": row["attempts"],
+                                         "error": row["last_error"], "failed_at": row["finished_at"]}
+
+
+def _stored_json(row: Any, column: str, clean: Callable[[str], str] | None = None) -> Any:
+    """A turn's stored JSON column, parsed; DatumError if the text is not JSON (so only that turn is skipped)."""
+    text = row[column]
+    try:
+        return json.loads(clean(text) if clean else text)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise DatumError(f"stored {column} is not valid JSON ({type(exc).__name__}: {str(exc)[:100]})") from None
 
 
 def _epoch(iso: str) -> float:
