@@ -13,6 +13,12 @@ retirements) as the baseline. Everything runs through the real App on a real SQL
 
     python bench/credit_sim.py                  # 2,000 turns, seed 7; PNG in bench/out/
     python bench/credit_sim.py --turns 500 --seed 3
+    python bench/credit_sim.py --null --seeds 10   # ratings unrelated to the skills: what noise alone retires
+
+With `--null` no skill has an effect and every rating is drawn uniformly from [-1, 1]: every
+retirement for "reliably negative uplift" is a false one (candidates retired for showing nothing
+after `credit_candidate_max_uses` are not: that rule says nothing about harm). It prints, over
+`--seeds` worlds, how many skills were falsely retired and in how many runs any was.
 """
 from __future__ import annotations
 
@@ -49,7 +55,7 @@ class World:
     turns: list[tuple[int, list[str], float]]   # (topic, query words, noise)
 
 
-def make_world(seed: int, n_topics: int, n_turns: int) -> World:
+def make_world(seed: int, n_topics: int, n_turns: int, null: bool = False) -> World:
     rng = random.Random(seed)
     topics = [[pseudo_word(rng) for _ in range(12)] for _ in range(n_topics)]
     skills = []
@@ -62,7 +68,7 @@ def make_world(seed: int, n_topics: int, n_turns: int) -> World:
                            body=f"1. Check {' '.join(picked[3:])}.\n2. Then {' '.join(rng.sample(words, 3))}.",
                            category="general")
             skills.append((doc, kind, rng.choice(("active", "candidate"))))
-    turns = [(t, rng.sample(topics[t], 4), rng.gauss(0.0, 0.3))
+    turns = [(t, rng.sample(topics[t], 4), rng.uniform(-1.0, 1.0) if null else rng.gauss(0.0, 0.3))
              for t in (rng.randrange(n_topics) for _ in range(n_turns))]
     return World(topics, skills, turns)
 
@@ -72,12 +78,14 @@ class Run:
     rewards: list[float] = field(default_factory=list)
     helpful_share: list[float] = field(default_factory=list)   # per turn: helpful among injected
     retired: dict[str, list[int]] = field(default_factory=dict)  # kind -> uses at retirement
+    harm_retired: int = 0      # retirements for a reliably negative uplift (false ones under --null)
     promoted: dict[str, int] = field(default_factory=dict)
     final_status: dict[str, dict[str, int]] = field(default_factory=dict)
     report: list[dict] = field(default_factory=list)  # credit per skill at the end
 
 
-async def simulate(world: World, use_credit: bool, seed: int, review_every: int = 10, mode: str = "lexical") -> Run:
+async def simulate(world: World, use_credit: bool, seed: int, review_every: int = 10, mode: str = "lexical",
+                   null: bool = False) -> Run:
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(home=Path(tmp), load_starter_skills=False, retrieval_mode=mode,
                              retrieval_seed=seed)
@@ -97,7 +105,8 @@ async def simulate(world: World, use_credit: bool, seed: int, review_every: int 
                                                       use_experience=False)
                     slugs = [h.record.slug for h in hits]
                     retrieval_id = make_retrieval_id([(h.record.id, h.record.version) for h in hits])
-                reward = max(-1.0, min(1.0, sum(EFFECT[kind_of[s]] for s in slugs) + noise))
+                effect = 0.0 if null else sum(EFFECT[kind_of[s]] for s in slugs)
+                reward = max(-1.0, min(1.0, effect + noise))
                 report = await app.report_turn(f"sim-{i}", [Message(role="user", content=query)], "ok",
                                                retrieval_id=retrieval_id, namespace=NS)
                 await app.rate_turn(report.turn_id, reward, source="env")
@@ -123,6 +132,7 @@ async def record_review(app: App, run: Run, kind_of: dict[str, str]) -> None:
         kind = kind_of[c["slug"]]
         if c["status"] == "retired":
             run.retired[kind].append(uses[c["slug"]])
+            run.harm_retired += c["reason"].startswith("reliably negative")
         elif c["status"] == "active":
             run.promoted[kind] += 1
 
@@ -162,7 +172,26 @@ def plot(rows: list[tuple[int, float, float, float, float]], learned: Run, basel
     fig.savefig(path, dpi=110)
 
 
+async def null_runs(args: argparse.Namespace) -> None:
+    """Ratings unrelated to the skills, over several seeds: the false-retirement rate."""
+    falsely, runs_with_any, skills = [], 0, 0
+    for seed in range(args.seed, args.seed + args.seeds):
+        world = make_world(seed, args.topics, args.turns, null=True)
+        run = await simulate(world, True, seed, mode=args.mode, null=True)
+        skills = len(world.skills)
+        falsely.append(run.harm_retired)
+        runs_with_any += run.harm_retired > 0
+        print(f"seed {seed}: {run.harm_retired} of {skills} skills retired as reliably negative "
+              f"(all retirements by kind: { {k: len(v) for k, v in run.retired.items()} }; promoted: {run.promoted})")
+    print(f"\nnull ratings, {args.seeds} runs of {args.turns} turns, {skills} skills each: "
+          f"{sum(falsely)} false retirements in all ({sum(falsely) / (args.seeds * skills):.4f} per skill per run); "
+          f"runs with any: {runs_with_any}/{args.seeds}")
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.null:
+        await null_runs(args)
+        return
     world = make_world(args.seed, args.topics, args.turns)
     kinds = [k for _, k, _ in world.skills]
     print(f"library: {len(world.skills)} skills on {args.topics} topics "
@@ -205,6 +234,8 @@ if __name__ == "__main__":
     parser.add_argument("--topics", type=int, default=12)
     parser.add_argument("--window", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--null", action="store_true", help="ratings unrelated to the skills (false retirements)")
+    parser.add_argument("--seeds", type=int, default=5, help="with --null: worlds to run, from --seed on")
     parser.add_argument("--mode", choices=("lexical", "hybrid"), default="lexical",
                         help="the learned run's retrieval: lexical (experience compares requests by their words) "
                              "or hybrid (needs the [embeddings] extra: dense vectors, experience by vectors); the "

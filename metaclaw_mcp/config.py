@@ -91,7 +91,9 @@ class MetaClawConfig(BaseSettings):
     experience_turns: int = Field(20_000, ge=0, description="Most recent rated turns kept for experience.")
     credit_usefulness_weight: float = Field(2.0, ge=0.0, le=10.0, description="Weight of measured uplift in ranking.")
     credit_prior_sd: float = Field(0.25, gt=0.0, le=2.0, description="Prior sd of a skill's uplift (shrinkage).")
-    credit_z: float = Field(1.96, gt=0.0, le=5.0, description="Width of the confidence bounds decisions use.")
+    credit_alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Chance that ratings unrelated to the skills "
+                                "ever promote or retire any skill of a library: the error rate of the decision "
+                                "bounds, which hold for every number of uses and every skill at once.")
     credit_min_baseline: int = Field(5, ge=1, description="Rated turns without a skill before judging it.")
     credit_promote_min_uses: int = Field(8, ge=1, description="Rated uses before a candidate can be promoted.")
     credit_promote_min_uplift: float = Field(0.0, ge=-2.0, le=2.0, description="Promote when the uplift's lower bound is above this.")

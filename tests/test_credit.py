@@ -8,7 +8,7 @@ import pytest
 
 from metaclaw_mcp.models import Message
 from metaclaw_mcp.skills.credit import (Candidate, Credit, CreditPolicy, Effect, RewardStats, credit,
-                                        credit_from_effect, decide, fit_effects, rank)
+                                        credit_from_effect, decide, ebh, fit_effects, rank, retirement_evalue)
 from metaclaw_mcp.skills.skillmd import SkillDoc
 
 POLICY = CreditPolicy()
@@ -59,15 +59,51 @@ def make_credit(uplift: float, se: float, rated: int) -> Credit:
     return Credit(rated, rated, 0.0, uplift, se, uplift, se)
 
 
-def test_decide_retires_reliably_negative_with_reason():
-    d = decide("active", make_credit(-0.4, 0.1, 6), POLICY, baseline_n=50)
+def test_decide_retires_what_the_library_wide_selection_chose_with_reason():
+    c = make_credit(-0.4, 0.1, 6)
+    e = retirement_evalue(c, POLICY)
+    d = decide("active", c, POLICY, baseline_n=50, harmful=e)
     assert d is not None and d.status == "retired"
     assert "reliably negative" in d.reason and "-0.400" in d.reason and "6 rated uses" in d.reason
-    # too few uses, too uncertain, or no baseline yet: no decision
-    assert decide("active", make_credit(-0.4, 0.1, 4), POLICY, 50) is None
-    assert decide("active", make_credit(-0.1, 0.1, 20), POLICY, 50) is None
-    assert decide("active", make_credit(-0.4, 0.1, 6), POLICY, baseline_n=2) is None
-    assert decide("retired", make_credit(-0.9, 0.01, 60), POLICY, 50) is None
+    assert "e-value" in d.reason
+    # not selected, no baseline yet, or already retired: no decision
+    assert decide("active", c, POLICY, 50) is None
+    assert decide("active", c, POLICY, baseline_n=2, harmful=e) is None
+    assert decide("retired", make_credit(-0.9, 0.01, 60), POLICY, 50, harmful=1e9) is None
+
+
+def test_retirement_evalue_grows_with_evidence_of_harm_only():
+    assert retirement_evalue(make_credit(-0.4, 0.1, 4), POLICY) == 0.0       # fewer than retire_min_uses
+    assert retirement_evalue(make_credit(0.2, 0.1, 30), POLICY) == 0.0       # not harmful
+    weak, strong = retirement_evalue(make_credit(-0.1, 0.1, 20), POLICY), retirement_evalue(make_credit(-0.4, 0.1, 20), POLICY)
+    assert 0.0 < weak < 1.0 < strong
+    assert retirement_evalue(make_credit(-0.4, 0.05, 80), POLICY) > strong
+
+
+def test_ebh_selects_by_rank_and_lowers_the_bar_for_many():
+    # one skill among 35 needs e >= 35 / 0.05 = 700; two need the second-best >= 350
+    assert ebh({1: 800.0, **{i: 0.5 for i in range(2, 36)}}, 0.05) == {1}
+    assert ebh({1: 600.0, **{i: 0.5 for i in range(2, 36)}}, 0.05) == set()
+    assert ebh({1: 600.0, 2: 400.0, **{i: 0.5 for i in range(3, 36)}}, 0.05) == {1, 2}
+    assert ebh({}, 0.05) == set()
+
+
+def test_noise_alone_retires_nothing_across_a_library_reviewed_again_and_again():
+    """35 skills rated by pure noise, reviewed after every 10 ratings for 1,000 ratings each: the
+    library-wide selection retires none (a fixed 1.96 bound retires several)."""
+    rng = random.Random(11)
+    skills = 35
+    sums = [RewardStats() for _ in range(skills)]
+    fixed_bound, selected = set(), set()
+    for step in range(1000):
+        for i in range(skills):
+            sums[i] = sums[i].add(rng.uniform(-1.0, 1.0))
+        if step % 10 == 9:
+            credits = {i: credit(sums[i], sums[i], sums[i].n, POLICY) for i in range(skills)}
+            fixed_bound |= {i for i, c in credits.items() if c.rated >= POLICY.retire_min_uses and c.upper(1.96) < 0}
+            selected |= ebh({i: retirement_evalue(c, POLICY) for i, c in credits.items()}, POLICY.alpha)
+    assert selected == set()
+    assert len(fixed_bound) >= 3
 
 
 def test_decide_promotes_candidate_with_positive_evidence():

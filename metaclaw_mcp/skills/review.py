@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..store import Database, set_kv
-from .credit import Credit, CreditPolicy, Decision, RewardStats, credit, credit_from_effect, decide, fit_effects
+from .credit import (Credit, CreditPolicy, Decision, RewardStats, credit, credit_from_effect, decide, ebh, fit_effects,
+                     retirement_evalue)
 from .library import SkillLibrary
 from .mirror import RETRIEVABLE, Mirror, NamespaceState
 
@@ -25,7 +26,7 @@ FIT_TURNS = 20_000        # recent rated turns a review fits skill effects on
 
 def credit_policy(config: MetaClawConfig) -> CreditPolicy:
     return CreditPolicy(
-        usefulness_weight=config.credit_usefulness_weight, prior_sd=config.credit_prior_sd, z=config.credit_z,
+        usefulness_weight=config.credit_usefulness_weight, prior_sd=config.credit_prior_sd, alpha=config.credit_alpha,
         min_baseline=config.credit_min_baseline, promote_min_uses=config.credit_promote_min_uses,
         promote_min_uplift=config.credit_promote_min_uplift, retire_min_uses=config.credit_retire_min_uses,
         retire_max_uplift=config.credit_retire_max_uplift, candidate_max_uses=config.credit_candidate_max_uses,
@@ -71,12 +72,15 @@ class CreditReview:
         for ns in namespaces:
             state = await self.mirror.state(ns)
             await self.fit(ns, state)
-            for meta in list(state.metas.values()):
-                if meta.status not in RETRIEVABLE:
-                    continue
-                c = credit_of(state, meta.id, meta.version, self.policy)
+            judged = {m.id: (m, credit_of(state, m.id, m.version, self.policy))
+                      for m in state.metas.values() if m.status in RETRIEVABLE}
+            # every retrievable skill is judged at each review: retirement is chosen over all of them at once
+            evalues = {sid: retirement_evalue(c, self.policy) for sid, (_, c) in judged.items()}
+            harmful = ebh(evalues, self.policy.alpha)
+            for sid, (meta, c) in judged.items():
                 baseline_n = state.totals.n - c.rated
-                decision = decide(meta.status, c, self.policy, baseline_n, taught=meta.taught)
+                decision = decide(meta.status, c, self.policy, baseline_n, taught=meta.taught,
+                                  harmful=evalues[sid] if sid in harmful else None)
                 if decision is None:
                     continue
                 reason = f"{decision.reason} (v{meta.version})"
