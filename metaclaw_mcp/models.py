@@ -85,11 +85,21 @@ class Message(BaseModel):
         return ""
 
 
+# Token ids are below 2**31: every tokenizer's vocabulary fits in a signed 32-bit integer (the largest
+# today have about 260k entries), so a bigger id is a client's mistake, and refusing it here keeps it out
+# of the store and of batch planning, where tokenizers and tensors take int32/int64 ids.
+MAX_TOKEN_ID = 2**31 - 1
+TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
+
+
 class TokenData(BaseModel):
-    """The sampler's tokens for this turn: what makes it fit for RL."""
+    """The sampler's tokens for this turn: what makes it fit for RL.
+
+    Ids are integers from 0 to 2**31 - 1; logprobs, when given, one finite value <= 0 per completion
+    token. Anything else is refused with the list and the index that were wrong."""
     model_config = ConfigDict(extra="forbid")
-    prompt_ids: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, description="Prompt token ids, as sampled.")
-    completion_ids: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, description="Completion token ids.")
+    prompt_ids: list[TokenId] = Field(min_length=1, description="Prompt token ids, as sampled (0 to 2**31 - 1).")
+    completion_ids: list[TokenId] = Field(min_length=1, description="Completion token ids (0 to 2**31 - 1).")
     logprobs: list[float] | None = Field(None, description="Sampler log-probability of each completion token.")
 
     @model_validator(mode="after")

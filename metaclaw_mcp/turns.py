@@ -46,6 +46,17 @@ def _request_hash(session_id: str, messages: list[dict[str, Any]], response: str
     return hashlib.sha256(dumps([session_id, messages, response]).encode()).hexdigest()
 
 
+def _same_json(stored: str | None, given: str | None) -> bool:
+    """Two stored JSON texts hold the same value: object keys in any order, but 1, 1.0 and true differ."""
+    if stored is None or given is None:
+        return stored is given
+    return _canonical(json.loads(stored)) == _canonical(json.loads(given))
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 class TurnLog:
     def __init__(self, db: Database, max_turn_bytes: int = 2_000_000):
         self.db = db
@@ -56,7 +67,13 @@ class TurnLog:
                      model: str | None = None, tokens: TokenData | None = None,
                      metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
                      namespace: str = "default") -> ReportOutcome:
-        """Store one turn and link it to the skill versions that were injected into it."""
+        """Store one turn and link it to the skill versions that were injected into it.
+
+        With an `idempotency_key` already used in this namespace: the same content (session, messages,
+        response, retrieval_id, the skills `skill_ids` name, model, tokens, metadata) returns that turn as
+        a duplicate; any difference is InvalidInput naming the fields that differ, and nothing is written.
+        Other InvalidInput: empty messages, non-JSON metadata, a turn over max_turn_bytes, an unknown
+        retrieval_id or skill."""
         msgs = [m.model_dump(mode="json", exclude_none=True) for m in messages]
         if not msgs:
             raise InvalidInput("messages is empty: give at least the user message the response answers")
@@ -70,27 +87,41 @@ class TurnLog:
                                "(messages + response + metadata). Trim long tool outputs before reporting")
         refs = self._retrieval_refs(retrieval_id)
         req_hash = _request_hash(session_id, msgs, response)
+        token_cols = (dumps(tokens.prompt_ids) if tokens else None, dumps(tokens.completion_ids) if tokens else None,
+                      dumps(tokens.logprobs) if tokens and tokens.logprobs is not None else None)
         async with self.db.transaction() as db:
+            refs, named = await self._resolve_skills(db, namespace, refs, skill_ids or [])
             if idempotency_key is not None:
                 row = await (await db.execute(
-                    "SELECT id, request_hash FROM turns WHERE namespace = ? AND idempotency_key = ?",
+                    "SELECT id, session_id, messages, response, retrieval_id, model, prompt_ids, completion_ids,"
+                    " logprobs, metadata FROM turns WHERE namespace = ? AND idempotency_key = ?",
                     (namespace, idempotency_key))).fetchone()
                 if row is not None:
-                    if row["request_hash"] != req_hash:
-                        raise InvalidInput(f"idempotency_key {idempotency_key!r} was already used for turn "
-                                           f"{row['id']} with different content; use a new key for a new turn")
+                    stored_named = {r[0] for r in await (await db.execute(
+                        "SELECT skill_id FROM skill_uses WHERE turn_id = ? AND named = 1", (row["id"],))).fetchall()}
+                    changed = [name for name, same in (
+                        ("session_id", row["session_id"] == session_id),
+                        ("messages", _same_json(row["messages"], msgs_json)),
+                        ("response", row["response"] == response),
+                        ("retrieval_id", row["retrieval_id"] == retrieval_id),
+                        ("skill_ids", stored_named == named),
+                        ("model", row["model"] == model),
+                        ("tokens", all(_same_json(row[c], v) for c, v in
+                                       zip(("prompt_ids", "completion_ids", "logprobs"), token_cols))),
+                        ("metadata", _same_json(row["metadata"], meta_json))) if not same]
+                    if changed:
+                        raise InvalidInput(f"idempotency_key {idempotency_key!r} was already used for turn {row['id']} "
+                                           f"with different {', '.join(changed)}; use a new key for a new turn, "
+                                           "or resend the same content to retry")
                     linked = (await (await db.execute("SELECT COUNT(*) FROM skill_uses WHERE turn_id = ?",
                                                       (row["id"],))).fetchone())[0]
                     return ReportOutcome(row["id"], True, linked)
-            refs, named = await self._resolve_skills(db, namespace, refs, skill_ids or [])
             turn_id = new_turn_id()
             await db.execute(
                 "INSERT INTO turns(id, namespace, session_id, messages, request, response, model, prompt_ids,"
                 " completion_ids, logprobs, metadata, retrieval_id, idempotency_key, request_hash, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (turn_id, namespace, session_id, msgs_json, request_text(msgs), response, model,
-                 dumps(tokens.prompt_ids) if tokens else None, dumps(tokens.completion_ids) if tokens else None,
-                 dumps(tokens.logprobs) if tokens and tokens.logprobs is not None else None,
+                (turn_id, namespace, session_id, msgs_json, request_text(msgs), response, model, *token_cols,
                  meta_json, retrieval_id, idempotency_key, req_hash, utcnow()))
             # credit follows what the agent said it used: when it named skills, only those (migration 6)
             await db.executemany(

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from metaclaw_mcp.app import open_app
 from metaclaw_mcp.config import load_config
 from metaclaw_mcp.errors import InvalidInput, NotFound
-from metaclaw_mcp.models import Message, TokenData
+from metaclaw_mcp.models import MAX_TOKEN_ID, Message, TokenData
 from metaclaw_mcp.skills.skillmd import SkillDoc
 from metaclaw_mcp.turns import MAX_FEEDBACK_CHARS
 
@@ -98,9 +98,12 @@ async def test_idempotency_key_reuse_with_other_content(app):
     first = await report(app, idempotency_key="key-2")
     with pytest.raises(InvalidInput, match="key-2") as exc:
         await report(app, response="5", idempotency_key="key-2")
-    assert first.turn_id in str(exc.value)
-    with pytest.raises(InvalidInput):
+    assert first.turn_id in str(exc.value) and "different response;" in str(exc.value)
+    with pytest.raises(InvalidInput, match="different session_id;"):
         await app.report_turn("other-session", [user()], "4", idempotency_key="key-2")
+    with pytest.raises(InvalidInput, match="different model, tokens;"):
+        await report(app, idempotency_key="key-2", model="m",
+                     tokens=TokenData(prompt_ids=[1], completion_ids=[2]))
     assert await count(app, "turns") == 1
     assert (await app.turns.get(first.turn_id))["response"] == "4"
 
@@ -289,7 +292,9 @@ def test_token_data_bad_logprob(bad):
 
 @pytest.mark.parametrize("kw", [dict(prompt_ids=[], completion_ids=[1]), dict(prompt_ids=[1], completion_ids=[]),
                                 dict(prompt_ids=[-1], completion_ids=[1]), dict(prompt_ids=[1], completion_ids=[1],
-                                                                                extra=1)])
+                                                                                extra=1),
+                                dict(prompt_ids=[1, 2**70], completion_ids=[1]),
+                                dict(prompt_ids=[1], completion_ids=[MAX_TOKEN_ID + 1])])
 def test_token_data_shape(kw):
     with pytest.raises(ValidationError):
         TokenData(**kw)
