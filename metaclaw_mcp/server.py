@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import functools
 import json
+import types
+import typing
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context, Resolve, Sample
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError, UnexpectedToolError
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.shared.subscriptions import ResourceUpdated
-from mcp_types import CreateMessageResult, SamplingMessage, TextContent, ToolAnnotations
+from mcp_types import CallToolResult, CreateMessageResult, InputRequiredResult, SamplingMessage, TextContent
 from mcp_types import Resource as MCPResource
-from pydantic import Field
+from mcp_types import ToolAnnotations
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
 from . import __version__
 from .app import App
@@ -53,12 +58,156 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
+# ---- the tools' argument contract ----
+#
+# The SDK validates arguments in pydantic's lax mode (False is a number, "3" an integer), first turning any
+# string that parses as JSON into that value for every argument not typed exactly `str` (so "null" becomes
+# no value and "[]" a list), reports a mistake as pydantic's multi-line dump, and publishes schemas whose
+# definitions sit in `$defs` behind `$ref`, which some clients refuse. Each tool is registered through
+# `contract_tool` instead, which changes all four through the SDK's public classes.
+
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object",
+               type(None): "null"}
+# pydantic names Python containers; a JSON client sends arrays and objects
+_JSON_WORDS = {"list_type": "Input should be an array", "dict_type": "Input should be an object",
+               "model_type": "Input should be an object", "model_attributes_type": "Input should be an object"}
+_UNION_TAGS = {"str", "int", "float", "bool", "none", "list", "dict", "bytes"}
+_DEFS = "#/$defs/"
+
+
+def _admits_text(annotation: Any) -> bool:
+    """Whether a value of this type may be a string (then a string argument is never read as JSON)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _admits_text(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits_text(a) for a in typing.get_args(annotation))
+    if origin is Literal:
+        return any(isinstance(v, str) for v in typing.get_args(annotation))
+    return annotation is Any or (isinstance(annotation, type) and issubclass(annotation, str))
+
+
+class StrictArguments(FuncMetadata):
+    """A tool's argument handling with strict types: a boolean is not a number, a string is not a number or a
+    boolean, an integer-valued float is not an integer, an unknown argument is refused, and a string stays the
+    string it is. The one leniency kept from the SDK: an array or object argument sent as the JSON text of
+    one (some clients do that) is parsed, where the argument cannot be a string."""
+
+    _json_args: frozenset[str] | None = PrivateAttr(default=None)
+
+    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
+        if self._json_args is None:  # the arguments that cannot be strings, worked out once
+            self._json_args = frozenset(f.alias or name for name, f in self.arg_model.model_fields.items()
+                                        if not _admits_text(f.annotation))
+        out = dict(data)
+        for key, value in data.items():
+            if key not in self._json_args or not isinstance(value, str):
+                continue
+            try:
+                parsed = json.loads(value)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(parsed, (list, dict)):
+                out[key] = parsed
+        return out
+
+    def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
+        # strict at run time reaches every nested model (messages, tokens, proposals), not only the top level
+        parsed = self.arg_model.model_validate(self.pre_parse_json(arguments_to_validate), strict=True)
+        return parsed.model_dump_one_level()
+
+
+def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The same JSON schema with every `$ref` into `$defs` replaced by the definition (siblings of the `$ref`,
+    such as a description, win) and no `$defs` left. ValueError for a recursive definition or a reference
+    outside `$defs`, which cannot be inlined."""
+    defs: dict[str, Any] = schema.get("$defs", {})
+
+    def inline(node: Any, seen: frozenset[str]) -> Any:
+        if isinstance(node, list):
+            return [inline(v, seen) for v in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if ref is None:
+            return {k: inline(v, seen) for k, v in node.items()}
+        if not isinstance(ref, str) or not ref.startswith(_DEFS) or ref[len(_DEFS):] not in defs:
+            raise ValueError(f"schema reference {ref!r} is not a local definition")
+        name = ref[len(_DEFS):]
+        if name in seen:
+            raise ValueError(f"schema definition {name!r} is recursive and cannot be inlined")
+        siblings = {k: inline(v, seen) for k, v in node.items() if k != "$ref"}
+        return {**inline(defs[name], seen | {name}), **siblings}
+
+    return inline({k: v for k, v in schema.items() if k != "$defs"}, frozenset())
+
+
+def _is_union_tag(part: int | str) -> bool:
+    """A location part naming a union member pydantic tried (`str`, `list[ContentPart]`, `TokenData`), not a
+    field: field names here are lowercase identifiers."""
+    return isinstance(part, str) and (part in _UNION_TAGS or not part.isidentifier() or part[:1].isupper())
+
+
+def argument_errors(exc: ValidationError, limit: int = 3) -> str:
+    """A validation error on one line: `where: what (got <JSON type>)` per wrong argument, `; `-separated,
+    at most `limit` of them. Locations are dotted (`tokens.prompt_ids.1`); the values themselves are not
+    repeated (they are the caller's data, and may be long)."""
+    found: dict[str, list[str]] = {}
+    got: dict[str, str] = {}
+    for e in exc.errors(include_url=False, include_context=False):
+        loc = [p for p in e["loc"] if not _is_union_tag(p)]
+        where = ".".join(str(p) for p in loc) or "arguments"
+        kind = e["type"]
+        if kind == "missing":
+            what = "required"
+        elif kind == "extra_forbidden":
+            what = "unknown argument" if len(loc) == 1 else "unknown field"
+        else:
+            what = _JSON_WORDS.get(kind, e["msg"].removeprefix("Value error, "))
+            if kind.endswith("_type") or "_from_" in kind or kind.endswith("_parsing"):
+                got.setdefault(where, _JSON_TYPES.get(type(e["input"]), type(e["input"]).__name__))
+        msgs = found.setdefault(where, [])
+        if what not in msgs:
+            msgs.append(what)
+    parts = []
+    for where, msgs in found.items():
+        # union members: "Input should be a valid string or an array (got integer)"
+        rest = [m.removeprefix("Input should be ") for m in msgs[1:]]
+        parts.append(f"{where}: {' or '.join([msgs[0], *rest])}" + (f" (got {got[where]})" if where in got else ""))
+    more = f"; and {len(parts) - limit} more" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more
+
+
+def contract_tool(fn: Callable[..., Any], **kwargs: Any) -> Tool:
+    """`Tool.from_function(fn, **kwargs)` with StrictArguments and self-contained input and output schemas."""
+    tool = Tool.from_function(fn, **kwargs)
+    meta = tool.fn_metadata
+    # the SDK's argument model, refusing arguments it does not name (a misspelt idempotency key is not ignored)
+    args = type(meta.arg_model.__name__, (meta.arg_model,),
+                {"__module__": __name__, "model_config": ConfigDict(extra="forbid", strict=True)})
+    strict = StrictArguments(arg_model=args, output_model=meta.output_model, wrap_output=meta.wrap_output,
+                             output_schema=None if meta.output_schema is None else inline_schema(meta.output_schema))
+    return tool.model_copy(update={"fn_metadata": strict,
+                                   "parameters": inline_schema(args.model_json_schema(by_alias=True))})
+
+
 class MetaClawServer(MCPServer):
-    """MCPServer whose resource list includes every skill in the library."""
+    """MCPServer whose resource list includes every skill in the library, and whose argument errors are one
+    line naming each wrong argument."""
 
     def __init__(self, app: App, **kwargs: Any):
         super().__init__(**kwargs)
         self.app = app
+
+    async def call_tool(self, name: str, arguments: dict[str, Any],
+                        context: Context | None = None) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            # only argument validation yields a ToolError caused by a ValidationError; a crash stays generic
+            if isinstance(exc, UnexpectedToolError) or not isinstance(exc.__cause__, ValidationError):
+                raise
+            raise ToolError(f"Error executing tool {name}: {argument_errors(exc.__cause__)}") from exc.__cause__
 
     async def list_resources(self) -> list[MCPResource]:
         listed = await super().list_resources()
@@ -88,11 +237,16 @@ async def ask_client_model(ctx: Context, namespace: str = "default", max_new: in
 
 
 def build_server(app: App) -> MetaClawServer:
-    mcp = MetaClawServer(app, name="metaclaw-mcp", title="MetaClaw skills", version=__version__,
-                         instructions=INSTRUCTIONS, log_level=app.config.log_level)
+    tools: list[Tool] = []
 
-    @mcp.tool(annotations=ToolAnnotations(title="Fetch learned skills", read_only_hint=True, idempotent_hint=True,
-                                          open_world_hint=False))
+    def tool(annotations: ToolAnnotations) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+        def register(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            tools.append(contract_tool(fn, annotations=annotations))
+            return fn
+        return register
+
+    @tool(ToolAnnotations(title="Fetch learned skills", read_only_hint=True, idempotent_hint=True,
+                          open_world_hint=False))
     @tool_errors
     async def fetch_skills(
         query: Annotated[str, Field(description="The task in a sentence or two.")],
@@ -112,8 +266,8 @@ def build_server(app: App) -> MetaClawServer:
         Call before you answer. Pass the returned retrieval_id to report_turn afterwards."""
         return await app.fetch_skills(query, k, session_id, namespace, categories, token_budget, messages)
 
-    @mcp.tool(annotations=ToolAnnotations(title="Report a turn", read_only_hint=False, destructive_hint=False,
-                                          idempotent_hint=True, open_world_hint=False))
+    @tool(ToolAnnotations(title="Report a turn", read_only_hint=False, destructive_hint=False,
+                          idempotent_hint=True, open_world_hint=False))
     @tool_errors
     async def report_turn(
         session_id: Annotated[str, Field(min_length=1, max_length=256, description="The conversation's id.")],
@@ -135,8 +289,8 @@ def build_server(app: App) -> MetaClawServer:
         return await app.report_turn(session_id, messages, response, retrieval_id, skill_ids, model, tokens,
                                      metadata, idempotency_key, namespace)
 
-    @mcp.tool(annotations=ToolAnnotations(title="Rate a turn", read_only_hint=False, destructive_hint=False,
-                                          idempotent_hint=False, open_world_hint=False))
+    @tool(ToolAnnotations(title="Rate a turn", read_only_hint=False, destructive_hint=False,
+                          idempotent_hint=False, open_world_hint=False))
     @tool_errors
     async def rate_turn(
         turn_id: Annotated[str, Field(min_length=1, max_length=128)],
@@ -147,8 +301,8 @@ def build_server(app: App) -> MetaClawServer:
         """Attach a reward in [-1, 1] to a reported turn. A user rating outranks env, agent and judge ones."""
         return await app.rate_turn(turn_id, score, source, feedback)
 
-    @mcp.tool(annotations=ToolAnnotations(title="Evolve skills", read_only_hint=False, destructive_hint=False,
-                                          idempotent_hint=False, open_world_hint=False))
+    @tool(ToolAnnotations(title="Evolve skills", read_only_hint=False, destructive_hint=False,
+                          idempotent_hint=False, open_world_hint=False))
     @tool_errors
     async def evolve_skills(
         namespace: Namespace = "default",
@@ -180,6 +334,9 @@ def build_server(app: App) -> MetaClawServer:
             result = await app.evolve_skills(namespace, max_new, proposals, dry_run)
         await progress(3, f"{len(result.accepted)} accepted, {len(result.rejected)} rejected")
         return result
+
+    mcp = MetaClawServer(app, name="metaclaw-mcp", title="MetaClaw skills", version=__version__,
+                         instructions=INSTRUCTIONS, log_level=app.config.log_level, tools=tools)
 
     @mcp.resource("metaclaw://status", name="status", title="metaclaw-mcp status", mime_type="application/json")
     async def status() -> str:

@@ -40,6 +40,8 @@ async def full_session(client, tag: str) -> dict:
     assert {"fetch_skills", "report_turn", "rate_turn", "evolve_skills"} <= set(tools)
     assert tools["fetch_skills"].annotations.read_only_hint is True
     assert tools["fetch_skills"].output_schema and tools["report_turn"].output_schema
+    schemas = json.dumps([[t.input_schema, t.output_schema] for t in tools.values()])
+    assert "$ref" not in schemas and "$defs" not in schemas, "every schema is self-contained"
 
     err, fetched = await call(client, "fetch_skills", {"query": "write unit tests for a python function", "k": 3})
     assert not err, fetched
@@ -133,6 +135,12 @@ BAD_INPUTS = [
     ("rate_turn", {"turn_id": "TURN", "score": 1.5}, "less than or equal to 1"),
     ("rate_turn", {"turn_id": "TURN", "score": -2}, "greater than or equal to -1"),
     ("rate_turn", {"turn_id": "TURN", "score": "good"}, "score"),
+    ("rate_turn", {"turn_id": "TURN", "score": False}, "score: Input should be a valid number (got boolean)"),
+    ("fetch_skills", {"query": "tests", "k": True}, "k: Input should be a valid integer (got boolean)"),
+    ("report_turn", {"session_id": "s", "messages": [{"role": "user", "content": "q"}], "response": "r",
+                     "tokens": {"prompt_ids": [1, 2**70], "completion_ids": [3]}}, "tokens.prompt_ids.1"),
+    ("report_turn", {"session_id": "s", "messages": [{"role": "user", "content": "q"}], "response": "r",
+                     "idempotencyKey": "k"}, "idempotencyKey: unknown argument"),
     ("rate_turn", {"turn_id": "TURN", "score": 1, "source": "boss"}, "source"),
     ("evolve_skills", {"proposals": [{"name": "Bad Name!!", "description": "", "body": ""}]}, "proposals.0.name"),
     ("evolve_skills", {"proposals": [{"name": "ok-name", "description": "Use when testing.", "body": "x" * 30,
@@ -157,6 +165,7 @@ async def test_bad_input_is_a_tool_error_and_writes_nothing(tmp_path, transport)
                 err, text = await call(client, tool, args)
                 assert err, f"{tool} {str(args)[:80]} was accepted"
                 assert needle in text, f"{tool}: {needle!r} not in {text[:300]!r}"
+                assert "\n" not in text, f"{tool}: the error is not one line: {text[:300]!r}"
             assert table_counts(home / "metaclaw.db") == before
             err, fetched = await call(client, "fetch_skills", {"query": "debug a failing test", "k": 1})
             assert not err and fetched["skills"][0]["slug"] == "debug-failing-test"
