@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import socket
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import anyio
 
 from ..errors import Conflict, InvalidInput, NotFound
 from ..screening import screen
@@ -25,6 +29,17 @@ from .skillmd import SkillDoc, read_skill_folder, render_skill_md, starter_dir, 
 # Called as progress(done, total) while an import runs (the CLI draws a bar with it).
 Progress = Callable[[int, int], None]
 FTS_KEY = "skills_fts_tokeniser"
+
+# An import writes at most this many skills, or for about this long, per transaction, then lets go
+# of the write lock for IMPORT_PAUSE_S: longer than a waiting writer's poll (store.db.POLL_MAX_S plus
+# one attempt), so a server's report_turn gets in between chunks instead of timing out.
+IMPORT_CHUNK_ROWS = 500
+IMPORT_CHUNK_SECONDS = 0.25
+IMPORT_PAUSE_S = 0.02
+# A batch untouched this long is abandoned even when its process cannot be checked (another host).
+ABANDONED_AFTER_S = 3600.0
+# (database file, batch id) of the imports under way in this process.
+_LIVE_BATCHES: set[tuple[str, int]] = set()
 
 
 def content_hash(description: str, body: str) -> str:
@@ -59,6 +74,10 @@ class SkillRecord:
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "score"}
 
+
+# Leaves out the versions an import has written but not published yet (`v` is skill_versions).
+NOT_STAGED = ("NOT EXISTS (SELECT 1 FROM import_staged st WHERE st.skill_id = v.skill_id "
+              "AND st.version = v.version)")
 
 SELECT_SKILL = """
 SELECT s.id, s.namespace, s.slug, s.status, s.current_version AS version, v.name, v.description, v.body,
@@ -128,11 +147,12 @@ class SkillLibrary:
     async def versions(self, skill_id: int) -> list[dict[str, Any]]:
         rows = await self.db.fetchall(
             "SELECT version, name, description, body, category, source, provenance, parent_version, created_at "
-            "FROM skill_versions WHERE skill_id = ? ORDER BY version", (skill_id,))
+            "FROM skill_versions v WHERE skill_id = ? AND " + NOT_STAGED + " ORDER BY version", (skill_id,))
         return [dict(r) | {"provenance": json.loads(r["provenance"])} for r in rows]
 
     async def counts(self) -> dict[str, int]:
-        rows = await self.db.fetchall("SELECT status, COUNT(*) FROM skills GROUP BY status")
+        rows = await self.db.fetchall(  # an import's unpublished skills (current_version 0) are not counted
+            "SELECT status, COUNT(*) FROM skills WHERE current_version > 0 GROUP BY status")
         return {r[0]: r[1] for r in rows}
 
     async def find_by_hash(self, namespace: str, digest: str) -> SkillRecord | None:
@@ -171,13 +191,16 @@ class SkillLibrary:
         return await self.get(namespace, skill_id)
 
     async def insert(self, db: aiosqlite.Connection, doc: SkillDoc, namespace: str, status: str, source: str,
-                     provenance: list[str], metadata: dict[str, Any] | None = None) -> int:
-        """Inside a transaction: a new skill at version 1. Conflict when the slug is taken."""
+                     provenance: list[str], metadata: dict[str, Any] | None = None, *, staged: bool = False) -> int:
+        """Inside a transaction: a new skill at version 1. Conflict when the slug is taken.
+
+        `staged`: written by an import that publishes it later (current version 0 until then:
+        no read sees it)."""
         now = utcnow()
         try:
             cur = await db.execute(
                 "INSERT INTO skills(namespace, slug, status, current_version, created_at, updated_at) "
-                "VALUES (?, ?, ?, 1, ?, ?)", (namespace, doc.name, status, now, now))
+                "VALUES (?, ?, ?, ?, ?, ?)", (namespace, doc.name, status, 0 if staged else 1, now, now))
         except sqlite3.IntegrityError:
             raise Conflict(f"a skill named {doc.name!r} already exists in namespace {namespace!r}") from None
         skill_id = int(cur.lastrowid)
@@ -212,9 +235,9 @@ class SkillLibrary:
 
     async def reindex(self) -> int:
         """Rebuild the FTS5 index from the current version of every skill, in one transaction."""
-        rows = await self.db.fetchall(
+        rows = await self.db.fetchall(  # an import's unpublished new skills keep their index row too
             "SELECT s.id, v.name, v.description, v.body FROM skills s "
-            "JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version")
+            "JOIN skill_versions v ON v.skill_id = s.id AND v.version = MAX(s.current_version, 1)")
         async with self.db.transaction() as db:
             await db.execute("DELETE FROM skills_fts")
             await db.executemany(
@@ -273,8 +296,8 @@ class SkillLibrary:
         """Point the skill at an older version (default: the one before the current)."""
         current = await self.get(namespace, ref)
         target = version if version is not None else current.version - 1
-        exists = await self.db.scalar("SELECT 1 FROM skill_versions WHERE skill_id = ? AND version = ?",
-                                      (current.id, target))
+        exists = await self.db.scalar("SELECT 1 FROM skill_versions v WHERE skill_id = ? AND version = ? AND "
+                                      + NOT_STAGED, (current.id, target))
         if not exists:
             raise NotFound(f"skill {current.slug!r} has no version {target}; "
                            f"`metaclaw-mcp skills show {current.slug}` lists its versions")
@@ -296,8 +319,10 @@ class SkillLibrary:
     # ---- import and export: SKILL.md folders and JSONL ----
 
     async def import_folder(self, path: Path, namespace: str = "default", status: str = "active",
-                            source: str = "import", progress: Progress | None = None) -> ImportReport:
-        """Import every SKILL.md under `path` in one transaction; bad files are reported and skipped.
+                            source: str = "import", progress: Progress | None = None, *,
+                            chunk_size: int = IMPORT_CHUNK_ROWS) -> ImportReport:
+        """Import every SKILL.md under `path`, all or nothing (`import_docs`); bad files are reported
+        and skipped.
 
         A skill whose name already exists gets a new version when its text differs.
         """
@@ -312,13 +337,15 @@ class SkillLibrary:
                     yield str(f), validate_doc(read_skill_folder(f), self.max_body_chars, where=str(f))
                 except InvalidInput as exc:
                     yield str(f), exc
-        return await self.import_docs(parsed(), len(files), namespace, status, source, progress)
+        return await self.import_docs(parsed(), len(files), namespace, status, source, progress,
+                                      chunk_size=chunk_size)
 
     async def import_jsonl(self, path: Path, namespace: str = "default", status: str = "active",
-                           source: str = "import", progress: Progress | None = None) -> ImportReport:
+                           source: str = "import", progress: Progress | None = None, *,
+                           chunk_size: int = IMPORT_CHUNK_ROWS) -> ImportReport:
         """Import a JSONL file, one skill a line: {"name", "description", "body", "category"?, "metadata"?}.
 
-        A bad line is reported as `path:line` and skipped; the good ones go in one transaction.
+        A bad line is reported as `path:line` and skipped; the good ones land all or nothing (`import_docs`).
         """
         path = Path(path)
         if not path.is_file():
@@ -336,19 +363,25 @@ class SkillLibrary:
                     yield where, validate_doc(doc_from_json(line, where), self.max_body_chars, where=where)
                 except InvalidInput as exc:
                     yield where, exc
-        return await self.import_docs(parsed(), len(numbered), namespace, status, source, progress)
+        return await self.import_docs(parsed(), len(numbered), namespace, status, source, progress,
+                                      chunk_size=chunk_size)
 
     async def import_docs(self, docs: Iterable[tuple[str, SkillDoc | InvalidInput]], total: int,
                           namespace: str = "default", status: str = "active", source: str = "import",
-                          progress: Progress | None = None) -> ImportReport:
-        """Apply parsed docs, `(where, doc or the error that made it bad)`, in one transaction.
+                          progress: Progress | None = None, *, chunk_size: int = IMPORT_CHUNK_ROWS) -> ImportReport:
+        """Apply parsed docs, `(where, doc or the error that made it bad)`, all or nothing.
 
         Bad ones, ones that fail the screening evolve_skills proposals pass, and second copies of a name
         are skipped with their reason (without the `where` prefix: that is the pair's first half); all the
-        rest lands or, on any failure, nothing does.
+        rest lands or, on any failure (a kill included), nothing does. The skills are written
+        `chunk_size` at a time (each chunk a short transaction, invisible to every read) and published
+        together by one last one, so other writers are not kept waiting. Conflict when another import
+        into `namespace` is under way, or when a skill of the same name appeared meanwhile.
         """
         if status not in ("candidate", "active", "retired"):
             raise InvalidInput(f"status {status!r} is not one of candidate, active, retired")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise InvalidInput(f"chunk_size must be a positive integer, not {chunk_size!r}")
         good: list[tuple[str, SkillDoc]] = []
         skipped: list[tuple[str, str]] = []
         seen: set[str] = set()
@@ -367,32 +400,153 @@ class SkillLibrary:
             else:
                 seen.add(doc.name)
                 good.append((where, doc))
-        imported: list[str] = []
+        existing = {r["slug"]: (r["id"], r["content_hash"]) for r in await self.db.fetchall(
+            "SELECT s.id, s.slug, v.content_hash FROM skills s "
+            "JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version WHERE s.namespace = ?",
+            (namespace,))}
+        todo: list[tuple[SkillDoc, int | None]] = []  # (doc, id of the skill it revises)
         unchanged: list[str] = []
-        async with self.db.transaction() as db:
-            existing = {r["slug"]: r for r in await (await db.execute(
-                "SELECT s.id, s.slug, s.current_version, v.content_hash, "
-                "(SELECT MAX(version) FROM skill_versions x WHERE x.skill_id = s.id) AS latest FROM skills s "
-                "JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version WHERE s.namespace = ?",
-                (namespace,))).fetchall()}
-            for i, (where, doc) in enumerate(good):
+        for _, doc in good:
+            skill_id, digest = existing.get(doc.name, (None, None))
+            if digest == content_hash(doc.description, doc.body):
+                unchanged.append(doc.name)
+                skipped.append((doc.name, "unchanged"))
+            else:
+                todo.append((doc, skill_id))
+        if todo:
+            def step(i: int) -> None:
                 if progress is not None and i % 200 == 0:
-                    progress((total + i * total // max(len(good), 1)) // 2, total)
-                row = existing.get(doc.name)
-                if row is None:
-                    await self.insert(db, doc, namespace, status, source, [])
-                elif row["content_hash"] != content_hash(doc.description, doc.body):
-                    await self._insert_version(db, row["id"], row["latest"] + 1, doc, source, [],
-                                               row["current_version"], doc.metadata, utcnow())
-                    await self._point_at(db, row["id"], row["latest"] + 1)
-                else:
-                    unchanged.append(doc.name)
-                    skipped.append((doc.name, "unchanged"))
-                    continue
-                imported.append(doc.name)
+                    progress((total + i * total // len(todo)) // 2, total)
+            await self._stage_and_publish(todo, namespace, status, source, chunk_size, step)
         if progress is not None:
             progress(total, total)
-        return ImportReport(imported=imported, skipped=skipped, unchanged=unchanged)
+        return ImportReport(imported=[doc.name for doc, _ in todo], skipped=skipped, unchanged=unchanged)
+
+    async def _stage_and_publish(self, todo: Sequence[tuple[SkillDoc, int | None]], namespace: str, status: str,
+                                 source: str, chunk_size: int, step: Callable[[int], None]) -> None:
+        batch = await self._open_batch(namespace)
+        live = (str(self.db.path.resolve()), batch)
+        _LIVE_BATCHES.add(live)
+        try:
+            i = 0
+            while i < len(todo):
+                async with self.db.transaction() as db:
+                    cur = await db.execute("UPDATE import_batches SET touched_at = ? WHERE id = ?", (utcnow(), batch))
+                    if cur.rowcount != 1:
+                        raise Conflict(ABANDONED_IMPORT)
+                    deadline = anyio.current_time() + IMPORT_CHUNK_SECONDS
+                    start, end = i, min(i + chunk_size, len(todo))
+                    staged = []
+                    while i < end and (i == start or anyio.current_time() < deadline):
+                        step(i)
+                        staged.append(await self._stage(db, batch, *todo[i], namespace, status, source))
+                        i += 1
+                    await db.executemany(
+                        "INSERT INTO import_staged(batch_id, skill_id, version, new_skill, fts_name, fts_description, "
+                        "fts_body) VALUES (?, ?, ?, ?, ?, ?, ?)", staged)
+                if i < len(todo):
+                    await anyio.sleep(IMPORT_PAUSE_S)
+            await self._publish(batch)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._discard_batch(batch)
+                except Exception:  # noqa: BLE001 - the batch is recognised as abandoned and removed later
+                    pass
+            raise
+        finally:
+            _LIVE_BATCHES.discard(live)
+
+    async def _open_batch(self, namespace: str) -> int:
+        """Register an import into `namespace` (after removing abandoned ones); its batch id."""
+        await self.discard_abandoned_imports()
+        async with self.db.transaction() as db:
+            for row in await (await db.execute(
+                    "SELECT id, host, pid, touched_at FROM import_batches WHERE namespace = ?", (namespace,))).fetchall():
+                if not self._abandoned(row):
+                    raise Conflict(f"another import into namespace {namespace!r} is under way (process {row['pid']} "
+                                   f"on {row['host']}); run this one when it has finished")
+            now = utcnow()
+            cur = await db.execute(
+                "INSERT INTO import_batches(namespace, host, pid, started_at, touched_at) VALUES (?, ?, ?, ?, ?)",
+                (namespace, socket.gethostname(), os.getpid(), now, now))
+            return int(cur.lastrowid)
+
+    async def _stage(self, db: aiosqlite.Connection, batch: int, doc: SkillDoc, skill_id: int | None,
+                     namespace: str, status: str, source: str) -> tuple[Any, ...]:
+        """Inside a chunk's transaction: write one imported skill where no read sees it yet; its
+        `import_staged` row."""
+        if skill_id is None:
+            new_id = await self.insert(db, doc, namespace, status, source, [], staged=True)
+            return batch, new_id, 1, 1, None, None, None
+        row = await (await db.execute(
+            "SELECT current_version, (SELECT MAX(version) FROM skill_versions WHERE skill_id = ?) FROM skills "
+            "WHERE id = ?", (skill_id, skill_id))).fetchone()
+        version = int(row[1]) + 1
+        await self._insert_version(db, skill_id, version, doc, source, [], int(row[0]), doc.metadata, utcnow())
+        return batch, skill_id, version, 0, index_text(doc.name), index_text(doc.description), index_text(doc.body)
+
+    async def _publish(self, batch: int) -> None:
+        """Make everything `batch` staged current, in one short transaction of set-wise statements."""
+        async with self.db.transaction() as db:
+            if not await (await db.execute("SELECT 1 FROM import_batches WHERE id = ?", (batch,))).fetchone():
+                raise Conflict(ABANDONED_IMPORT)
+            await db.execute(
+                "UPDATE skills SET updated_at = ?, current_version = (SELECT st.version FROM import_staged st "
+                "WHERE st.batch_id = ? AND st.skill_id = skills.id) "
+                "WHERE id IN (SELECT skill_id FROM import_staged WHERE batch_id = ?)", (utcnow(), batch, batch))
+            await db.execute("DELETE FROM skills_fts WHERE rowid IN "
+                             "(SELECT skill_id FROM import_staged WHERE batch_id = ? AND new_skill = 0)", (batch,))
+            await db.execute("INSERT INTO skills_fts(rowid, name, description, body) SELECT skill_id, fts_name, "
+                             "fts_description, fts_body FROM import_staged WHERE batch_id = ? AND new_skill = 0",
+                             (batch,))
+            await db.execute("DELETE FROM import_staged WHERE batch_id = ?", (batch,))
+            await db.execute("DELETE FROM import_batches WHERE id = ?", (batch,))
+
+    async def _discard_batch(self, batch: int, chunk: int = 500) -> None:
+        """Remove what `batch` staged, `chunk` skills a transaction (none of it is visible meanwhile)."""
+        while True:
+            async with self.db.transaction() as db:
+                rows = await (await db.execute(
+                    "SELECT skill_id, version, new_skill FROM import_staged WHERE batch_id = ? LIMIT ?",
+                    (batch, chunk))).fetchall()
+                if not rows:
+                    await db.execute("DELETE FROM import_batches WHERE id = ?", (batch,))
+                    return
+                pairs = [(r["skill_id"], r["version"]) for r in rows]
+                fresh = [(r["skill_id"],) * 2 for r in rows if r["new_skill"]]
+                await db.executemany("DELETE FROM skill_embeddings WHERE skill_id = ? AND version = ?", pairs)
+                # a version a turn's use points at stays (and keeps its skill): such rows stay invisible
+                await db.executemany(
+                    "DELETE FROM skill_versions WHERE skill_id = ?1 AND version = ?2 "
+                    "AND version != (SELECT current_version FROM skills WHERE id = ?1) "
+                    "AND NOT EXISTS (SELECT 1 FROM skill_uses u WHERE u.skill_id = ?1 AND u.version = ?2)", pairs)
+                await db.executemany("DELETE FROM skills WHERE id = ? AND current_version = 0 "
+                                     "AND NOT EXISTS (SELECT 1 FROM skill_versions WHERE skill_id = ?)", fresh)
+                await db.executemany("DELETE FROM skills_fts WHERE rowid = ? "
+                                     "AND NOT EXISTS (SELECT 1 FROM skills WHERE id = ?)", fresh)
+                await db.executemany("DELETE FROM import_staged WHERE batch_id = ? AND skill_id = ?",
+                                     [(batch, sid) for sid, _ in pairs])
+
+    def _abandoned(self, row: Mapping[str, Any]) -> bool:
+        """Whether the import batch `row` (host, pid, touched_at) will never be published."""
+        if row["host"] == socket.gethostname():
+            if row["pid"] == os.getpid():
+                return (str(self.db.path.resolve()), row["id"]) not in _LIVE_BATCHES
+            if not _process_alive(row["pid"]):
+                return True
+        touched = datetime.fromisoformat(row["touched_at"])
+        return (datetime.now(timezone.utc) - touched).total_seconds() > ABANDONED_AFTER_S
+
+    async def discard_abandoned_imports(self) -> int:
+        """Remove what imports that will never finish (their process died, or they were untouched
+        for ABANDONED_AFTER_S) had staged, so their names are free again; returns how many.
+        Every import calls it first; a server may call it when it starts."""
+        rows = await self.db.fetchall("SELECT id, host, pid, touched_at FROM import_batches")
+        abandoned = [r["id"] for r in rows if self._abandoned(r)]
+        for batch in abandoned:
+            await self._discard_batch(batch)
+        return len(abandoned)
 
     async def export_folder(self, path: Path, namespace: str = "default", status: str | None = None) -> list[Path]:
         """Write each skill's current version to `<path>/<slug>/SKILL.md`."""
@@ -426,6 +580,23 @@ class SkillLibrary:
         async with self.db.transaction() as db:
             await set_kv(db, key, {"at": utcnow(), "count": len(report.imported)})
         return len(report.imported)
+
+
+ABANDONED_IMPORT = ("this import's staged skills were removed as abandoned (no chunk written for a long "
+                    "time); nothing was imported, run it again")
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process `pid` on this host still runs (True when that cannot be told safely)."""
+    if os.name == "nt":  # os.kill there would end the process: let the age rule decide
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
 
 
 JSONL_KEYS = {"name", "description", "body", "category", "metadata", "status", "version"}

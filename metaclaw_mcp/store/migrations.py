@@ -461,3 +461,37 @@ def m0006_credited_uses(db: sqlite3.Connection) -> None:
            (SELECT value FROM change_counters WHERE name = 'stats')
     FROM skill_uses u JOIN turns t ON t.id = u.turn_id WHERE u.credited = 1 GROUP BY u.skill_id, u.version;
     """)
+
+
+@migration(7)
+def m0007_staged_imports(db: sqlite3.Connection) -> None:
+    """Imports are written in chunks, each its own short transaction, and published by one last
+    one, so other writers get the lock in between and the user still sees all or nothing.
+
+    Until published, an imported skill that is new has `skills.current_version = 0`: every read
+    joins the current version, so no read sees it (its slug is taken, so nothing else claims the
+    name meanwhile); a new version of an existing skill is a `skill_versions` row that is not
+    current yet. `import_staged` lists what each batch wrote (with the index text publishing puts
+    in `skills_fts` for the existing skills it changes); `import_batches` names the process that
+    writes it, so a batch whose process died is recognised and its rows are removed."""
+    run_script(db, """
+    CREATE TABLE import_batches (
+        id          INTEGER PRIMARY KEY,
+        namespace   TEXT NOT NULL,
+        host        TEXT NOT NULL,
+        pid         INTEGER NOT NULL,
+        started_at  TEXT NOT NULL,
+        touched_at  TEXT NOT NULL                   -- each chunk's commit; an old one is abandoned
+    );
+    CREATE TABLE import_staged (
+        batch_id        INTEGER NOT NULL REFERENCES import_batches(id),
+        skill_id        INTEGER NOT NULL,
+        version         INTEGER NOT NULL,           -- becomes skills.current_version when published
+        new_skill       INTEGER NOT NULL,           -- 1: the skills row is the batch's own (current_version 0)
+        fts_name        TEXT,                       -- index text for skills_fts; NULL for a new skill,
+        fts_description TEXT,                       -- whose index row is written when staged
+        fts_body        TEXT,
+        PRIMARY KEY (batch_id, skill_id)
+    );
+    CREATE INDEX import_staged_skill ON import_staged(skill_id, version);
+    """)
