@@ -41,7 +41,7 @@ class App:
         self.config = config
         self.db = Database(config.database)
         self.library = SkillLibrary(self.db, max_body_chars=config.max_skill_body_chars)
-        self.turns = TurnLog(self.db, max_turn_bytes=config.max_turn_bytes)
+        self.turns = TurnLog(self.db, max_turn_bytes=config.max_turn_bytes, redact=config.redact_secrets)
         self.evolution = Evolution(self.db, self.library, self.turns, config.failure_threshold,
                                    config.digest_max_failures,
                                    same_rule=lambda namespace, text: self.retriever.same_rule(namespace, text))
@@ -215,7 +215,8 @@ class App:
         out = await self.turns.report(session_id=session_id, messages=messages, response=response,
                                       retrieval_id=retrieval_id, skill_ids=skill_ids, model=model, tokens=tokens,
                                       metadata=metadata, idempotency_key=idempotency_key, namespace=namespace)
-        return ReportResult(turn_id=out.turn_id, duplicate=out.duplicate, skills_linked=out.skills_linked)
+        return ReportResult(turn_id=out.turn_id, duplicate=out.duplicate, skills_linked=out.skills_linked,
+                            redacted=out.redacted)
 
     async def rate_turn(self, turn_id: str, score: float, source: str = "user",
                         feedback: str | None = None) -> RateResult:

@@ -92,8 +92,9 @@ class MetaClawConfig(BaseSettings):
     credit_usefulness_weight: float = Field(2.0, ge=0.0, le=10.0, description="Weight of measured uplift in ranking.")
     credit_prior_sd: float = Field(0.25, gt=0.0, le=2.0, description="Prior sd of a skill's uplift (shrinkage).")
     credit_alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Chance that ratings unrelated to the skills "
-                                "ever promote or retire any skill of a library: the error rate of the decision "
-                                "bounds, which hold for every number of uses and every skill at once.")
+                                "ever retire any skill of a library: the error rate of retirement, which holds "
+                                "however often the library is reviewed (anytime-valid e-values, e-BH over the "
+                                "library).")
     credit_min_baseline: int = Field(5, ge=1, description="Rated turns without a skill before judging it.")
     credit_promote_min_uses: int = Field(8, ge=1, description="Rated uses before a candidate can be promoted.")
     credit_promote_min_uplift: float = Field(0.0, ge=-2.0, le=2.0, description="Promote when the uplift's lower bound is above this.")
@@ -108,6 +109,9 @@ class MetaClawConfig(BaseSettings):
     # input limits
     max_query_chars: int = Field(32_000, ge=100)
     max_turn_bytes: int = Field(2_000_000, ge=1_000, description="Cap on a turn's messages + response, in UTF-8 bytes.")
+    redact_secrets: bool = Field(True, description="Replace secrets (API keys, private keys, passwords, URL "
+                                 "credentials, high-entropy strings) in reported turns and rating feedback by "
+                                 "[REDACTED:<kind>] before they are stored; a turn that had one keeps no token ids.")
 
     # rewards and evolution
     failure_threshold: float = Field(0.0, ge=-1.0, le=1.0, description="A turn whose reward is below this is a failure.")

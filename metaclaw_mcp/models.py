@@ -171,6 +171,9 @@ class ReportResult(BaseModel):
     turn_id: str
     duplicate: bool = Field(description="True when idempotency_key matched an existing turn; nothing new was written.")
     skills_linked: int = 0
+    redacted: list[str] = Field(default_factory=list, description="Fields whose secrets were replaced by "
+                                "[REDACTED:<kind>] before storage; 'tokens' when the token ids were not stored "
+                                "(they would spell the secret out).")
 
 
 class RateResult(BaseModel):

@@ -30,7 +30,6 @@ import re
 import unicodedata
 
 from .privacy import find_secret
-from .privacy import redact as redact_secrets  # noqa: F401 - the trainer's name for it, until it imports privacy
 
 ZERO_WIDTH = re.compile("[\u00ad\u180e\u200b\u200c\u200d\u2060-\u2064\ufeff]")
 TAG_CHARACTERS = re.compile("[\U000e0000-\U000e007f]")

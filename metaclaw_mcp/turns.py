@@ -8,13 +8,14 @@ import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
 
 from .errors import InvalidInput, NotFound
 from .models import Message, TokenData
+from .privacy import redact, redact_json
 from .rewards import SOURCE_PRIORITY, Rating, fuse
 from .skills.retrieval import parse_retrieval_id, request_text
 from .store import Database, dumps, utcnow
@@ -32,6 +33,7 @@ class ReportOutcome:
     turn_id: str
     duplicate: bool
     skills_linked: int
+    redacted: list[str] = field(default_factory=list)   # fields whose secrets were replaced before storage
 
 
 @dataclass
@@ -58,9 +60,17 @@ def _canonical(value: Any) -> str:
 
 
 class TurnLog:
-    def __init__(self, db: Database, max_turn_bytes: int = 2_000_000):
+    """The log of reported turns and their ratings.
+
+    With `redact` (the default; `redact_secrets` in the config), secrets in messages, response,
+    metadata and rating feedback are replaced by `[REDACTED:<kind>]` (`privacy.redact`) before
+    anything is stored. Token ids cannot be redacted: a turn whose text carried a secret is
+    stored without them (as a text-only turn), and the report says which fields were redacted."""
+
+    def __init__(self, db: Database, max_turn_bytes: int = 2_000_000, redact: bool = True):
         self.db = db
         self.max_turn_bytes = max_turn_bytes
+        self.redact = redact
 
     async def report(self, *, session_id: str, messages: Sequence[Message], response: str,
                      retrieval_id: str | None = None, skill_ids: Sequence[int | str] | None = None,
@@ -73,10 +83,21 @@ class TurnLog:
         response, retrieval_id, the skills `skill_ids` name, model, tokens, metadata) returns that turn as
         a duplicate; any difference is InvalidInput naming the fields that differ, and nothing is written.
         Other InvalidInput: empty messages, non-JSON metadata, a turn over max_turn_bytes, an unknown
-        retrieval_id or skill."""
+        retrieval_id or skill. Secrets are redacted first (see the class docstring); the outcome's
+        `redacted` names the fields that had them ("tokens" when the token ids were not stored)."""
         msgs = [m.model_dump(mode="json", exclude_none=True) for m in messages]
         if not msgs:
             raise InvalidInput("messages is empty: give at least the user message the response answers")
+        redacted: list[str] = []
+        if self.redact:
+            clean_msgs, clean_response = redact_json(msgs), redact(response)
+            clean_meta = redact_json(metadata) if metadata else metadata
+            redacted = [name for name, before, after in (("messages", msgs, clean_msgs), ("response", response,
+                        clean_response), ("metadata", metadata, clean_meta)) if before != after]
+            msgs, response, metadata = clean_msgs, clean_response, clean_meta
+            if redacted and tokens is not None:
+                tokens = None            # the ids spell the secret out: the turn is kept as text only
+                redacted.append("tokens")
         try:
             msgs_json, meta_json = dumps(msgs), dumps(metadata or {})
         except ValueError as exc:
@@ -115,7 +136,7 @@ class TurnLog:
                                            "or resend the same content to retry")
                     linked = (await (await db.execute("SELECT COUNT(*) FROM skill_uses WHERE turn_id = ?",
                                                       (row["id"],))).fetchone())[0]
-                    return ReportOutcome(row["id"], True, linked)
+                    return ReportOutcome(row["id"], True, linked, redacted)
             turn_id = new_turn_id()
             await db.execute(
                 "INSERT INTO turns(id, namespace, session_id, messages, request, response, model, prompt_ids,"
@@ -128,7 +149,7 @@ class TurnLog:
                 "INSERT INTO skill_uses(turn_id, skill_id, version, rank, named, credited) VALUES (?, ?, ?, ?, ?, ?)",
                 [(turn_id, sid, ver, rank, int(sid in named), int(sid in named or not named))
                  for rank, (sid, ver) in enumerate(refs)])
-        return ReportOutcome(turn_id, False, len(refs))
+        return ReportOutcome(turn_id, False, len(refs), redacted)
 
     @staticmethod
     def _retrieval_refs(retrieval_id: str | None) -> list[tuple[int, int]]:
@@ -177,6 +198,8 @@ class TurnLog:
             raise InvalidInput(f"score {score!r} must be a finite number in [-1, 1]")
         if feedback is not None and len(feedback) > MAX_FEEDBACK_CHARS:
             raise InvalidInput(f"feedback has {len(feedback)} chars; at most {MAX_FEEDBACK_CHARS}")
+        if feedback is not None and self.redact:
+            feedback = redact(feedback)
         async with self.db.transaction() as db:
             turn = await (await db.execute("SELECT train_state, batch_id FROM turns WHERE id = ?", (turn_id,))).fetchone()
             if turn is None:

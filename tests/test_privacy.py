@@ -77,3 +77,42 @@ def test_redact_json_redacts_every_string_and_keeps_keys():
     value = {"messages": [{"role": "user", "content": "key AKIAIOSFODNN7EXAMPLE"}], "n": 3, "ok": True}
     assert redact_json(value) == {"messages": [{"role": "user", "content": "key [REDACTED:AWS access key]"}],
                                   "n": 3, "ok": True}
+
+
+# ---- through the server: nothing stores, shows or hands out a secret ----
+
+@pytest.mark.anyio
+async def test_secrets_are_redacted_before_storage_and_never_shown(tmp_path):
+    import sqlite3
+
+    from mcp import Client
+
+    from metaclaw_mcp.app import open_app
+    from metaclaw_mcp.config import load_config
+    from metaclaw_mcp.server import build_server
+
+    aws = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    pat = "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV12345"
+    config = load_config(home=tmp_path / "home", load_starter_skills=False)
+    async with open_app(config) as app, Client(build_server(app)) as client:
+        rep = await client.call_tool("report_turn", {
+            "session_id": "s1", "messages": [{"role": "user", "content": f"deploy with aws_secret_access_key={aws}"}],
+            "response": f"used {pat}", "metadata": {"env": f"postgres://admin:hunter2pass@db.example.com/app"},
+            "tokens": {"prompt_ids": [1, 2], "completion_ids": [3], "logprobs": [-0.1]}})
+        out = rep.structured_content
+        assert not rep.is_error and set(out["redacted"]) == {"messages", "response", "metadata", "tokens"}
+        rated = await client.call_tool("rate_turn", {"turn_id": out["turn_id"], "score": -1.0,
+                                                     "feedback": f"never paste {aws} here"})
+        assert not rated.is_error
+        digest = await client.call_tool("evolve_skills", {})
+        clean = await client.call_tool("report_turn", {"session_id": "s1", "messages": [{"role": "user", "content": "hi"}],
+                                                       "response": "hello"})
+        assert clean.structured_content["redacted"] == []
+    dump = "\n".join(sqlite3.connect(config.database).iterdump())
+    for secret in (aws, pat, "hunter2pass"):
+        assert secret not in dump
+        assert secret not in json.dumps(digest.structured_content)
+    assert "[REDACTED:" in dump
+    row = sqlite3.connect(config.database).execute("SELECT prompt_ids, completion_ids FROM turns WHERE id = ?",
+                                                  (out["turn_id"],)).fetchone()
+    assert row == (None, None)

@@ -207,7 +207,9 @@ async def test_text_only_turns_are_distilled_when_rated_well_and_left_to_evoluti
 
 @pytest.mark.anyio
 async def test_secrets_never_reach_training_data(tmp_path):
-    config = load_config(home=tmp_path / "home", batch_size=3, load_starter_skills=False, tokenizer_path=TOKENIZER_DIR)
+    # the store keeps text raw here (redact_secrets off): the trainer is the last line
+    config = load_config(home=tmp_path / "home", batch_size=3, load_starter_skills=False, tokenizer_path=TOKENIZER_DIR,
+                         redact_secrets=False)
     key = "sk-" + "A1b2C3d4" * 4
     async with open_app(config) as app:
         ids = []
@@ -229,6 +231,34 @@ async def test_secrets_never_reach_training_data(tmp_path):
         for line in f.read_text().splitlines():
             text = tok.decode(json.loads(line)["model_input"])
             assert key not in text and "A1b2C3d4" not in text
+
+
+@pytest.mark.anyio
+async def test_every_kind_of_secret_is_redacted_from_distillation_exports(tmp_path):
+    """Text-only turns carrying an AWS secret key, a fine-grained GitHub token, a live Stripe key,
+    URL credentials and a whole PEM key (body included): the exported datums decode to none of them."""
+    config = load_config(home=tmp_path / "home", batch_size=5, load_starter_skills=False, tokenizer_path=TOKENIZER_DIR,
+                         redact_secrets=False)   # the store keeps them raw: the trainer must still not export them
+    pem_body = "MIIEpAIBAAKCAQEA7Vt1q2K3xZp9LmNoPqRsTuVwXyZaBcDeFgHiJkLmNoPqRsTu"
+    secrets = ["wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+               "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV12345",
+               "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "hunter2pass", pem_body]
+    texts = ["aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+             f"token {secrets[1]}", f"stripe {secrets[2]}", "db at postgres://admin:hunter2pass@db.example.com/app",
+             f"-----BEGIN RSA PRIVATE KEY-----\n{pem_body}\n-----END RSA PRIVATE KEY-----"]
+    async with open_app(config) as app:
+        for i, text in enumerate(texts):
+            rep = await app.report_turn("t", [Message(role="user", content=f"deploy with {text}")], f"done: {text}")
+            await app.rate_turn(rep.turn_id, 1.0)
+        assert await app.trainer.once() is True
+    tok = __import__("metaclaw_mcp.training.render", fromlist=["load_tokenizer"]).load_tokenizer(TOKENIZER_DIR)
+    decoded = [tok.decode(json.loads(line)["model_input"]) for f in config.exports_dir.glob("batch-*.jsonl")
+               for line in f.read_text().splitlines()]
+    assert len(decoded) == 5
+    for text in decoded:
+        assert "[REDACTED:" in text
+        for secret in secrets:
+            assert secret not in text and secret[:12] not in text
 
 
 class FailingBackend:

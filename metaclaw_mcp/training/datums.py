@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import tinker
 
+from ..models import MAX_TOKEN_ID
+
 RL_LOSSES = ("importance_sampling", "ppo", "cispo")
 # The keys each loss accepts; anything else raises client-side, so nothing else is ever sent.
 LOSS_KEYS = {
@@ -30,9 +32,9 @@ LOSS_KEYS = {
 }
 
 
-# Token ids are integers in [0, TOKEN_ID_LIMIT): every vocabulary fits well below it, and so do
-# the int32/int64 tensors that carry them. A stored id outside it cannot be one the sampler produced.
-TOKEN_ID_LIMIT = 2 ** 31
+# Token ids are integers in [0, TOKEN_ID_LIMIT): the bound report_turn accepts (models.MAX_TOKEN_ID),
+# checked again here because rows stored before that bound existed may hold any integer.
+TOKEN_ID_LIMIT = MAX_TOKEN_ID + 1
 
 
 class DatumError(ValueError):

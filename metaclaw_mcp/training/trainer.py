@@ -36,7 +36,7 @@ from ..store import Database, dumps, set_kv, utcnow
 from .backends import StepResult, TrainingBackend, TrainingHalted, TransientTrainingError
 from .datums import DatumError, RLSample, centred_advantages, check_keys, check_rl_inputs, rl_datum, sft_datum
 from .render import render_sft
-from ..screening import find_secret, redact_secrets
+from ..privacy import find_secret, redact, redact_json
 
 log = logging.getLogger("metaclaw_mcp.training")
 
@@ -327,7 +327,7 @@ class Trainer:
         readable, unreadable = [], {}
         for r in rows:
             try:
-                readable.append((r["id"], _stored_json(r, "messages", redact_secrets), redact_secrets(r["response"]),
+                readable.append((r["id"], redact_json(_stored_json(r, "messages")), redact(r["response"]),
                                  r["reward"]))
             except DatumError as exc:
                 unreadable[r["id"]] = str(exc)
@@ -425,11 +425,11 @@ class Trainer:
                                          "error": row["last_error"], "failed_at": row["finished_at"]}
 
 
-def _stored_json(row: Any, column: str, clean: Callable[[str], str] | None = None) -> Any:
+def _stored_json(row: Any, column: str) -> Any:
     """A turn's stored JSON column, parsed; DatumError if the text is not JSON (so only that turn is skipped)."""
     text = row[column]
     try:
-        return json.loads(clean(text) if clean else text)
+        return json.loads(text)
     except (TypeError, ValueError, RecursionError) as exc:
         raise DatumError(f"stored {column} is not valid JSON ({type(exc).__name__}: {str(exc)[:100]})") from None
 
