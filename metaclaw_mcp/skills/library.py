@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,7 +25,8 @@ from ..errors import Conflict, InvalidInput, NotFound
 from ..screening import screen
 from ..store import Database, dumps, set_kv, utcnow
 from .retrieval import BM25_WEIGHTS, TOKENISER_VERSION, index_text, match_expression, query_terms
-from .skillmd import SkillDoc, read_skill_folder, render_skill_md, starter_dir, validate_doc
+from .skillmd import (NOT_FOLLOWED, SkillDoc, find_skill_files, read_skill_folder, starter_dir, validate_doc,
+                      write_skill_folders)
 
 # Called as progress(done, total) while an import runs (the CLI draws a bar with it).
 Progress = Callable[[int, int], None]
@@ -321,23 +323,28 @@ class SkillLibrary:
     async def import_folder(self, path: Path, namespace: str = "default", status: str = "active",
                             source: str = "import", progress: Progress | None = None, *,
                             chunk_size: int = IMPORT_CHUNK_ROWS) -> ImportReport:
-        """Import every SKILL.md under `path`, all or nothing (`import_docs`); bad files are reported
-        and skipped.
+        """Import every SKILL.md under `path` (a folder, or one SKILL.md file), all or nothing
+        (`import_docs`); bad files are reported and skipped.
 
-        A skill whose name already exists gets a new version when its text differs.
+        A skill whose name already exists gets a new version when its text differs. Symbolic links
+        below `path` are never followed: a linked SKILL.md or folder is skipped with that reason
+        (`path` itself may be one).
         """
         path = Path(path)
         if not path.exists():
             raise NotFound(f"nothing to import at {path}")
-        files = [path] if path.is_file() else sorted(path.rglob("SKILL.md"))
+        files, links = ([path], []) if path.is_file() else find_skill_files(path)
 
         def parsed() -> Iterator[tuple[str, SkillDoc | InvalidInput]]:
+            for link in links:
+                yield str(link), InvalidInput(f"{link}: {NOT_FOLLOWED}")
             for f in files:
                 try:
-                    yield str(f), validate_doc(read_skill_folder(f), self.max_body_chars, where=str(f))
+                    doc = read_skill_folder(f, within=None if f == path else path)
+                    yield str(f), validate_doc(doc, self.max_body_chars, where=str(f))
                 except InvalidInput as exc:
                     yield str(f), exc
-        return await self.import_docs(parsed(), len(files), namespace, status, source, progress,
+        return await self.import_docs(parsed(), len(links) + len(files), namespace, status, source, progress,
                                       chunk_size=chunk_size)
 
     async def import_jsonl(self, path: Path, namespace: str = "default", status: str = "active",
@@ -548,27 +555,41 @@ class SkillLibrary:
             await self._discard_batch(batch)
         return len(abandoned)
 
-    async def export_folder(self, path: Path, namespace: str = "default", status: str | None = None) -> list[Path]:
-        """Write each skill's current version to `<path>/<slug>/SKILL.md`."""
-        path = Path(path)
-        written = []
-        for skill in await self.list(namespace, status=status):
-            folder = path / skill.slug
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "SKILL.md").write_text(render_skill_md(skill.doc()), encoding="utf-8")
-            written.append(folder / "SKILL.md")
-        return written
+    async def export_folder(self, path: Path, namespace: str = "default", status: str | None = None, *,
+                            force: bool = False) -> list[Path]:
+        """Write each skill's current version to `<path>/<slug>/SKILL.md`; returns those paths.
 
-    async def export_jsonl(self, path: Path, namespace: str = "default", status: str | None = None) -> int:
-        """Write each skill's current version as one JSON line; the file is replaced whole, never half-written."""
+        `path` must be new or empty unless `force` (then the SKILL.md files of the skills exported
+        are replaced, other files left alone). No symbolic link in `path` is written through, and each
+        file is written whole. Conflict, before anything is written, when `path` is a non-empty
+        folder without `force`, not a folder, or holds a link or a file where a skill's folder goes."""
         path = Path(path)
+        docs = [skill.doc() for skill in await self.list(namespace, status=status)]
+        return await anyio.to_thread.run_sync(write_skill_folders, path, docs, force)
+
+    async def export_jsonl(self, path: Path, namespace: str = "default", status: str | None = None, *,
+                           force: bool = False) -> int:
+        """Write each skill's current version as one JSON line; returns how many.
+
+        The file is written whole (a temporary file beside it, then renamed over it: a link at
+        `path` is replaced, not written through). Conflict when `path` exists and `force` is false,
+        or is a folder."""
+        path = Path(path)
+        if path.is_dir():
+            raise Conflict(f"{path} is a folder; name a .jsonl file to write")
+        if (path.exists() or path.is_symlink()) and not force:
+            raise Conflict(f"{path} already exists; pass force (`skills export --force`) to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
         skills = await self.list(namespace, status=status)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for s in skills:
-                f.write(dumps(doc_to_json(s.doc()) | {"status": s.status, "version": s.version}) + "\n")
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+                for s in skills:
+                    f.write(dumps(doc_to_json(s.doc()) | {"status": s.status, "version": s.version}) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return len(skills)
 
     async def seed_starter(self, namespace: str = "default") -> int:
