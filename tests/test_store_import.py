@@ -86,6 +86,8 @@ async def test_a_write_gets_in_while_a_long_import_runs_and_the_import_lands_who
             assert visible(path) == 0
             with pytest.raises(Conflict, match="another import into namespace 'bulk' is under way"):
                 await SkillLibrary(server).import_docs([("x", doc(0))], 1, "bulk")
+            with pytest.raises(Conflict, match="'bulk-skill-1' is being imported into namespace 'bulk'"):
+                await SkillLibrary(server).add(doc(1), namespace="bulk")
             out, _ = await anyio.to_thread.run_sync(proc.communicate)
         finally:
             if proc.poll() is None:

@@ -204,6 +204,11 @@ class SkillLibrary:
                 "INSERT INTO skills(namespace, slug, status, current_version, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)", (namespace, doc.name, status, 0 if staged else 1, now, now))
         except sqlite3.IntegrityError:
+            taken = await (await db.execute("SELECT current_version FROM skills WHERE namespace = ? AND slug = ?",
+                                            (namespace, doc.name))).fetchone()
+            if taken is not None and taken[0] == 0:
+                raise Conflict(f"a skill named {doc.name!r} is being imported into namespace {namespace!r}; "
+                               f"try again when that import has finished") from None
             raise Conflict(f"a skill named {doc.name!r} already exists in namespace {namespace!r}") from None
         skill_id = int(cur.lastrowid)
         await self._insert_version(db, skill_id, 1, doc, source, provenance, None, metadata or doc.metadata, now)
