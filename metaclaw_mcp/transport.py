@@ -1,9 +1,17 @@
 """Run the server on one transport, with the app's background tasks owned by the process."""
 from __future__ import annotations
 
+import contextlib
 import hmac
+import io
+import json
 import logging
+import os
+import re
+import select
+import signal
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -12,9 +20,15 @@ from mcp.server.transport_security import TransportSecuritySettings
 from .app import App
 from .config import MetaClawConfig
 from .errors import ConfigError
-from .server import build_server
+from .server import MetaClawServer, build_server
 
 log = logging.getLogger("metaclaw_mcp")
+
+# Where signals can be watched from the event loop (POSIX), the process handles SIGINT and SIGTERM
+# itself on every transport; elsewhere (Windows) uvicorn's own handling and KeyboardInterrupt remain.
+OWN_SIGNALS = sys.platform != "win32"
+# How long HTTP and SSE connections still open at shutdown (event streams) may take to finish.
+SHUTDOWN_GRACE_SECONDS = 5.0
 
 
 class BearerAuth:
@@ -38,6 +52,41 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+class CompleteResponses:
+    """ASGI middleware: every HTTP response ends, once. The SDK's event streams can stop without their
+    final body (a stream open at shutdown) or be followed by a second, empty response (its SSE
+    endpoint's), which uvicorn logs as errors; here an unfinished response gets its final, empty
+    body, and whatever comes after that is dropped."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = complete = False
+        end = {"type": "http.response.body", "body": b"", "more_body": False}
+
+        async def send_once(message: dict[str, Any]) -> None:
+            nonlocal started, complete
+            if complete:
+                return
+            if message["type"] == "http.response.start":
+                if started:  # a second response: finish the first instead
+                    complete = True
+                    await send(end)
+                    return
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+            await send(message)
+
+        await self.app(scope, receive, send_once)
+        if started and not complete:
+            await send(end)
+
+
 def check_bind(config: MetaClawConfig) -> None:
     if config.transport != "stdio" and not config.is_loopback and not config.auth_token:
         raise ConfigError(f"refusing to listen on {config.host}, which is not a loopback address, without a token: "
@@ -48,30 +97,249 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def transport_security(config: MetaClawConfig) -> TransportSecuritySettings:
+    """The Host and Origin checks for an HTTP or SSE server bound to `config.host`:`config.port`.
+
+    On a loopback address (any of 127.0.0.0/8, ::1, localhost) a request must name this port on the
+    bound address or on `localhost`, `127.0.0.1` or `[::1]` in `Host` (else 421), and an `Origin`, when
+    sent, must be one of those as an http:// origin (else 403): a page from another site that resolves
+    its name to a loopback address (DNS rebinding) is refused. Off loopback, where a bearer token is
+    required (a browser page cannot send it), the checks are off: the names a public server answers
+    to are not known here.
+    """
+    if not config.is_loopback:
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    bound = f"[{config.host}]" if ":" in config.host else config.host
+    names = dict.fromkeys([bound, "localhost", "127.0.0.1", "[::1]"])
+    hosts = [f"{name}:{config.port}" for name in names]
+    if config.port == 80:  # the default port may be left out of Host
+        hosts += list(names)
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                     allowed_origins=[f"http://{host}" for host in hosts])
+
+
+# ---- stdin for the SDK's stdio reader ----
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def repair_line(line: bytes) -> bytes:
+    """One line of JSON-RPC input with each lone UTF-16 surrogate escape (`"\\ud800"` not followed by
+    its low half) replaced by U+FFFD, so that a strict parser accepts it and the request is answered
+    (the SDK's reader drops a line it cannot parse without replying). Any other line comes back as it was.
+    """
+    if not _SURROGATE_ESCAPE.search(line):  # the common case: one regex scan, no parse
+        return line
+    try:
+        message = json.loads(line, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # not JSON at all: the SDK reports it as it does any bad line
+        return line
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+        return line  # escapes of whole pairs only: the line is valid as it is
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8") + (b"\n" if line.endswith(b"\n") else b"")
+
+
+class StdinLines(io.RawIOBase):
+    """A file descriptor read as whole lines, each passed through `repair_line`, ending at end of input
+    or as soon as `end()` is called (a thread blocked in a read returns at once, with end of input)."""
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self._fd = fd
+        self._wake_r, self._wake_w = os.pipe()
+        self._partial = bytearray()  # the start of a line whose newline has not arrived
+        self._ready = memoryview(b"")  # repaired lines not yet read
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._ready:
+            if self._ended:
+                return 0
+            self._fill()
+        n = min(len(buffer), len(self._ready))
+        buffer[:n] = self._ready[:n]
+        self._ready = self._ready[n:]
+        return n
+
+    def _fill(self) -> None:
+        readable, _, _ = select.select([self._fd, self._wake_r], [], [])
+        if self._wake_r in readable:
+            self._ended = True
+            return
+        chunk = os.read(self._fd, 1 << 16)
+        if not chunk:
+            self._ended = True
+            rest, self._partial = bytes(self._partial), bytearray()
+            self._ready = memoryview(repair_line(rest))
+            return
+        self._partial += chunk
+        end = self._partial.rfind(b"\n", len(self._partial) - len(chunk))
+        if end < 0:
+            return
+        complete = bytes(self._partial[:end])
+        del self._partial[:end + 1]
+        self._ready = memoryview(b"".join(repair_line(line) + b"\n" for line in complete.split(b"\n")))
+
+    def end(self) -> None:
+        """End the input now: the reader gets what is already repaired, then end of input."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def close(self) -> None:
+        if not self.closed:
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        super().close()
+
+
+@contextlib.contextmanager
+def stdin_for_sdk() -> Iterator[StdinLines | None]:
+    """Give the SDK's stdio reader fd 0 through `StdinLines` (as `sys.stdin`, which the SDK then reads in
+    place), with fd 0 itself pointing at the null device meanwhile, as the SDK's own claim does (a
+    child process reads end of input, not the protocol). Yields None where this cannot be done (Windows,
+    no stdin); the SDK then reads stdin itself."""
+    if not OWN_SIGNALS:
+        yield None
+        return
+    import fcntl
+
+    try:
+        wire = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
+    except OSError:
+        yield None
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(null, 0)
+    finally:
+        os.close(null)
+    lines = StdinLines(wire)
+    saved = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(lines), encoding="utf-8", errors="replace")
+    try:
+        yield lines
+    finally:
+        sys.stdin = saved
+        lines.end()
+        os.dup2(wire, 0)
+        os.close(wire)
+
+
+# ---- shutdown ----
+
+class Shutdown:
+    """What SIGINT and SIGTERM do: the first stops the running transport gracefully (`stop`, set by the
+    transport; before one runs, the serving is cancelled), a later one stops it at once (`force`)."""
+
+    def __init__(self, scope: anyio.CancelScope):
+        self.scope = scope
+        self.stop: Callable[[], None] = scope.cancel
+        self.force: Callable[[], None] = scope.cancel
+        self.requested = False
+
+    def on_stop(self, stop: Callable[[], None], force: Callable[[], None] | None = None) -> None:
+        """Set what the transport that starts now does on a signal (at once if one already came)."""
+        self.stop, self.force = stop, force or self.scope.cancel
+        if self.requested:
+            stop()
+
+    async def watch(self, signals: Any) -> None:
+        async for signum in signals:
+            if not self.requested:
+                self.requested = True
+                log.info("%s received: shutting down", signal.Signals(signum).name)
+                self.stop()
+            else:
+                log.info("%s received again: stopping now", signal.Signals(signum).name)
+                self.force()
+
+
 async def serve(config: MetaClawConfig) -> None:
-    """Serve until the transport ends (stdin closes, or SIGINT/SIGTERM for HTTP and SSE)."""
+    """Serve until the transport ends: stdin closes (stdio), or SIGINT or SIGTERM arrives (any transport).
+
+    Either signal stops the transport (HTTP and SSE connections still open get SHUTDOWN_GRACE_SECONDS),
+    then the app closes as it does when stdin closes (buffered retrieval-log rows written, the database
+    closed) and this returns, so the process exits 0; a second signal stops without the grace period.
+    """
     check_bind(config)
+    with anyio.CancelScope() as scope:
+        shutdown = Shutdown(scope)
+        if not OWN_SIGNALS:
+            await _serve(config, shutdown)
+            return
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(shutdown.watch, signals)
+                try:
+                    await _serve(config, shutdown)
+                finally:
+                    tg.cancel_scope.cancel()
+
+
+async def _serve(config: MetaClawConfig, shutdown: Shutdown) -> None:
     async with App(config).running() as app:
         server = build_server(app)
         if config.transport == "stdio":
-            await server.run_stdio_async()
-            return
-        import uvicorn
-
-        security = None if config.is_loopback else TransportSecuritySettings(enable_dns_rebinding_protection=False)
-        if config.transport == "http":
-            asgi = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=config.host)
+            await _serve_stdio(server, shutdown)
         else:
-            asgi = server.sse_app(sse_path="/sse", message_path="/messages/", transport_security=security, host=config.host)
-        if config.auth_token:
-            asgi = BearerAuth(asgi, config.auth_token.get_secret_value())
-        uv = uvicorn.Server(uvicorn.Config(asgi, host=config.host, port=config.port, log_config=None,
-                                           access_log=False, lifespan="on", log_level=config.log_level.lower()))
-        log.info("metaclaw-mcp serving %s on http://%s:%d%s", config.transport, config.host, config.port,
-                 "/mcp" if config.transport == "http" else "/sse")
-        await uv.serve()
+            await _serve_http(server, config, shutdown)
+
+
+async def _serve_stdio(server: MetaClawServer, shutdown: Shutdown) -> None:
+    with stdin_for_sdk() as stdin:
+        if stdin is not None:  # a signal ends the input, as closing stdin does
+            shutdown.on_stop(stdin.end)
+        await server.run_stdio_async()
+
+
+async def _serve_http(server: MetaClawServer, config: MetaClawConfig, shutdown: Shutdown) -> None:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        # uvicorn would take SIGINT and SIGTERM from us and, after its shutdown, raise them again
+        # with the default handlers, killing the process before the app has closed.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    security = transport_security(config)
+    if config.transport == "http":
+        asgi = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=config.host)
+    else:
+        asgi = server.sse_app(sse_path="/sse", message_path="/messages/", transport_security=security, host=config.host)
+    asgi = CompleteResponses(asgi)
+    if config.auth_token:
+        asgi = BearerAuth(asgi, config.auth_token.get_secret_value())
+    uv_config = uvicorn.Config(asgi, host=config.host, port=config.port, log_config=None, access_log=False,
+                               lifespan="on", log_level=config.log_level.lower(),
+                               timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
+    if not OWN_SIGNALS:
+        uv = uvicorn.Server(uv_config)
+    else:
+        uv = Server(uv_config)
+
+        def force() -> None:
+            uv.force_exit = True
+        # handle_exit is what uvicorn's own handler calls; it also ends open SSE streams (sse-starlette hooks it).
+        shutdown.on_stop(lambda: uv.handle_exit(signal.SIGTERM, None), force)
+    log.info("metaclaw-mcp serving %s on http://%s:%d%s", config.transport, config.host, config.port,
+             "/mcp" if config.transport == "http" else "/sse")
+    await uv.serve()
 
 
 def run(config: MetaClawConfig) -> None:
     setup_logging(config.log_level)
     anyio.run(serve, config)
+
