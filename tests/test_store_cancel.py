@@ -119,3 +119,28 @@ async def test_busy_database_is_a_clear_retryable_error(tmp_path):
                 await set_kv(conn, "first-try", 1)
         other.close()
         assert kv_keys(db.path, "") == ["first-try"]
+
+
+async def test_through_a_client_a_report_timed_out_or_busy_is_clear_and_the_server_keeps_writing(app):
+    """What a client sees while `skills import` in another process holds the write lock."""
+    from mcp import Client
+
+    from mcp_servers import call
+    from metaclaw_mcp.server import build_server
+
+    turn = {"session_id": "s1", "messages": [{"role": "user", "content": "What is 2 + 2?"}], "response": "4"}
+    app.db.busy_timeout = 0.5
+    async with Client(build_server(app)) as client:
+        other = holder(app.db.path)
+        with pytest.raises(Exception):  # the client gives up first: its request is cancelled on the server
+            await client.call_tool("report_turn", turn, read_timeout_seconds=0.2)
+        err, text = await call(client, "report_turn", turn)  # one that waits out the busy timeout
+        assert err and "the database is busy (another process holds the write lock); retry in a moment" in text
+        other.execute("ROLLBACK")
+        other.close()
+        await anyio.sleep(0.1)
+        err, rep = await call(client, "report_turn", turn)
+        assert not err, rep
+        assert lock_is_free(app.db.path)
+        err, rep = await call(client, "rate_turn", {"turn_id": rep["turn_id"], "score": 1.0})
+        assert not err, rep
