@@ -6,6 +6,7 @@ command is one method here.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta, timezone
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import cached_property
@@ -21,10 +22,11 @@ from .models import (EvolveResult, FetchResult, Message, RateResult, ReportResul
                      TokenData)
 from .skills.index import Retriever
 from .skills.library import SkillLibrary
-from .skills.injection import Entry, compose
+from .skills.injection import Entry, compose, estimate_tokens
 from .skills.retrieval import build_query, make_retrieval_id
 from .store import Database, dumps, utcnow
 from .llm import ChatMessage, make_chat_model
+from .llm.accounting import record_usage
 from .rewards.judge import Judge
 from .turns import TurnLog
 
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("metaclaw_mcp")
 
 RETRIEVAL_FLUSH_SECONDS = 1.0
+RETENTION_SECONDS = 600.0     # how often old retrieval-log rows are pruned
 
 
 class App:
@@ -50,6 +53,7 @@ class App:
         self.judge = self._make_judge()
         # fetch_skills is read-only: what it showed is logged in the background, off the hot path.
         self._retrieval_log: list[tuple[str, str, str | None, str, str, str]] = []
+        self._namespaces: set[str] | None = None   # namespaces with skills or turns (max_namespaces)
 
     @cached_property
     def trainer(self) -> Trainer | None:
@@ -127,12 +131,44 @@ class App:
                     log.exception("automatic evolution failed in namespace %r", row[0])
 
     async def _flush_loop(self) -> None:
+        last_prune = 0.0
         while True:
             await anyio.sleep(RETRIEVAL_FLUSH_SECONDS)
             try:
                 await self.flush_retrievals()
+                if anyio.current_time() - last_prune >= RETENTION_SECONDS:
+                    last_prune = anyio.current_time()
+                    await self.prune_retrievals()
             except Exception:  # a log row is not worth the process; retry next tick
                 log.exception("could not write the retrieval log")
+
+    async def prune_retrievals(self) -> int:
+        """Drop retrieval-log rows older than `retrieval_log_days` and beyond the newest
+        `retrieval_log_max_rows`; return how many went. Turns keep their retrieval ids (which name
+        the versions shown), so credit does not need the log."""
+        cutoff = (datetime.now(timezone.utc) - timedelta(days=self.config.retrieval_log_days)).isoformat()
+        newest = await self.db.scalar("SELECT MAX(rowid) FROM retrievals")
+        if newest is None:
+            return 0
+        async with self.db.transaction() as db:
+            cur = await db.execute("DELETE FROM retrievals WHERE rowid <= ? OR created_at < ?",
+                                   (int(newest) - self.config.retrieval_log_max_rows, cutoff))
+            return cur.rowcount
+
+    async def namespace_ok(self, namespace: str) -> None:
+        """Raise InvalidInput when `namespace` is new and the server already keeps `max_namespaces`
+        (namespaces with skills or turns, and those fetched from since start): any client can name
+        a namespace, and each costs memory and background work."""
+        if self._namespaces is None:
+            self._namespaces = {r[0] for r in await self.db.fetchall(
+                "SELECT DISTINCT namespace FROM skills UNION SELECT DISTINCT namespace FROM turns")}
+        if namespace in self._namespaces:
+            return
+        cap = self.config.max_namespaces
+        if cap is not None and len(self._namespaces) >= cap:
+            raise InvalidInput(f"namespace {namespace[:80]!r} is new and this server already keeps {cap} namespaces "
+                               "(max_namespaces); use an existing one, or raise METACLAW_MAX_NAMESPACES")
+        self._namespaces.add(namespace)
 
     async def flush_retrievals(self) -> None:
         if not self._retrieval_log or self.db._writer is None:
@@ -153,6 +189,7 @@ class App:
                                "Send the task in a sentence or two, not the whole conversation")
         if not query.strip():
             raise InvalidInput("query is empty: describe the task the skills are for")
+        await self.namespace_ok(namespace)
         k = k or self.config.skill_top_k
         budget = token_budget if token_budget is not None else self.config.injection_token_budget
         search_query = build_query(query, messages, self.config.query_messages)
@@ -184,9 +221,10 @@ class App:
         """Hybrid retrieval with credit; holds the in-memory index (vectors, per-version reward sums)."""
         return Retriever(self.db, self.library, self.config)
 
-    async def review_skills(self, namespace: str | None = None) -> list[dict[str, str]]:
-        """Apply the promotions and retirements that measured credit calls for (thresholds in the config)."""
-        applied = await self.retriever.review(namespace)
+    async def review_skills(self, namespace: str | None = None, changed_only: bool = False) -> list[dict[str, str]]:
+        """Apply the promotions and retirements that measured credit calls for (thresholds in the config);
+        with `changed_only`, only in namespaces whose ratings or skills changed since their last review."""
+        applied = await self.retriever.review(namespace, changed_only)
         return [{"namespace": ns, "slug": slug, "status": d.status, "reason": d.reason} for ns, slug, d in applied]
 
     async def _warm_up(self) -> None:
@@ -197,12 +235,13 @@ class App:
             log.exception("could not warm up retrieval")
 
     async def _credit_loop(self) -> None:
-        """Background: apply credit decisions and embed new skill versions, off the fetch path."""
+        """Background: apply credit decisions and embed new skill versions, off the fetch path. Work
+        follows activity: namespaces whose ratings and skills did not change are not looked at."""
         while True:
             await anyio.sleep(self.config.credit_review_seconds)
             try:
-                await self.review_skills()
-                for ns in self.retriever.loaded_namespaces():
+                await self.review_skills(changed_only=True)
+                for ns in self.retriever.embeddings_due():
                     await self.retriever.ensure_embeddings(ns, limit=2048)
             except Exception:  # credit is not worth the process; retry next tick
                 log.exception("could not review skill credit")
@@ -212,6 +251,7 @@ class App:
                           model: str | None = None, tokens: TokenData | None = None,
                           metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
                           namespace: str = "default") -> ReportResult:
+        await self.namespace_ok(namespace)
         out = await self.turns.report(session_id=session_id, messages=messages, response=response,
                                       retrieval_id=retrieval_id, skill_ids=skill_ids, model=model, tokens=tokens,
                                       metadata=metadata, idempotency_key=idempotency_key, namespace=namespace)
@@ -231,6 +271,7 @@ class App:
     async def evolve_skills(self, namespace: str = "default", max_new: int | None = None,
                             proposals: Sequence[SkillProposal] | None = None, dry_run: bool = False) -> EvolveResult:
         """With proposals: screen and store them. Without: ask the configured LLM, else return the digest."""
+        await self.namespace_ok(namespace)
         if proposals is None and self.llm is not None:
             return await self.evolve_with_llm(namespace, max_new, dry_run)
         result = await self.evolution.evolve(namespace, self.max_new(max_new), proposals, dry_run)
@@ -257,6 +298,18 @@ class App:
         if report.imported and self.retriever.uses_dense:
             await self.retriever.ensure_embeddings(namespace, progress=embed_progress)
         return report
+
+    async def evolve_from_sample(self, namespace: str, max_new: int | None, answer: str, model: str,
+                                 dry_run: bool = False) -> EvolveResult:
+        """Screen and store the proposals in the answer the client's model gave (MCP sampling) to the
+        prompt `evolution.llm_prompt` builds. The client's model reports no usage over MCP: an
+        estimate of the prompt and answer tokens is recorded, so `status` shows what it cost."""
+        await self.namespace_ok(namespace)
+        prompt = await self.evolution.llm_prompt(namespace, self.max_new(max_new))
+        await record_usage(self.db, namespace, f"sampling:{model}", "evolve",
+                           estimate_tokens("".join(prompt) if prompt else ""), estimate_tokens(answer))
+        return await self.evolution.evolve_from_answer(namespace, self.max_new(max_new), answer, llm=f"sampling:{model}",
+                                                       prompt=prompt[1] if prompt else None, dry_run=dry_run)
 
     async def evolve_with_llm(self, namespace: str = "default", max_new: int | None = None,
                               dry_run: bool = False) -> EvolveResult:

@@ -43,6 +43,11 @@ class MetaClawConfig(BaseSettings):
     port: int = Field(8765, ge=1, le=65535)
     auth_token: SecretStr | None = Field(None, description="Bearer token HTTP and SSE clients must send.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    http_request_timeout_seconds: float = Field(10.0, gt=0, description="HTTP/SSE: seconds a request's headers "
+                                                "and body may take to arrive, from its first byte (from connecting, "
+                                                "for a connection's first request); slower connections are closed.")
+    http_max_connections: int | None = Field(500, ge=1, description="HTTP/SSE: open connections past which a "
+                                             "new request gets 503. None: no limit.")
 
     # skills
     skill_top_k: int = Field(5, ge=1, le=50)
@@ -109,6 +114,10 @@ class MetaClawConfig(BaseSettings):
     # input limits
     max_query_chars: int = Field(32_000, ge=100)
     max_turn_bytes: int = Field(2_000_000, ge=1_000, description="Cap on a turn's messages + response, in UTF-8 bytes.")
+    max_namespaces: int | None = Field(1000, ge=1, description="Namespaces a server keeps (with skills or turns); "
+                                       "a tool call naming a new one past this is refused. None: no limit.")
+    retrieval_log_days: float = Field(30.0, gt=0.0, description="Days the log of what fetch_skills showed is kept.")
+    retrieval_log_max_rows: int = Field(50_000, ge=100, description="Most rows of that log kept (the newest).")
     redact_secrets: bool = Field(True, description="Replace secrets (API keys, private keys, passwords, URL "
                                  "credentials, high-entropy strings) in reported turns and rating feedback by "
                                  "[REDACTED:<kind>] before they are stored; a turn that had one keeps no token ids.")

@@ -24,8 +24,6 @@ from .app import App
 from .errors import MetaClawError, NotFound
 from .models import (Category, EvolveResult, FetchResult, Message, Namespace, RateResult, RatingSource,
                      ReportResult, Score, SkillProposal, TokenData)
-from .llm.accounting import record_usage
-from .skills.injection import estimate_tokens
 from .skills.skillmd import render_skill_md
 
 INSTRUCTIONS = """\
@@ -322,13 +320,7 @@ def build_server(app: App) -> MetaClawServer:
         if sampled is not None and proposals is None:
             await progress(1, f"your model answered ({sampled.model}); parsing and screening its proposals")
             answer = sampled.content.text if isinstance(sampled.content, TextContent) else ""
-            prompt = await app.evolution.llm_prompt(namespace, app.max_new(max_new))
-            # The client's model reports no usage over MCP: record an estimate, so status shows what it cost.
-            await record_usage(app.db, namespace, f"sampling:{sampled.model}", "evolve",
-                               estimate_tokens("".join(prompt) if prompt else ""), estimate_tokens(answer))
-            result = await app.evolution.evolve_from_answer(namespace, app.max_new(max_new), answer,
-                                                            llm=f"sampling:{sampled.model}",
-                                                            prompt=prompt[1] if prompt else None, dry_run=dry_run)
+            result = await app.evolve_from_sample(namespace, max_new, answer, sampled.model, dry_run)
         else:
             await progress(1, "reading recent failures" if proposals is None else "screening proposals")
             result = await app.evolve_skills(namespace, max_new, proposals, dry_run)

@@ -576,9 +576,13 @@ class Retriever:
 
     # ---- credit decisions (review.py) ----
 
-    async def review(self, namespace: str | None = None) -> list[tuple[str, str, Decision]]:
+    async def review(self, namespace: str | None = None, changed_only: bool = False) -> list[tuple[str, str, Decision]]:
         """Apply the promotions and retirements the evidence calls for (`CreditReview.review`)."""
-        return await self.credit_review.review(namespace)
+        return await self.credit_review.review(namespace, changed_only)
+
+    def embeddings_due(self) -> list[str]:
+        """Loaded namespaces with current versions still missing a stored vector (no database read)."""
+        return [ns for ns, state in self.mirror.namespaces.items() if state.missing]
 
     async def enforce_budget(self, namespace: str, state: NamespaceState | None = None) -> list[tuple[str, str, Decision]]:
         """Past `max_active_skills`, retire the least useful active skills (`CreditReview.enforce_budget`)."""

@@ -59,15 +59,44 @@ class CreditReview:
         self.mirror = mirror
         self.policy = policy
         self.config = config
+        # namespace -> (rated turns, reward sum) at its last review; the skills change counter then
+        self._evidence: dict[str, tuple[int, float]] = {}
+        self._skills_gen: int | None = None
 
+    async def due(self) -> list[str]:
+        """The namespaces whose evidence (ratings) or library (skills added, revised, moved) changed
+        since their last review: every namespace with skills the first time, then only those, so
+        idle namespaces cost one row of `reward_totals` a review, not a refit."""
+        gen = int(await self.db.scalar("SELECT value FROM change_counters WHERE name = 'skills'") or 0)
+        if self._skills_gen is None:
+            touched = {r[0] for r in await self.db.fetchall(
+                "SELECT DISTINCT namespace FROM skills WHERE status IN ('active', 'candidate')")}
+        elif gen != self._skills_gen:
+            touched = {r[0] for r in await self.db.fetchall("SELECT DISTINCT namespace FROM skills WHERE gen > ?",
+                                                            (self._skills_gen,))}
+        else:
+            touched = set()
+        self._skills_gen = gen
+        evidence = {r[0]: (int(r[1]), float(r[2])) for r in await self.db.fetchall(
+            "SELECT namespace, rated, reward_sum FROM reward_totals")}
+        touched |= {ns for ns, mark in evidence.items() if self._evidence.get(ns) != mark}
+        self._evidence.update(evidence)
+        return sorted(touched)
 
-    async def review(self, namespace: str | None = None) -> list[tuple[str, str, Decision]]:
+    async def review(self, namespace: str | None = None, changed_only: bool = False) -> list[tuple[str, str, Decision]]:
         """Apply the promotions and retirements the evidence calls for; return (namespace, slug, decision).
 
+        `namespace`: that one; else every namespace with skills, or with `changed_only` those whose
+        ratings or skills changed since their last review (`due`; what the background loop does).
         Each change is its own small transaction; the reason is recorded in `skills.status_reason`.
         """
-        namespaces = [namespace] if namespace else [r[0] for r in await self.db.fetchall(
-            "SELECT DISTINCT namespace FROM skills WHERE status IN ('active', 'candidate')")]
+        if namespace:
+            namespaces = [namespace]
+        elif changed_only:
+            namespaces = await self.due()
+        else:
+            namespaces = [r[0] for r in await self.db.fetchall(
+                "SELECT DISTINCT namespace FROM skills WHERE status IN ('active', 'candidate')")]
         applied = []
         for ns in namespaces:
             state = await self.mirror.state(ns)
