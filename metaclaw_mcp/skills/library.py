@@ -437,8 +437,7 @@ class SkillLibrary:
     async def _stage_and_publish(self, todo: Sequence[tuple[SkillDoc, int | None]], namespace: str, status: str,
                                  source: str, chunk_size: int, step: Callable[[int], None]) -> None:
         batch = await self._open_batch(namespace)
-        live = (str(self.db.path.resolve()), batch)
-        _LIVE_BATCHES.add(live)
+        live = self._live_key(batch)
         try:
             i = 0
             while i < len(todo):
@@ -469,20 +468,33 @@ class SkillLibrary:
         finally:
             _LIVE_BATCHES.discard(live)
 
+    def _live_key(self, batch: int) -> tuple[str, int]:
+        return str(self.db.path.resolve()), batch
+
     async def _open_batch(self, namespace: str) -> int:
-        """Register an import into `namespace` (after removing abandoned ones); its batch id."""
+        """Register an import into `namespace` (after removing abandoned ones) as under way in this
+        process; its batch id."""
         await self.discard_abandoned_imports()
-        async with self.db.transaction() as db:
-            for row in await (await db.execute(
-                    "SELECT id, host, pid, touched_at FROM import_batches WHERE namespace = ?", (namespace,))).fetchall():
-                if not self._abandoned(row):
-                    raise Conflict(f"another import into namespace {namespace!r} is under way (process {row['pid']} "
-                                   f"on {row['host']}); run this one when it has finished")
-            now = utcnow()
-            cur = await db.execute(
-                "INSERT INTO import_batches(namespace, host, pid, started_at, touched_at) VALUES (?, ?, ?, ?, ?)",
-                (namespace, socket.gethostname(), os.getpid(), now, now))
-            return int(cur.lastrowid)
+        batch = None
+        try:
+            async with self.db.transaction() as db:
+                for row in await (await db.execute("SELECT id, host, pid, touched_at FROM import_batches "
+                                                   "WHERE namespace = ?", (namespace,))).fetchall():
+                    if not self._abandoned(row):
+                        raise Conflict(f"another import into namespace {namespace!r} is under way (process "
+                                       f"{row['pid']} on {row['host']}); run this one when it has finished")
+                now = utcnow()
+                cur = await db.execute(
+                    "INSERT INTO import_batches(namespace, host, pid, started_at, touched_at) VALUES (?, ?, ?, ?, ?)",
+                    (namespace, socket.gethostname(), os.getpid(), now, now))
+                batch = int(cur.lastrowid)
+                # live before it is committed: no other task of this process may take it for abandoned
+                _LIVE_BATCHES.add(self._live_key(batch))
+        except BaseException:
+            if batch is not None:
+                _LIVE_BATCHES.discard(self._live_key(batch))
+            raise
+        return batch
 
     async def _stage(self, db: aiosqlite.Connection, batch: int, doc: SkillDoc, skill_id: int | None,
                      namespace: str, status: str, source: str) -> tuple[Any, ...]:
@@ -494,6 +506,8 @@ class SkillLibrary:
         row = await (await db.execute(
             "SELECT current_version, (SELECT MAX(version) FROM skill_versions WHERE skill_id = ?) FROM skills "
             "WHERE id = ?", (skill_id, skill_id))).fetchone()
+        if row is None:
+            raise Conflict(f"skill {doc.name!r} was removed from namespace {namespace!r} during the import")
         version = int(row[1]) + 1
         await self._insert_version(db, skill_id, version, doc, source, [], int(row[0]), doc.metadata, utcnow())
         return batch, skill_id, version, 0, index_text(doc.name), index_text(doc.description), index_text(doc.body)
@@ -544,7 +558,7 @@ class SkillLibrary:
         """Whether the import batch `row` (host, pid, touched_at) will never be published."""
         if row["host"] == socket.gethostname():
             if row["pid"] == os.getpid():
-                return (str(self.db.path.resolve()), row["id"]) not in _LIVE_BATCHES
+                return self._live_key(row["id"]) not in _LIVE_BATCHES
             if not _process_alive(row["pid"]):
                 return True
         touched = datetime.fromisoformat(row["touched_at"])
@@ -608,8 +622,8 @@ class SkillLibrary:
         return len(report.imported)
 
 
-ABANDONED_IMPORT = ("this import's staged skills were removed as abandoned (no chunk written for a long "
-                    "time); nothing was imported, run it again")
+ABANDONED_IMPORT = ("this import's staged skills were removed by another process that took the import "
+                    "for abandoned; nothing was imported, run it again")
 
 
 def _process_alive(pid: int) -> bool:
