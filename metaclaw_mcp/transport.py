@@ -87,6 +87,51 @@ class CompleteResponses:
             await send(end)
 
 
+def guarded_h11(request_timeout: float) -> type[Any]:
+    """uvicorn's h11 protocol with a deadline on each request: its head and body must arrive within
+    `request_timeout` seconds of its first byte (of connecting, for a connection's first request),
+    or the connection is closed. uvicorn's own keep-alive timeout covers only the idle time after a
+    response, so a client that connects and never finishes its headers would hold a socket forever."""
+    import asyncio
+
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._deadline is None:  # the first bytes of the next request
+                self._arm()
+            super().data_received(data)
+            if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):  # the request is in (or the connection over)
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._deadline = self.loop.call_later(request_timeout, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                log.debug("closing a connection from %s: no whole request within %gs", self.client, request_timeout)
+                self.transport.close()
+
+    return GuardedH11
+
+
 def check_bind(config: MetaClawConfig) -> None:
     if config.transport != "stdio" and not config.is_loopback and not config.auth_token:
         raise ConfigError(f"refusing to listen on {config.host}, which is not a loopback address, without a token: "
@@ -324,7 +369,9 @@ async def _serve_http(server: MetaClawServer, config: MetaClawConfig, shutdown: 
         asgi = BearerAuth(asgi, config.auth_token.get_secret_value())
     uv_config = uvicorn.Config(asgi, host=config.host, port=config.port, log_config=None, access_log=False,
                                lifespan="on", log_level=config.log_level.lower(),
-                               timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
+                               timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+                               http=guarded_h11(config.http_request_timeout_seconds),
+                               limit_concurrency=config.http_max_connections)
     if not OWN_SIGNALS:
         uv = uvicorn.Server(uv_config)
     else:

@@ -255,3 +255,37 @@ def test_repair_line_replaces_only_lone_surrogates():
                       b'{"q": NaN, "r": "\\ud800"}',  # nor is NaN
                       b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}'):
         assert repair_line(unchanged) == unchanged
+
+
+# ---- connections that never finish a request ----
+
+@pytest.mark.anyio
+async def test_unfinished_requests_are_closed_and_others_still_served(tmp_path):
+    home = tmp_path / "home"
+    with served(home, "http", METACLAW_HTTP_REQUEST_TIMEOUT_SECONDS="1") as (port, _):
+        stalled = []
+        for n in range(40):  # some send nothing, some half their headers, some half a body
+            s = socket.create_connection(("127.0.0.1", port))
+            if n % 3 == 1:
+                s.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: appl" % port)
+            elif n % 3 == 2:
+                s.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 100\r\n\r\n{\"jsonrpc\"" % port)
+            stalled.append(s)
+        try:
+            async with connect("http", home, port, "auto") as client:  # served meanwhile
+                err, out = await call(client, "fetch_skills", {"query": QUERY})
+                assert not err, out
+
+            def closed_by_server(s: socket.socket) -> bool:
+                s.settimeout(5)
+                try:
+                    return s.recv(1024) == b""
+                except TimeoutError:
+                    return False
+            started = time.monotonic()
+            assert all(await anyio.to_thread.run_sync(lambda: [closed_by_server(s) for s in stalled]))
+            assert time.monotonic() - started < 5
+        finally:
+            for s in stalled:
+                s.close()
