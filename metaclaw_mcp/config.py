@@ -48,11 +48,6 @@ class MetaClawConfig(BaseSettings):
                                                 "for a connection's first request); slower connections are closed.")
     http_max_connections: int | None = Field(500, ge=1, description="HTTP/SSE: open connections past which a "
                                              "new request gets 503. None: no limit.")
-    http_request_timeout_seconds: float = Field(10.0, gt=0, description="HTTP/SSE: seconds a request's headers "
-                                                "and body may take to arrive, from its first byte (from connecting, "
-                                                "for a connection's first request); slower connections are closed.")
-    http_max_connections: int | None = Field(500, ge=1, description="HTTP/SSE: open connections past which a "
-                                             "new request gets 503. None: no limit.")
 
     # skills
     skill_top_k: int = Field(5, ge=1, le=50)
