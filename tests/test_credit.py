@@ -272,6 +272,30 @@ async def test_review_retires_harmful_and_promotes_helpful_with_reasons(app):
 
 
 @pytest.mark.anyio
+async def test_an_agents_own_ratings_never_promote_or_retire_alone(app):
+    """A client promotes its own candidate with self-rated uses, or retires a rival with them: the
+    rules count only uses whose reward came from the user, the environment or the judge."""
+    ns = "self-rated"
+    await app.library.add(doc("mine"), namespace=ns, status="candidate")
+    await app.library.add(doc("rival"), namespace=ns)
+    await app.library.add(doc("other"), namespace=ns)
+    for i in range(12):                                       # a baseline the user rated
+        await report_and_rate(app, ns, ["other"], 0.0 if i % 2 else 0.2, i)
+    for i in range(30):
+        for slug, score in (("mine", 1.0), ("rival", -1.0)):
+            out = await app.report_turn(f"a{i}", [Message(role="user", content="task")], "done",
+                                        skill_ids=[slug], namespace=ns)
+            await app.rate_turn(out.turn_id, score, source="agent")
+    assert await app.review_skills(ns) == []
+    assert (await app.library.get(ns, "mine")).status == "candidate"
+    assert (await app.library.get(ns, "rival")).status == "active"
+    for i in range(10):                                       # the user agrees: now it counts
+        await report_and_rate(app, ns, ["mine"], 1.0, 100 + i)
+    changes = {c["slug"]: c["status"] for c in await app.review_skills(ns)}
+    assert changes.get("mine") == "active"
+
+
+@pytest.mark.anyio
 async def test_fetch_explains_why_and_uses(app):
     ns = "why"
     for name in ("useful-skill", "other-skill"):

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ class Decision:
 
 
 def decide(status: str, c: Credit, policy: CreditPolicy, baseline_n: int, taught: bool = False,
-           harmful: float | None = None) -> Decision | None:
+           harmful: float | None = None, independent: int | None = None) -> Decision | None:
     """The status change the evidence calls for, or None.
 
     `baseline_n` is the number of rated turns without the skill: no decision before there are
@@ -173,11 +173,16 @@ def decide(status: str, c: Credit, policy: CreditPolicy, baseline_n: int, taught
     review's `ebh` over the library selected it for retirement (None: not selected). A `taught`
     candidate (see lessons.py) is promoted once `taught_promote_min_uses` later turns that got it
     were rated, with a mean reward above 0: the lesson was not rated down where it was used.
+    `independent`: of the rated uses, those whose reward did not come from the agent grading
+    itself (None: all). Every rule's minimum number of uses counts these only, so an agent's own
+    ratings never promote or retire a skill alone.
     """
     if status == "retired" or baseline_n < policy.min_baseline:
         return None
+    if independent is not None and independent < c.rated:
+        c = replace(c, rated=independent)   # the counts the rules need; the arithmetic stays the evidence's
     summary = f"uplift {c.uplift:+.3f} ± {policy.z * c.se:.3f} over {c.rated} rated uses"
-    if harmful is not None:
+    if harmful is not None and c.rated >= policy.retire_min_uses:
         return Decision("retired", f"reliably negative uplift: {summary} (below {policy.retire_max_uplift:+.2f} "
                                    f"with e-value {harmful:.3g}, selected over the library at error rate "
                                    f"{policy.alpha:g})")

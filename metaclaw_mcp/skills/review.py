@@ -106,10 +106,12 @@ class CreditReview:
             # every retrievable skill is judged at each review: retirement is chosen over all of them at once
             evalues = {sid: retirement_evalue(c, self.policy) for sid, (_, c) in judged.items()}
             harmful = ebh(evalues, self.policy.alpha)
+            independent = await self.independent_uses(ns)
             for sid, (meta, c) in judged.items():
                 baseline_n = state.totals.n - c.rated
                 decision = decide(meta.status, c, self.policy, baseline_n, taught=meta.taught,
-                                  harmful=evalues[sid] if sid in harmful else None)
+                                  harmful=evalues[sid] if sid in harmful else None,
+                                  independent=independent.get((sid, meta.version), 0))
                 if decision is None:
                     continue
                 reason = f"{decision.reason} (v{meta.version})"
@@ -124,6 +126,15 @@ class CreditReview:
             async with self.db.transaction() as db:
                 await set_kv(db, "credit_last_review", {"changes": len(applied)})
         return applied
+
+    async def independent_uses(self, namespace: str) -> dict[tuple[int, int], int]:
+        """(skill id, version) -> its credited rated uses whose reward came from someone other than the
+        agent grading itself (user, environment, judge): the uses a decision may count."""
+        rows = await self.db.fetchall(
+            "SELECT u.skill_id, u.version, COUNT(*) FROM skill_uses u JOIN turns t ON t.id = u.turn_id "
+            "WHERE t.namespace = ? AND t.reward IS NOT NULL AND t.reward_source != 'agent' AND u.credited = 1 "
+            "GROUP BY u.skill_id, u.version", (namespace,))
+        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     async def enforce_budget(self, namespace: str, state: NamespaceState | None = None) -> list[tuple[str, str, Decision]]:
         """Past `max_active_skills`, retire the least useful active skills (fewest uses first among equals).
