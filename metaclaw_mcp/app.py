@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import __version__
+from .access import LOCAL, Principal
 from .config import MetaClawConfig
 from .errors import InvalidInput
 from .evolution.service import Evolution
@@ -259,8 +260,9 @@ class App:
                             redacted=out.redacted)
 
     async def rate_turn(self, turn_id: str, score: float, source: str = "user",
-                        feedback: str | None = None) -> RateResult:
-        out = await self.turns.rate(turn_id, score, source, feedback)
+                        feedback: str | None = None, caller: Principal = LOCAL) -> RateResult:
+        out = await self.turns.rate(turn_id, score, source, feedback,
+                                    may_use=None if caller.every_namespace else caller.may_use)
         self._on_rated(out)
         return RateResult(turn_id=out.turn_id, reward=out.reward, reward_source=out.reward_source,  # type: ignore[arg-type]
                           queued_for_training=out.queued_for_training)

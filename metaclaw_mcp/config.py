@@ -41,7 +41,10 @@ class MetaClawConfig(BaseSettings):
     transport: Literal["stdio", "sse", "http"] = "stdio"
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=1, le=65535)
-    auth_token: SecretStr | None = Field(None, description="Bearer token HTTP and SSE clients must send.")
+    auth_token: SecretStr | None = Field(None, description="Bearer token HTTP and SSE clients must send "
+                                         "(one shared token: admin on every namespace).")
+    tokens_file: Path | None = Field(None, description="TOML file of bearer tokens, each bound to namespaces and a "
+                                     "role (agent or admin); see `metaclaw-mcp tokens add`. Replaces auth_token.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     http_request_timeout_seconds: float = Field(10.0, gt=0, description="HTTP/SSE: seconds a request's headers "
                                                 "and body may take to arrive, from its first byte (from connecting, "

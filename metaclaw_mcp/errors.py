@@ -25,3 +25,7 @@ class Conflict(MetaClawError):
 class Busy(MetaClawError):
     """Another connection (a CLI import, a second server) held the database's write lock past the
     busy timeout. Nothing was written; the same call can be retried in a moment."""
+
+
+class Forbidden(MetaClawError):
+    """The caller's token may not do this (another namespace, or an admin's action). Nothing was done."""

@@ -20,6 +20,7 @@ from mcp_types import ToolAnnotations
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
 from . import __version__
+from .access import LOCAL, Principal
 from .app import App
 from .errors import MetaClawError, NotFound
 from .models import (Category, EvolveResult, FetchResult, Message, Namespace, RateResult, RatingSource,
@@ -209,6 +210,10 @@ class MetaClawServer(MCPServer):
 
     async def list_resources(self) -> list[MCPResource]:
         listed = await super().list_resources()
+        if self.app.config.tokens_file is not None:
+            # The SDK gives a listing no request to tell the caller by: with tokens bound to namespaces,
+            # no namespace's skills are listed (each stays readable, by a token that may use it, by URI).
+            return listed
         for status in ("active", "candidate"):
             for s in await self.app.library.list(namespace=None, status=status):
                 listed.append(MCPResource(uri=f"skill://{s.namespace}/{s.slug}", name=s.slug, title=s.name,
@@ -217,10 +222,30 @@ class MetaClawServer(MCPServer):
         return listed
 
 
+# Where the HTTP transport's bearer check leaves the caller (transport.BearerAuth), in the request's scope.
+PRINCIPAL_KEY = "metaclaw_principal"
+
+
+def caller(ctx: Context | None) -> Principal:
+    """Who is calling: the principal the bearer check put on the HTTP request, else `LOCAL` (stdio,
+    in-process, or loopback HTTP without a token: the single-user default)."""
+    if ctx is None:
+        return LOCAL
+    try:
+        request = ctx.request_context.request
+    except (AttributeError, LookupError, ValueError):   # no request context: not over a transport
+        return LOCAL
+    scope = getattr(request, "scope", None) or {}
+    found = (scope.get("state") or {}).get(PRINCIPAL_KEY)
+    return found if isinstance(found, Principal) else LOCAL
+
+
 async def ask_client_model(ctx: Context, namespace: str = "default", max_new: int | None = None,
                            proposals: Any = None) -> Sample | None:
     """Resolver: ask the connected client's model for proposals when it can sample and the caller brought none."""
     app: App = ctx.mcp_server.app  # type: ignore[attr-defined]
+    if not caller(ctx).may_use(namespace):   # the tool itself says why; no failure leaves for a model
+        return None
     caps = ctx.client_capabilities
     # A configured server-side LLM comes first; llm_provider "none" means never ask anyone.
     if proposals is not None or app.config.llm_provider != "sampling" or caps is None or caps.sampling is None:
@@ -257,11 +282,13 @@ def build_server(app: App) -> MetaClawServer:
         messages: Annotated[list[Message] | None, Field(
             max_length=200, description="Optional recent chat messages; the last few user and assistant ones "
                                         "sharpen the query (system prompts and tool outputs are ignored).")] = None,
+        ctx: Context | None = None,
     ) -> FetchResult:
         """Return the learned skills that fit a task, and a markdown block to add to your system prompt.
 
         Each skill says why it was chosen: relevance, measured usefulness, or exploration.
         Call before you answer. Pass the returned retrieval_id to report_turn afterwards."""
+        caller(ctx).check(namespace)
         return await app.fetch_skills(query, k, session_id, namespace, categories, token_budget, messages)
 
     @tool(ToolAnnotations(title="Report a turn", read_only_hint=False, destructive_hint=False,
@@ -282,8 +309,10 @@ def build_server(app: App) -> MetaClawServer:
         idempotency_key: Annotated[str | None, Field(min_length=1, max_length=256,
                                                      description="Same key, same turn: safe to retry.")] = None,
         namespace: Namespace = "default",
+        ctx: Context | None = None,
     ) -> ReportResult:
         """Log what you were asked, which skills you used, and what you answered. Returns the turn_id."""
+        caller(ctx).check(namespace)
         return await app.report_turn(session_id, messages, response, retrieval_id, skill_ids, model, tokens,
                                      metadata, idempotency_key, namespace)
 
@@ -295,9 +324,10 @@ def build_server(app: App) -> MetaClawServer:
         score: Score,
         source: RatingSource = "user",
         feedback: Annotated[str | None, Field(max_length=8000, description="Why, in a line.")] = None,
+        ctx: Context | None = None,
     ) -> RateResult:
         """Attach a reward in [-1, 1] to a reported turn. A user rating outranks env, agent and judge ones."""
-        return await app.rate_turn(turn_id, score, source, feedback)
+        return await app.rate_turn(turn_id, score, source, feedback, caller=caller(ctx))
 
     @tool(ToolAnnotations(title="Evolve skills", read_only_hint=False, destructive_hint=False,
                           idempotent_hint=False, open_world_hint=False))
@@ -313,6 +343,8 @@ def build_server(app: App) -> MetaClawServer:
         """Turn failures into skills. With proposals: screen them and store the good ones as candidate skills.
         Without: ask your model (MCP sampling) to write them from recent failures; a client that cannot
         sample gets a digest of the failures and the proposal schema, to write proposals and call again."""
+        caller(ctx).check(namespace)
+
         async def progress(done: float, message: str) -> None:
             if ctx is not None:
                 await ctx.report_progress(done, 3, message)
@@ -330,31 +362,37 @@ def build_server(app: App) -> MetaClawServer:
     mcp = MetaClawServer(app, name="metaclaw-mcp", title="MetaClaw skills", version=__version__,
                          instructions=INSTRUCTIONS, log_level=app.config.log_level, tools=tools)
 
-    @mcp.resource("metaclaw://status", name="status", title="metaclaw-mcp status", mime_type="application/json")
-    async def status() -> str:
-        """Counts of skills and turns, recent reward, trainer state."""
-        return json.dumps(await app.status(), indent=2)
+    # Status and checkpoints span every namespace, and the SDK tells a static resource nothing of its
+    # caller: with tokens bound to namespaces they are not served over MCP (the CLI and an admin's
+    # dashboard show them).
+    if app.config.tokens_file is None:
+        @mcp.resource("metaclaw://status", name="status", title="metaclaw-mcp status", mime_type="application/json")
+        async def status() -> str:
+            """Counts of skills and turns, recent reward, trainer state."""
+            return json.dumps(await app.status(), indent=2)
 
-    @mcp.resource("metaclaw://checkpoints", name="checkpoints", title="Training checkpoints",
-                  mime_type="application/json")
-    async def checkpoints() -> str:
-        """Every checkpoint the trainer saved (newest first): step, kind (sampler/state), path, backend."""
-        rows = await app.db.fetchall("SELECT step, kind, path, backend, created_at FROM checkpoints "
-                                     "ORDER BY id DESC LIMIT 200")
-        return json.dumps([dict(r) for r in rows], indent=2)
+        @mcp.resource("metaclaw://checkpoints", name="checkpoints", title="Training checkpoints",
+                      mime_type="application/json")
+        async def checkpoints() -> str:
+            """Every checkpoint the trainer saved (newest first): step, kind (sampler/state), path, backend."""
+            rows = await app.db.fetchall("SELECT step, kind, path, backend, created_at FROM checkpoints "
+                                         "ORDER BY id DESC LIMIT 200")
+            return json.dumps([dict(r) for r in rows], indent=2)
 
-    async def announce(step: dict[str, Any]) -> None:
-        """Tell listening clients (2026-07-28 `subscriptions/listen`) that status and checkpoints changed."""
-        await mcp._subscriptions.publish(ResourceUpdated(uri="metaclaw://status"))
-        if step["checkpoints"]:
-            await mcp._subscriptions.publish(ResourceUpdated(uri="metaclaw://checkpoints"))
+        async def announce(step: dict[str, Any]) -> None:
+            """Tell listening clients (2026-07-28 `subscriptions/listen`) that status and checkpoints changed."""
+            await mcp._subscriptions.publish(ResourceUpdated(uri="metaclaw://status"))
+            if step["checkpoints"]:
+                await mcp._subscriptions.publish(ResourceUpdated(uri="metaclaw://checkpoints"))
 
-    if app.trainer is not None:
-        app.trainer.on_step.append(announce)
+        if app.trainer is not None:
+            app.trainer.on_step.append(announce)
 
     @mcp.resource("skill://{namespace}/{slug}", name="skill", title="A learned skill", mime_type="text/markdown")
-    async def skill(namespace: str, slug: str) -> str:
-        """One skill's current version as SKILL.md."""
+    async def skill(namespace: str, slug: str, ctx: Context) -> str:
+        """One skill's current version as SKILL.md (in a namespace the caller may use)."""
+        if not caller(ctx).may_use(namespace):
+            raise ResourceNotFoundError(f"no skill {slug[:80]!r} in namespace {namespace[:80]!r}")
         try:
             record = await app.library.get(namespace, slug)
         except NotFound as exc:

@@ -7,7 +7,7 @@ import math
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,8 +190,12 @@ class TurnLog:
             named.add(row["id"])
         return list(out.items()), named
 
-    async def rate(self, turn_id: str, score: float, source: str = "user", feedback: str | None = None) -> RateOutcome:
-        """Add a rating, re-fuse the turn's reward, and queue the turn for training if it still can be."""
+    async def rate(self, turn_id: str, score: float, source: str = "user", feedback: str | None = None,
+                   may_use: Callable[[str], bool] | None = None) -> RateOutcome:
+        """Add a rating, re-fuse the turn's reward, and queue the turn for training if it still can be.
+
+        `may_use(namespace)`: whether the caller may rate turns of the turn's namespace; a turn it may
+        not is NotFound, as if there were none (its existence is not told)."""
         if source not in SOURCE_PRIORITY:
             raise InvalidInput(f"source {source!r} is not one of {', '.join(SOURCE_PRIORITY)}")
         if not isinstance(score, (int, float)) or not math.isfinite(score) or not -1.0 <= score <= 1.0:
@@ -201,8 +205,9 @@ class TurnLog:
         if feedback is not None and self.redact:
             feedback = redact(feedback)
         async with self.db.transaction() as db:
-            turn = await (await db.execute("SELECT train_state, batch_id FROM turns WHERE id = ?", (turn_id,))).fetchone()
-            if turn is None:
+            turn = await (await db.execute("SELECT train_state, batch_id, namespace FROM turns WHERE id = ?",
+                                           (turn_id,))).fetchone()
+            if turn is None or (may_use is not None and not may_use(turn["namespace"])):
                 raise NotFound(f"no turn {turn_id[:80]!r}; use the turn_id that report_turn returned")
             now = utcnow()
             await db.execute("INSERT INTO ratings(turn_id, source, score, feedback, created_at) VALUES (?, ?, ?, ?, ?)",
