@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 import io
 import json
 import logging
@@ -17,10 +16,11 @@ from typing import Any
 import anyio
 from mcp.server.transport_security import TransportSecuritySettings
 
+from .access import TokenTable
 from .app import App
 from .config import MetaClawConfig
 from .errors import ConfigError
-from .server import MetaClawServer, build_server
+from .server import PRINCIPAL_KEY, MetaClawServer, build_server
 
 log = logging.getLogger("metaclaw_mcp")
 
@@ -32,24 +32,38 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 
 
 class BearerAuth:
-    """ASGI middleware: every HTTP request must carry `Authorization: Bearer <token>`."""
+    """ASGI middleware: every HTTP request must carry `Authorization: Bearer <token>` of a token in
+    `tokens`; the request then goes on with the token's principal in its scope's state (where the
+    tools read who is calling: `server.caller`). Anything else gets 401 before the app sees it."""
 
-    def __init__(self, app: Any, token: str):
+    def __init__(self, app: Any, tokens: TokenTable):
         self.app = app
-        self._token = token.encode()
+        self.tokens = tokens
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             header = dict(scope.get("headers") or []).get(b"authorization", b"")
             scheme, _, supplied = header.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(supplied.strip(), self._token):
+            principal = self.tokens.lookup(supplied.strip()) if scheme.lower() == b"bearer" else None
+            if principal is None:
                 body = b'{"error": "unauthorized", "detail": "send Authorization: Bearer <token>"}'
                 await send({"type": "http.response.start", "status": 401, "headers": [
                     (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                     (b"www-authenticate", b'Bearer realm="metaclaw-mcp"')]})
                 await send({"type": "http.response.body", "body": body})
                 return
+            scope = {**scope, "state": {**(scope.get("state") or {}), PRINCIPAL_KEY: principal}}
         await self.app(scope, receive, send)
+
+
+def token_table(config: MetaClawConfig) -> TokenTable | None:
+    """The tokens HTTP requests are checked against: the token file, else the one shared token, else
+    None (loopback without a token: the single-user default)."""
+    if config.tokens_file is not None:
+        return TokenTable.load(config.tokens_file)
+    if config.auth_token is not None:
+        return TokenTable.single(config.auth_token.get_secret_value())
+    return None
 
 
 class CompleteResponses:
@@ -133,9 +147,11 @@ def guarded_h11(request_timeout: float) -> type[Any]:
 
 
 def check_bind(config: MetaClawConfig) -> None:
-    if config.transport != "stdio" and not config.is_loopback and not config.auth_token:
+    if config.transport != "stdio" and not config.is_loopback and not (config.auth_token or config.tokens_file):
         raise ConfigError(f"refusing to listen on {config.host}, which is not a loopback address, without a token: "
-                          "pass --auth-token (or set METACLAW_AUTH_TOKEN), or bind 127.0.0.1")
+                          "pass --auth-token (or set METACLAW_AUTH_TOKEN, or METACLAW_TOKENS_FILE), or bind 127.0.0.1")
+    if config.transport != "stdio":
+        token_table(config)   # a bad token file is a clear error before anything listens
 
 
 def setup_logging(level: str) -> None:
@@ -365,8 +381,9 @@ async def _serve_http(server: MetaClawServer, config: MetaClawConfig, shutdown: 
     else:
         asgi = server.sse_app(sse_path="/sse", message_path="/messages/", transport_security=security, host=config.host)
     asgi = CompleteResponses(asgi)
-    if config.auth_token:
-        asgi = BearerAuth(asgi, config.auth_token.get_secret_value())
+    tokens = token_table(config)
+    if tokens is not None:
+        asgi = BearerAuth(asgi, tokens)
     uv_config = uvicorn.Config(asgi, host=config.host, port=config.port, log_config=None, access_log=False,
                                lifespan="on", log_level=config.log_level.lower(),
                                timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,

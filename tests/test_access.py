@@ -53,3 +53,44 @@ def test_a_bad_token_file_is_one_clear_error(tmp_path, body, message):
 def test_a_missing_token_file_says_how_to_make_one(tmp_path):
     with pytest.raises(ConfigError, match="tokens add"):
         TokenTable.load(tmp_path / "none.toml")
+
+
+# ---- through the real server over HTTP and SSE: a token sees only its namespaces ----
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport", ["http", "sse"])
+async def test_tokens_bound_to_namespaces_isolate_clients(tmp_path, transport):
+    from mcp_servers import call, connect, served
+
+    home = tmp_path / "home"
+    home.mkdir()
+    alice, bob = new_token(), new_token()
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(token_entry("alice", alice, ["team-a"]) + "\n" + token_entry("bob", bob, ["team-b"]))
+    with served(home, transport, METACLAW_TOKENS_FILE=str(tokens)) as (port, _):
+        async with connect(transport, home, port, "auto", token=alice) as a:
+            err, out = await call(a, "report_turn", {"session_id": "s", "namespace": "team-a",
+                                                     "messages": [{"role": "user", "content": "secret plan A"}],
+                                                     "response": "done"})
+            assert not err
+            turn_a = out["turn_id"]
+            err, _ = await call(a, "rate_turn", {"turn_id": turn_a, "score": -1.0, "feedback": "wrong"})
+            assert not err
+            err, text = await call(a, "fetch_skills", {"query": "plan", "namespace": "team-b"})
+            assert err and "may not use namespace 'team-b'" in text and "\n" not in text
+            err, text = await call(a, "evolve_skills", {"namespace": "default"})
+            assert err and "may not use namespace 'default'" in text
+            listed = [str(r.uri) for r in (await a.list_resources()).resources]
+            assert not any(u.startswith("skill://") for u in listed) and "metaclaw://status" not in listed
+        async with connect(transport, home, port, "auto", token=bob) as b:
+            err, text = await call(b, "rate_turn", {"turn_id": turn_a, "score": 1.0})    # another team's turn
+            assert err and "no turn" in text
+            err, out = await call(b, "evolve_skills", {"namespace": "team-b"})
+            assert not err and out["digest"]["failures"] == []                          # A's failure is not B's
+            err, text = await call(b, "evolve_skills", {"namespace": "team-a"})
+            assert err and "may not use namespace 'team-a'" in text
+            with pytest.raises(Exception, match="no skill"):
+                await b.read_resource("skill://default/answer-first-summaries")
+    import sqlite3
+    ratings = sqlite3.connect(home / "metaclaw.db").execute("SELECT source, score FROM ratings").fetchall()
+    assert ratings == [("user", -1.0)]                                                  # bob's re-rating never landed
