@@ -38,6 +38,7 @@ log = logging.getLogger("metaclaw_mcp")
 
 RETRIEVAL_FLUSH_SECONDS = 1.0
 RETENTION_SECONDS = 600.0     # how often old retrieval-log rows are pruned
+ENCODER_EXIT_WAIT_SECONDS = 30.0   # how long closing waits for an encoder still loading in its thread
 
 
 class App:
@@ -81,6 +82,9 @@ class App:
     async def open(self) -> App:
         self.config.home.mkdir(parents=True, exist_ok=True)
         await self.db.open()
+        discarded = await self.library.discard_abandoned_imports()   # a killed import's rows: its names free again
+        if discarded:
+            log.info("removed what %d import(s) that never finished had staged", discarded)
         if self.config.load_starter_skills:
             added = await self.library.seed_starter("default")
             if added:
@@ -90,6 +94,9 @@ class App:
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
             await self.flush_retrievals()
+            if "retriever" in self.__dict__:   # an encoder still loading: let it finish (bounded) before exit
+                for encoder in self.retriever.encoders():
+                    await anyio.to_thread.run_sync(encoder.wait_loading, ENCODER_EXIT_WAIT_SECONDS)
             if self.llm is not None:
                 await self.llm.aclose()
             await self.db.close()

@@ -182,7 +182,9 @@ class TurnLog:
             value = int(ref) if is_id else ref
             if is_id and not 0 <= value < 2**63:  # SQLite cannot bind it; no skill has such an id
                 raise InvalidInput(f"skill_ids: no skill {ref!r} in namespace {namespace!r}")
-            row = await (await db.execute(f"SELECT id, current_version FROM skills WHERE {col} = ? AND namespace = ?",
+            # current_version 0: a skill an unfinished import holds, not yet a skill
+            row = await (await db.execute(f"SELECT id, current_version FROM skills WHERE {col} = ? AND namespace = ? "
+                                          "AND current_version > 0",
                                           (value, namespace))).fetchone()
             if row is None:
                 raise InvalidInput(f"skill_ids: no skill {ref!r} in namespace {namespace!r}")

@@ -149,6 +149,15 @@ class _Encoder(ABC):
             self._thread = threading.Thread(target=self._load_logged, name="metaclaw-embedder", daemon=True)
             self._thread.start()
 
+    def wait_loading(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a background load to end; True when none is running.
+        (A process that exits while a native runtime is inside that thread can abort.)"""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
     def _load_logged(self) -> None:
         try:
             self._load()

@@ -127,6 +127,10 @@ class Retriever:
                 self._embedder = Embedder(self.config.embedding_model_path)
         return self._embedder
 
+    def encoders(self) -> list[Any]:
+        """The encoders this retriever has made (none before the first dense search or import)."""
+        return [e for e in (self._embedder,) if e is not None]
+
     @property
     def experience_encoder(self) -> Any:
         """What experience compares requests with: the dense encoder, or words on a lexical server."""
