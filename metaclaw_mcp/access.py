@@ -91,6 +91,10 @@ class TokenTable:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def principals(self) -> list[Principal]:
+        """Every entry's principal, in file order."""
+        return [e.principal for e in self._entries]
+
     def lookup(self, token: str | bytes) -> Principal | None:
         """The principal of `token`, or None. Constant time in the token's content."""
         supplied = digest(token.decode("utf-8", "replace") if isinstance(token, bytes) else token)

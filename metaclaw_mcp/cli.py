@@ -5,6 +5,7 @@ Each command is a thin layer over the same App methods the MCP tools use.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,11 +29,14 @@ cli = typer.Typer(help="metaclaw-mcp: continuous learning for any MCP agent.", n
 skills_cli = typer.Typer(help="Browse and manage learned skills.", no_args_is_help=True)
 turns_cli = typer.Typer(help="Browse and export the turn log.", no_args_is_help=True)
 config_cli = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+tokens_cli = typer.Typer(help="Bearer tokens for HTTP and SSE clients, each bound to namespaces and a role.",
+                         no_args_is_help=True)
 train_cli = typer.Typer(help="The background trainer: status, pause, resume, one step now.", no_args_is_help=True)
 cli.add_typer(skills_cli, name="skills")
 cli.add_typer(turns_cli, name="turns")
 cli.add_typer(config_cli, name="config")
 cli.add_typer(train_cli, name="train")
+cli.add_typer(tokens_cli, name="tokens")
 
 _globals: dict[str, Any] = {}
 
@@ -86,13 +90,15 @@ def serve(
     port: Optional[int] = typer.Option(None, "--port", "-p", help="Port for http/sse (default 8765)."),
     auth_token: Optional[str] = typer.Option(None, "--auth-token", envvar="METACLAW_AUTH_TOKEN",
                                              help="Bearer token HTTP/SSE clients must send. Required off loopback."),
+    tokens_file: Optional[Path] = typer.Option(None, "--tokens-file", help="Token file: each token bound to "
+                                               "namespaces and a role (see `tokens add`); replaces --auth-token."),
 ) -> None:
     """Run the MCP server (stdio by default)."""
     from .transport import run
 
     try:
         config = _config(transport=transport if transport != "stdio" else None, host=host, port=port,
-                         auth_token=auth_token)
+                         auth_token=auth_token, tokens_file=tokens_file)
         run(config)
     except MetaClawError as exc:
         _fail(str(exc), code=2)
@@ -212,13 +218,16 @@ def skills_import(path: Path = typer.Argument(..., help="A SKILL.md file, a fold
 @skills_cli.command("export")
 def skills_export(path: Path = typer.Argument(..., help="Folder to write <slug>/SKILL.md into, or a .jsonl file."),
                   namespace: str = typer.Option("default", "--namespace", "-n"),
-                  status_: Optional[str] = typer.Option(None, "--status")) -> None:
-    """Export skills as SKILL.md folders, or as one JSONL file when PATH ends in .jsonl."""
+                  status_: Optional[str] = typer.Option(None, "--status"),
+                  force: bool = typer.Option(False, "--force", help="Write into a non-empty folder, or replace "
+                                             "an existing .jsonl file (links are never followed).")) -> None:
+    """Export skills as SKILL.md folders, or as one JSONL file when PATH ends in .jsonl. Each file is
+    written whole (a temporary file, then renamed)."""
     if path.suffix == ".jsonl":
-        count = _run(lambda app: app.library.export_jsonl(path, namespace, status=status_))
+        count = _run(lambda app: app.library.export_jsonl(path, namespace, status=status_, force=force))
         out.print(f"wrote {count} skill(s) to {path}", highlight=False, markup=False)
         return
-    written = _run(lambda app: app.library.export_folder(path, namespace, status=status_))
+    written = _run(lambda app: app.library.export_folder(path, namespace, status=status_, force=force))
     out.print(f"wrote {len(written)} skill(s) to {path}", highlight=False, markup=False)
 
 
@@ -347,6 +356,45 @@ def train_once() -> None:
 
 
 # ---- config ----
+
+# ---- tokens ----
+
+@tokens_cli.command("add")
+def tokens_add(name: str = typer.Argument(..., help="A name for logs (who or what holds the token)."),
+               namespace: list[str] = typer.Option(..., "--namespace", "-n", help="A namespace it may use "
+                                                   "(repeatable); '*' for all."),
+               role: str = typer.Option("agent", "--role", help="agent (the four tools) or admin."),
+               file: Optional[Path] = typer.Option(None, "--file", help="Token file (default: tokens_file, else "
+                                                   "$METACLAW_HOME/tokens.toml).")) -> None:
+    """Make a new token, store its SHA-256 in the token file, and print the token once.
+
+    Serve with the file: METACLAW_TOKENS_FILE=~/.metaclaw/tokens.toml metaclaw-mcp serve --transport http.
+    A client then sends `Authorization: Bearer <token>`."""
+    from .access import TokenTable, new_token, token_entry
+
+    try:
+        config = _config()
+        path = (file or config.tokens_file or config.home / "tokens.toml").expanduser()
+        existing = path.read_text(encoding="utf-8") if path.exists() else ""
+        if existing.strip():
+            names = {p.name for p in TokenTable.load(path).principals()}
+            if name in names:
+                _fail(f"{path} already has a token named {name!r}")
+        token = new_token()
+        entry = token_entry(name, token, namespace, role)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
+            f.write(existing + ("\n" if existing and not existing.endswith("\n\n") else "") + entry)
+        TokenTable.load(tmp)   # what was written reads back
+        os.replace(tmp, path)
+    except MetaClawError as exc:
+        _fail(str(exc), code=2)
+        return
+    err.print(f"added {name!r} ({role}, namespaces: {', '.join(namespace)}) to {path}; the token is shown once:",
+              highlight=False, markup=False)
+    sys.stdout.write(token + "\n")
+
 
 @config_cli.command("show")
 def config_show(as_json: bool = typer.Option(False, "--json")) -> None:

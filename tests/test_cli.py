@@ -272,3 +272,32 @@ def test_turn_text_prints_as_utf8_under_any_stdout_encoding(home):
         assert proc.returncode == 0, f"{args} exited {proc.returncode}: {proc.stderr.decode('utf-8', 'replace')}"
         turn = json.loads(proc.stdout.decode("utf-8").splitlines()[0] if args[1] == "export" else proc.stdout)
         assert turn["response"] == text and turn["messages"][0]["content"] == text
+
+
+def test_tokens_add_prints_the_token_once_and_stores_only_its_digest(tmp_path):
+    from metaclaw_mcp.access import TokenTable
+
+    home = tmp_path / "home"
+    p = run_cli(home, "tokens", "add", "laptop", "-n", "proj-a", "-n", "proj-b")
+    token = p.stdout.strip()
+    path = home / "tokens.toml"
+    assert token.startswith("mc_") and token not in path.read_text()
+    assert (path.stat().st_mode & 0o777) == 0o600
+    principal = TokenTable.load(path).lookup(token)
+    assert principal.name == "laptop" and principal.namespaces == {"proj-a", "proj-b"} and principal.role == "agent"
+    again = run_cli(home, "tokens", "add", "laptop", "-n", "x", check=False)
+    assert again.returncode == 1 and "already has a token named 'laptop'" in again.stderr
+    run_cli(home, "tokens", "add", "ops", "-n", "*", "--role", "admin")
+    assert [p.name for p in TokenTable.load(path).principals()] == ["laptop", "ops"]
+
+
+def test_skills_export_keeps_an_edited_folder_unless_forced(tmp_path):
+    home = tmp_path / "home"
+    target = tmp_path / "out"
+    run_cli(home, "skills", "export", str(target))
+    edited = next(target.glob("*/SKILL.md"))
+    edited.write_text("my edits")
+    refused = run_cli(home, "skills", "export", str(target), check=False)
+    assert refused.returncode != 0 and "--force" in refused.stderr and edited.read_text() == "my edits"
+    run_cli(home, "skills", "export", str(target), "--force")
+    assert edited.read_text() != "my edits"
