@@ -179,7 +179,7 @@ class App:
         self._namespaces.add(namespace)
 
     async def flush_retrievals(self) -> None:
-        if not self._retrieval_log or self.db._writer is None:
+        if not self._retrieval_log or not self.db.is_open:
             return
         rows, self._retrieval_log = self._retrieval_log, []
         await self.db.executemany(

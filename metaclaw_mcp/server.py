@@ -13,6 +13,7 @@ from mcp.server.mcpserver import Context, Resolve, Sample
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
+from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ResourceUpdated
 from mcp_types import CallToolResult, CreateMessageResult, InputRequiredResult, SamplingMessage, TextContent
 from mcp_types import Resource as MCPResource
@@ -359,8 +360,9 @@ def build_server(app: App) -> MetaClawServer:
         await progress(3, f"{len(result.accepted)} accepted, {len(result.rejected)} rejected")
         return result
 
+    bus = InMemorySubscriptionBus()   # resource updates for clients listening (`subscriptions/listen`)
     mcp = MetaClawServer(app, name="metaclaw-mcp", title="MetaClaw skills", version=__version__,
-                         instructions=INSTRUCTIONS, log_level=app.config.log_level, tools=tools)
+                         instructions=INSTRUCTIONS, log_level=app.config.log_level, tools=tools, subscriptions=bus)
 
     # Status and checkpoints span every namespace, and the SDK tells a static resource nothing of its
     # caller: with tokens bound to namespaces they are not served over MCP (the CLI and an admin's
@@ -381,9 +383,9 @@ def build_server(app: App) -> MetaClawServer:
 
         async def announce(step: dict[str, Any]) -> None:
             """Tell listening clients (2026-07-28 `subscriptions/listen`) that status and checkpoints changed."""
-            await mcp._subscriptions.publish(ResourceUpdated(uri="metaclaw://status"))
+            await bus.publish(ResourceUpdated(uri="metaclaw://status"))
             if step["checkpoints"]:
-                await mcp._subscriptions.publish(ResourceUpdated(uri="metaclaw://checkpoints"))
+                await bus.publish(ResourceUpdated(uri="metaclaw://checkpoints"))
 
         if app.trainer is not None:
             app.trainer.on_step.append(announce)

@@ -16,7 +16,7 @@ import aiosqlite
 from .errors import InvalidInput, NotFound
 from .models import Message, TokenData
 from .privacy import redact, redact_json
-from .rewards import SOURCE_PRIORITY, Rating, fuse
+from .ratings import SOURCE_PRIORITY, Rating, fuse_ratings
 from .skills.retrieval import parse_retrieval_id, request_text
 from .store import Database, dumps, utcnow
 
@@ -216,7 +216,7 @@ class TurnLog:
                              (turn_id, source, score, feedback, now))
             rows = await (await db.execute("SELECT id, source, score, created_at FROM ratings WHERE turn_id = ?",
                                            (turn_id,))).fetchall()
-            fused = fuse(Rating(r["source"], r["score"], r["created_at"], r["id"]) for r in rows)
+            fused = fuse_ratings(Rating(r["source"], r["score"], r["created_at"], r["id"]) for r in rows)
             assert fused is not None  # the rating above is among them
             reward, reward_source = fused
             # A turn skipped before any batch (e.g. rated too low to imitate) is queued again by a new rating.

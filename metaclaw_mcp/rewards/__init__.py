@@ -1,4 +1,1 @@
-"""Rewards: explicit ratings and their fusion into one reward per turn."""
-from .fusion import SOURCE_PRIORITY, Rating, fuse
-
-__all__ = ["SOURCE_PRIORITY", "Rating", "fuse"]
+"""Rewards beyond explicit ratings: the LLM judge (`judge`). Ratings and their fusion are in `ratings`."""

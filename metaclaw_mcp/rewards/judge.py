@@ -35,7 +35,7 @@ from ..llm.base import ChatMessage, ChatModel, LLMAuthError, LLMBadResponse, LLM
 from ..models import Message
 from ..store import Database, set_kv
 from ..turns import MAX_FEEDBACK_CHARS, RateOutcome, TurnLog
-from .fusion import Rating, fuse
+from ..ratings import Rating, fuse_ratings
 
 log = logging.getLogger("metaclaw_mcp.judge")
 
@@ -481,8 +481,8 @@ class Judge:
         confusion: Counter[str] = Counter()
         agree = 0
         for ratings in per_turn.values():
-            judged = fuse(x for x in ratings if x.source == "judge")
-            explicit = fuse(x for x in ratings if x.source != "judge")
+            judged = fuse_ratings(x for x in ratings if x.source == "judge")
+            explicit = fuse_ratings(x for x in ratings if x.source != "judge")
             assert judged is not None and explicit is not None  # the query selects turns with both
             j, e = sign(judged[0]), sign(explicit[0])
             agree += j == e

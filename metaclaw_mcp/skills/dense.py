@@ -90,7 +90,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "metaclaw-mcp"
 
 
-class _Encoder(ABC):
+class EncoderBase(ABC):
     """What both encoders share: a model loaded once (in a background thread when asked not to
     wait), the id their stored vectors are filed under, and a cache of recent query vectors."""
 
@@ -182,7 +182,7 @@ class _Encoder(ABC):
         return vector_D
 
 
-class Embedder(_Encoder):
+class Embedder(EncoderBase):
     """The full sentence-transformers model: L2-normalised float32 vectors; loads on first use (seconds)."""
 
     def __init__(self, model_path: str | Path | None = None, model_id: str = MODEL_ID):
@@ -295,7 +295,7 @@ def token_weights(vocab: int) -> np.ndarray:
     return np.log1p(rank_V).astype(np.float32)
 
 
-class StaticEmbedder(_Encoder):
+class StaticEmbedder(EncoderBase):
     """Sentence vectors as the weighted mean of static token vectors distilled from the transformer.
 
     The table is built from the model once (see `build_static_table`) and cached under
@@ -308,7 +308,7 @@ class StaticEmbedder(_Encoder):
         super().__init__(model_path, model_id)
         self.cache_dir = cache_dir
         self.model_id = f"static-v{STATIC_VERSION}:{self.model_id}"
-        hidden = 384 if model_path is None else int(_read_json(model_dir(model_path) / "config.json")["hidden_size"])
+        hidden = 384 if model_path is None else int(read_json(model_dir(model_path) / "config.json")["hidden_size"])
         self.dim = min(STATIC_DIMS, hidden)
         self._table_VD: np.ndarray | None = None
         self._weights_V: np.ndarray | None = None
@@ -366,7 +366,8 @@ class StaticEmbedder(_Encoder):
         return out_ND
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON file's content (a model folder's config), UTF-8."""
     import json
     return json.loads(path.read_text(encoding="utf-8"))
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dense import MODEL_ID, _Encoder, _read_json, default_cache_dir, model_dir
+from .dense import MODEL_ID, EncoderBase, read_json, default_cache_dir, model_dir
 
 ONNX_VERSION = 1      # bump when the export recipe changes: a new file, and new skill vectors
 MAX_TOKENS = 256      # all-MiniLM-L6-v2's max_seq_length in sentence-transformers
@@ -130,7 +130,7 @@ class _BelowWarning(logging.Filter):
 def _fused(fp32: Path, folder: Path) -> Path | None:
     """The graph with its BERT subgraphs fused (onnxruntime's transformer optimizer), or None when
     the model is not a BERT or the optimizer fails (the plain graph is quantised then)."""
-    config = _read_json(folder / "config.json")
+    config = read_json(folder / "config.json")
     if config.get("model_type") != "bert":
         return None
     try:
@@ -193,7 +193,7 @@ def load_onnx(model_path: str | Path | None = None, cache_dir: str | Path | None
         return _SESSIONS[(path, threads)]
 
 
-class OnnxEmbedder(_Encoder):
+class OnnxEmbedder(EncoderBase):
     """The transformer's mean-pooled, L2-normalised vectors, computed by onnxruntime from the int8 export.
 
     The export is made on the first load (seconds, with torch) and cached under `cache_dir`
@@ -208,7 +208,7 @@ class OnnxEmbedder(_Encoder):
         self.cache_dir = cache_dir
         self.threads = threads
         self.model_id = f"{self.model_id}-onnx-int8" + ("" if ONNX_VERSION == 1 else f"-v{ONNX_VERSION}")
-        self.dim = 384 if model_path is None else int(_read_json(model_dir(model_path) / "config.json")["hidden_size"])
+        self.dim = 384 if model_path is None else int(read_json(model_dir(model_path) / "config.json")["hidden_size"])
         self._session = None
         self._tokenizer = None
         self._inputs: tuple[str, ...] = ()

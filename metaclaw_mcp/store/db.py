@@ -124,6 +124,11 @@ class Database:
             await conn.execute(pragma)
         return conn
 
+    @property
+    def is_open(self) -> bool:
+        """True between `open` and `close`."""
+        return self._writer is not None
+
     async def close(self) -> None:
         for conn in (self._reader, self._writer):
             if conn is not None:

@@ -1,4 +1,4 @@
-"""Fuse a turn's ratings into one reward.
+"""A turn's ratings and their fusion into one reward (`fuse_ratings`).
 
 An explicit user rating outranks an environment signal, which outranks the agent's own
 rating, which outranks the LLM judge. Within one source the latest rating wins (a user
@@ -20,7 +20,7 @@ class Rating:
     seq: int = 0     # insertion order, breaks ties between equal timestamps
 
 
-def fuse(ratings: Iterable[Rating]) -> tuple[float, str] | None:
+def fuse_ratings(ratings: Iterable[Rating]) -> tuple[float, str] | None:
     """(reward, source) of the rating that decides, or None when there are no ratings."""
     best: Rating | None = None
     for r in ratings:
