@@ -23,12 +23,13 @@ from .models import (EvolveResult, FetchResult, Message, RateResult, ReportResul
                      TokenData)
 from .skills.index import Retriever
 from .skills.library import SkillLibrary
-from .skills.injection import Entry, compose, estimate_tokens
+from .skills.injection import Entry, compose
 from .skills.retrieval import build_query, make_retrieval_id
 from .store import Database, dumps, utcnow
 from .llm import ChatMessage, make_chat_model
 from .llm.accounting import record_usage
 from .rewards.judge import Judge
+from .text import estimate_tokens
 from .turns import TurnLog
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .config import CATEGORIES
+from .messages import content_text
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 Namespace = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$",
@@ -78,11 +79,8 @@ class Message(BaseModel):
         return self
 
     def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        if self.content:
-            return "\n".join(p.text for p in self.content if p.text)
-        return ""
+        """The message's text (`messages.content_text`)."""
+        return content_text(self.content)
 
 
 # Token ids are below 2**31: every tokenizer's vocabulary fits in a signed 32-bit integer (the largest

@@ -10,7 +10,7 @@ import pytest
 from metaclaw_mcp.app import open_app
 from metaclaw_mcp.config import load_config
 from metaclaw_mcp.models import Message, SkillProposal
-from metaclaw_mcp.skills.injection import estimate_tokens
+from metaclaw_mcp.text import estimate_tokens
 from metaclaw_mcp.skills.lessons import declared_scope, learned_always, merge_descriptions
 from metaclaw_mcp.skills.skillmd import SkillDoc
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from metaclaw_mcp.skills.injection import (INJECTION_HEADER, SHORT_BODY_CHARS, Entry, compose, estimate_tokens,
-                                           render_injection, render_skill)
+from metaclaw_mcp.skills.injection import (INJECTION_HEADER, SHORT_BODY_CHARS, Entry, compose, render_injection,
+                                           render_skill)
+from metaclaw_mcp.text import estimate_tokens
 from metaclaw_mcp.skills.retrieval import MAX_TERMS, make_retrieval_id, match_expression, parse_retrieval_id, query_terms
 
 

@@ -13,7 +13,8 @@ from metaclaw_mcp.app import open_app
 from metaclaw_mcp.config import load_config
 from metaclaw_mcp.errors import Conflict
 from metaclaw_mcp.skills import library as library_module
-from metaclaw_mcp.skills.injection import INJECTION_HEADER, estimate_tokens
+from metaclaw_mcp.skills.injection import INJECTION_HEADER
+from metaclaw_mcp.text import estimate_tokens
 from metaclaw_mcp.skills.retrieval import (RetrievalQuery, bucket_mask, build_query,
                                            clean_message, drop_near_duplicates, fuse, index_text,
                                            jaccard, normalise, prune_terms, query_terms, shingles, split_identifier, words)

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from ..config import CATEGORIES
 from ..models import Digest, FailureItem, RejectedProposal, SkillProposal
+from ..text import jaccard
 
 SYSTEM = ("You maintain a library of skills for an AI agent: short, reusable procedures that are added to the "
           "agent's system prompt when they fit a task. You turn the agent's failures into skills that would have "
@@ -22,10 +23,6 @@ WORD = re.compile(r"[a-z0-9]{3,}")
 
 def content_words(text: str) -> set[str]:
     return set(WORD.findall(text.lower()))
-
-
-def jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a and b else 0.0
 
 
 def _words(f: FailureItem) -> set[str]:

@@ -11,7 +11,8 @@ from typing import Any
 
 from ..config import CATEGORIES
 from ..errors import Conflict, InvalidInput, NotFound
-from ..models import (AcceptedSkill, Digest, EvolveResult, FailureItem, Message, RejectedProposal,
+from ..messages import last_user_text
+from ..models import (AcceptedSkill, Digest, EvolveResult, FailureItem, RejectedProposal,
                       SkillProposal)
 from ..privacy import redact
 from ..screening import screen
@@ -19,8 +20,9 @@ from ..skills.lessons import merge_descriptions, merge_provenance
 from ..skills.library import SkillLibrary, SkillRecord, content_hash
 from ..skills.skillmd import SkillDoc, validate_doc
 from ..store import Database, dumps, utcnow
+from ..text import clip, jaccard
 from ..turns import TurnLog
-from .prompts import SYSTEM, build_prompt, content_words, jaccard, parse_proposals
+from .prompts import SYSTEM, build_prompt, content_words, parse_proposals
 
 DIGEST_TEXT_CHARS = 600
 NEAR_DUPLICATE = 0.5  # word-set overlap (Jaccard) above which a proposal revises a skill instead of joining it
@@ -45,17 +47,6 @@ guidance for a whole class of tasks, not a fix for one turn:
 Never include secrets, personal data copied from the turns, or instructions to ignore other instructions."""
 
 
-def _last_user_text(messages: list[dict[str, Any]]) -> str:
-    for m in reversed(messages):
-        if m.get("role") == "user":
-            return Message.model_validate(m).text()
-    return ""
-
-
-def _clip(text: str, n: int = DIGEST_TEXT_CHARS) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
 class Evolution:
     def __init__(self, db: Database, library: SkillLibrary, turns: TurnLog, failure_threshold: float = 0.0,
                  digest_max_failures: int = 20, same_rule: MeaningMatch | None = None):
@@ -70,8 +61,9 @@ class Evolution:
         failures = await self.turns.failures(namespace, self.failure_threshold, self.digest_max_failures)
         # Secrets are redacted whatever the store kept: the digest goes to a client and to an LLM.
         items = [FailureItem(turn_id=f["turn_id"], session_id=f["session_id"], reward=f["reward"],
-                             request=_clip(redact(_last_user_text(f["messages"]))), response=_clip(redact(f["response"])),
-                             feedback=[_clip(redact(x)) for x in f["feedback"]]) for f in failures]
+                             request=clip(redact(last_user_text(f["messages"])), DIGEST_TEXT_CHARS),
+                             response=clip(redact(f["response"]), DIGEST_TEXT_CHARS),
+                             feedback=[clip(redact(x), DIGEST_TEXT_CHARS) for x in f["feedback"]]) for f in failures]
         schema = SkillProposal.model_json_schema()
         return (Digest(failures=items, instructions=PROPOSAL_INSTRUCTIONS.format(max_new=max_new),
                        proposal_schema=schema), [f["turn_id"] for f in failures])

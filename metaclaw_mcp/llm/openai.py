@@ -27,6 +27,7 @@ import anyio
 import httpx2
 from pydantic import SecretStr
 
+from ..text import estimate_tokens
 from .base import (ChatMessage, Completion, LLMAuthError, LLMBadResponse, LLMError, LLMRateLimited,
                    LLMRequestRejected, LLMTimeout, LLMUnavailable)
 
@@ -63,11 +64,6 @@ def shown_url(url: str) -> str:
         host = f"[{host}]"
     netloc = host + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def estimate_tokens(text: str) -> int:
-    """A rough token count (4 characters a token) for providers that report no usage."""
-    return max(1, math.ceil(len(text) / 4)) if text else 0
 
 
 class OpenAIChatModel:

@@ -32,8 +32,10 @@ from ..config import MetaClawConfig
 from ..errors import NotFound
 from ..llm.accounting import usage_summary
 from ..llm.base import ChatMessage, ChatModel, LLMAuthError, LLMBadResponse, LLMBudgetExceeded, LLMError
+from ..messages import last_user_text
 from ..models import Message
 from ..store import Database, set_kv
+from ..text import clip_middle
 from ..turns import MAX_FEEDBACK_CHARS, RateOutcome, TurnLog
 from ..ratings import Rating, fuse_ratings
 
@@ -95,30 +97,21 @@ def _neutralise(text: str) -> str:
     return _TAGS.sub(lambda m: f"‹{m.group(1)}{m.group(2)}›", text)
 
 
-def _clip(text: str, n: int) -> str:
-    """At most n chars; a long text keeps its head and its end (where answers often conclude)."""
-    if len(text) <= n:
-        return text
-    head = n * 2 // 3
-    tail = n - head
-    return f"{text[:head]}\n…[{len(text) - n} characters omitted]…\n{text[-tail:]}"
-
-
 def build_judge_prompt(request: str, response: str, skills: Sequence[tuple[str, str]] = (),
                        next_user_message: str | None = None) -> list[ChatMessage]:
     """The judge's messages (system, user) for one turn. `skills` are (slug, description) pairs."""
-    parts = ["<request>", _neutralise(_clip(request.strip() or "(no user text)", REQUEST_CHARS)), "</request>", "",
-             "<reply>", _neutralise(_clip(response.strip() or "(empty reply)", RESPONSE_CHARS)), "</reply>", "",
+    parts = ["<request>", _neutralise(clip_middle(request.strip() or "(no user text)", REQUEST_CHARS)), "</request>", "",
+             "<reply>", _neutralise(clip_middle(response.strip() or "(empty reply)", RESPONSE_CHARS)), "</reply>", "",
              "<skills>"]
     if skills:
-        parts += [f"- {slug}: {_neutralise(_clip(' '.join(desc.split()), SKILL_CHARS))}"
+        parts += [f"- {slug}: {_neutralise(clip_middle(' '.join(desc.split()), SKILL_CHARS))}"
                   for slug, desc in skills[:MAX_SKILLS]]
     else:
         parts.append("(none were injected)")
     parts += ["</skills>", ""]
     if next_user_message is not None and next_user_message.strip():
         parts += ["The user's next message in this conversation, written after reading the reply:",
-                  "<next_user_message>", _neutralise(_clip(next_user_message.strip(), NEXT_MESSAGE_CHARS)),
+                  "<next_user_message>", _neutralise(clip_middle(next_user_message.strip(), NEXT_MESSAGE_CHARS)),
                   "</next_user_message>"]
     else:
         parts.append("The user has not written again in this conversation, so there is no next message.")
@@ -223,13 +216,6 @@ def is_decided(verdicts: Sequence[int], remaining: int) -> bool:
 
 def sign(x: float) -> int:
     return (x > 0) - (x < 0)
-
-
-def last_user_text(messages: Sequence[dict[str, Any]]) -> str:
-    for m in reversed(messages):
-        if m.get("role") == "user":
-            return Message.model_validate(m).text()
-    return ""
 
 
 def next_user_message(turn_messages: Sequence[dict[str, Any]], response: str,

@@ -18,6 +18,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..text import estimate_tokens
+
 SHORT_BODY_CHARS = 480      # about 120 tokens: a rule in a few sentences
 STANDING_CHARS = 480        # of a standing lesson's body, shown on every fetch
 
@@ -26,11 +28,6 @@ INJECTION_HEADER = ("## Learned skills\n"
                     "ignore the rest.\n\n")
 STANDING_HEADER = "### Standing preferences (apply to every answer)\n"
 BRIEF_HEADER = "### Also relevant (open a skill:// resource for its full text)\n"
-
-
-def estimate_tokens(text: str) -> int:
-    """A cheap token estimate: about four characters a token for English text and code."""
-    return math.ceil(len(text) / 4)
 
 
 @dataclass(frozen=True)

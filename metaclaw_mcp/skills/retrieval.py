@@ -11,6 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..messages import last_user_text
+from ..text import jaccard
+
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_TERMS = 64
 # Words that carry no signal about which skill fits.
@@ -183,17 +186,7 @@ REQUEST_CHARS = 2000
 def request_text(messages: Any) -> str:
     """The text a turn was asked: its last user message (what `fetch_skills` would have been sent),
     at most `REQUEST_CHARS`. Stored with the turn (`turns.request`) for experience to compare with."""
-    if not isinstance(messages, list):
-        return ""
-    for message in reversed(messages):
-        if not isinstance(message, dict) or message.get("role") != "user":
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            return content[:REQUEST_CHARS]
-        if isinstance(content, list):
-            return "\n".join(str(p.get("text") or "") for p in content if isinstance(p, dict))[:REQUEST_CHARS]
-    return ""
+    return last_user_text(messages)[:REQUEST_CHARS]
 
 
 @dataclass(frozen=True)
@@ -285,13 +278,6 @@ def shingles(text: str) -> frozenset[str]:
     """
     ws = WORD.findall(text.lower())
     return frozenset(zip(ws, ws[1:])) if len(ws) > 1 else frozenset(ws)  # type: ignore[arg-type]
-
-
-def jaccard(a: frozenset, b: frozenset) -> float:
-    if not a and not b:
-        return 1.0
-    inter = len(a & b)
-    return inter / (len(a) + len(b) - inter)
 
 
 MASK_BITS = 1024

@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..messages import content_text
+
 log = logging.getLogger("metaclaw_mcp.training")
 
 
@@ -17,10 +19,7 @@ def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     """OpenAI-style messages (content parts, tool calls) as role + text, which every chat template accepts."""
     out = []
     for m in messages:
-        content = m.get("content")
-        if isinstance(content, list):
-            content = "\n".join(p.get("text") or "" for p in content if isinstance(p, dict))
-        text = content or ""
+        text = content_text(m.get("content"))
         if m.get("tool_calls"):
             calls = [{"name": c.get("function", {}).get("name"), "arguments": c.get("function", {}).get("arguments")}
                      for c in m["tool_calls"]]
