@@ -17,6 +17,7 @@ from .errors import InvalidInput, NotFound
 from .models import Message, TokenData
 from .privacy import redact, redact_json
 from .ratings import SOURCE_PRIORITY, Rating, fuse_ratings
+from .skills.library import skill_ref
 from .skills.retrieval import parse_retrieval_id, request_text
 from .store import Database, dumps, utcnow
 
@@ -177,15 +178,13 @@ class TurnLog:
                                    f"{namespace!r}; report with the namespace you fetched from")
             out.setdefault(sid, ver)
         for ref in skill_ids:
-            is_id = isinstance(ref, int) or (str(ref).isascii() and str(ref).isdigit())
-            col = "id" if is_id else "slug"
-            value = int(ref) if is_id else ref
-            if is_id and not 0 <= value < 2**63:  # SQLite cannot bind it; no skill has such an id
+            found = skill_ref(ref)
+            if found is None:
                 raise InvalidInput(f"skill_ids: no skill {ref!r} in namespace {namespace!r}")
             # current_version 0: a skill an unfinished import holds, not yet a skill
-            row = await (await db.execute(f"SELECT id, current_version FROM skills WHERE {col} = ? AND namespace = ? "
-                                          "AND current_version > 0",
-                                          (value, namespace))).fetchone()
+            row = await (await db.execute(f"SELECT id, current_version FROM skills WHERE {found[0]} = ? "
+                                          "AND namespace = ? AND current_version > 0",
+                                          (found[1], namespace))).fetchone()
             if row is None:
                 raise InvalidInput(f"skill_ids: no skill {ref!r} in namespace {namespace!r}")
             out.setdefault(row["id"], row["current_version"])

@@ -110,6 +110,18 @@ async def _fts_insert(db: aiosqlite.Connection, skill_id: int, name: str, descri
                      (skill_id, index_text(name), index_text(description), index_text(body)))
 
 
+SQLITE_MAX_ID = 2**63 - 1   # the largest INTEGER SQLite can bind
+
+
+def skill_ref(ref: str | int) -> tuple[str, int | str] | None:
+    """How a skill reference is looked up: ("id", n) for an integer or a string of digits, ("slug", s)
+    otherwise; None for an id no skill can have (negative, or past SQLite's INTEGER range)."""
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isascii() and ref.isdigit()):
+        n = int(ref)
+        return ("id", n) if 0 <= n <= SQLITE_MAX_ID else None
+    return ("slug", ref)
+
+
 class SkillLibrary:
     def __init__(self, db: Database, max_body_chars: int = 8000):
         self.db = db
@@ -119,12 +131,9 @@ class SkillLibrary:
 
     async def get(self, namespace: str, ref: str | int) -> SkillRecord:
         """A skill by id or slug; NotFound names what was asked for."""
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isascii() and ref.isdigit()):
-            # an id SQLite cannot bind (>= 2**63) names no skill
-            row = (await self.db.fetchone(SELECT_SKILL + " WHERE s.id = ? AND s.namespace = ?", (int(ref), namespace))
-                   if 0 <= int(ref) < 2**63 else None)
-        else:
-            row = await self.db.fetchone(SELECT_SKILL + " WHERE s.slug = ? AND s.namespace = ?", (ref, namespace))
+        found = skill_ref(ref)
+        row = None if found is None else await self.db.fetchone(
+            SELECT_SKILL + f" WHERE s.{found[0]} = ? AND s.namespace = ?", (found[1], namespace))
         if row is None:
             raise NotFound(f"no skill {ref!r} in namespace {namespace!r}; `metaclaw-mcp skills list` shows them")
         return record_from_row(row)
