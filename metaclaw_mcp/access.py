@@ -45,10 +45,12 @@ class Principal:
     role: str = "admin"
 
     def may_use(self, namespace: str) -> bool:
+        """Whether this principal may read and write `namespace`."""
         return ALL in self.namespaces or namespace in self.namespaces
 
     @property
     def every_namespace(self) -> bool:
+        """Whether this principal may use every namespace (its set holds `ALL`)."""
         return ALL in self.namespaces
 
     def check(self, namespace: str) -> None:

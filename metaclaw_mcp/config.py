@@ -25,6 +25,7 @@ CATEGORIES = (
 
 
 def default_home() -> Path:
+    """The data folder: `$METACLAW_HOME`, else `~/.metaclaw` (user-expanded, not created)."""
     return Path(os.environ.get("METACLAW_HOME") or Path.home() / ".metaclaw").expanduser()
 
 
@@ -189,14 +190,17 @@ class MetaClawConfig(BaseSettings):
 
     @property
     def database(self) -> Path:
+        """The SQLite file: `db_path`, else `home/metaclaw.db`."""
         return (self.db_path or self.home / "metaclaw.db").expanduser()
 
     @property
     def exports_dir(self) -> Path:
+        """Where training data is exported: `home/exports` (not created here)."""
         return self.home / "exports"
 
     @property
     def is_loopback(self) -> bool:
+        """Whether `host` is `localhost` or a loopback IP address (a name other than localhost is not)."""
         if self.host == "localhost":
             return True
         try:
@@ -206,6 +210,7 @@ class MetaClawConfig(BaseSettings):
 
     @property
     def effective_backend(self) -> str:
+        """The training backend in use: `backend`, or for `auto` "tinker" with an API key, else "export"."""
         if self.backend != "auto":
             return self.backend
         return "tinker" if self.tinker_api_key else "export"
@@ -216,6 +221,8 @@ class MetaClawConfig(BaseSettings):
         env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """pydantic-settings hook: explicit values, then the environment, then the TOML file chosen by
+        `load_config` (dotenv and secret files are not read)."""
         toml = _TOML_FILE.get("path")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml is not None:
@@ -256,6 +263,8 @@ def load_config(config_file: str | Path | None = None, **overrides: Any) -> Meta
 
 
 def format_validation_error(exc: ValidationError, source: str | None = None) -> str:
+    """A multi-line message: one line per bad field, with what it allows, the value given (never for
+    tokens and keys), and where to set it; `source` names the TOML file read, if any."""
     lines = ["invalid configuration" + (f" (file {source})" if source else "") + ":"]
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(root)"

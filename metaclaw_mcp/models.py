@@ -49,12 +49,14 @@ class ContentPart(BaseModel):
 
 
 class ToolCallFunction(BaseModel):
+    """The function a tool call names, and its arguments (JSON text or an object)."""
     model_config = ConfigDict(extra="allow")
     name: str = Field(min_length=1, max_length=256)
     arguments: str | dict[str, Any] = ""
 
 
 class ToolCall(BaseModel):
+    """One tool call of an assistant message (OpenAI format)."""
     model_config = ConfigDict(extra="allow")
     id: str | None = Field(None, max_length=256)
     type: str = "function"
@@ -138,6 +140,7 @@ class SkillProposal(BaseModel):
 
 
 class SkillOut(BaseModel):
+    """One skill version as fetch_skills returns it, with why it was chosen and its evidence so far."""
     id: int
     slug: str
     version: int
@@ -160,12 +163,14 @@ class SkillOut(BaseModel):
 
 
 class FetchResult(BaseModel):
+    """What fetch_skills returns: the skills chosen, best first, and their injection text."""
     skills: list[SkillOut]
     injection: str = Field(description="Markdown to append to the system prompt.")
     retrieval_id: str = Field(description="Pass to report_turn to link this retrieval to the turn.")
 
 
 class ReportResult(BaseModel):
+    """What report_turn returns: the turn's id and what was stored."""
     turn_id: str
     duplicate: bool = Field(description="True when idempotency_key matched an existing turn; nothing new was written.")
     skills_linked: int = 0
@@ -175,6 +180,7 @@ class ReportResult(BaseModel):
 
 
 class RateResult(BaseModel):
+    """What rate_turn returns: the turn's reward after fusing all its ratings, and its source."""
     turn_id: str
     reward: float = Field(description="The turn's fused reward after this rating.")
     reward_source: RatingSource
@@ -182,6 +188,7 @@ class RateResult(BaseModel):
 
 
 class AcceptedSkill(BaseModel):
+    """A proposal that evolve_skills accepted: the skill version it became."""
     id: int
     slug: str
     version: int
@@ -191,11 +198,14 @@ class AcceptedSkill(BaseModel):
 
 
 class RejectedProposal(BaseModel):
+    """A proposal that evolve_skills refused, and why."""
     name: str
     reason: str
 
 
 class FailureItem(BaseModel):
+    """One rated failure of the digest: its reward in [-1, 1], the last user message and the response
+    (clipped, secrets redacted), and the feedback its ratings gave."""
     turn_id: str
     session_id: str
     reward: float
@@ -205,12 +215,14 @@ class FailureItem(BaseModel):
 
 
 class Digest(BaseModel):
+    """Recent failures to learn from, how to write skills for them, and the JSON schema of a proposal."""
     failures: list[FailureItem]
     instructions: str
     proposal_schema: dict[str, Any]
 
 
 class EvolveResult(BaseModel):
+    """What evolve_skills returns: the digest (without proposals) or the proposals accepted and rejected."""
     failures_analyzed: int
     accepted: list[AcceptedSkill]
     rejected: list[RejectedProposal]

@@ -14,6 +14,7 @@ SOURCE_PRIORITY = {"user": 3, "env": 2, "agent": 1, "judge": 0}
 
 @dataclass(frozen=True)
 class Rating:
+    """One rating of a turn: its source (a key of `SOURCE_PRIORITY`), a score in [-1, 1], and when."""
     source: str
     score: float
     created_at: str  # ISO 8601 UTC; sorts in time order
@@ -21,7 +22,8 @@ class Rating:
 
 
 def fuse_ratings(ratings: Iterable[Rating]) -> tuple[float, str] | None:
-    """(reward, source) of the rating that decides, or None when there are no ratings."""
+    """(reward, source) of the rating that decides, or None when there are no ratings.
+    ValueError for a source not in `SOURCE_PRIORITY`."""
     best: Rating | None = None
     for r in ratings:
         if r.source not in SOURCE_PRIORITY:

@@ -50,6 +50,7 @@ class RewardStats:
     total_sq: float = 0.0
 
     def add(self, reward: float) -> RewardStats:
+        """These statistics with one more reward (a new object; this one is frozen)."""
         return RewardStats(self.n + 1, self.total + reward, self.total_sq + reward * reward)
 
     def __sub__(self, other: RewardStats) -> RewardStats:
@@ -57,6 +58,7 @@ class RewardStats:
 
     @property
     def mean(self) -> float | None:
+        """The mean reward, or None for no rewards."""
         return self.total / self.n if self.n > 0 else None
 
     def variance(self, prior_sd: float, prior_weight: float = 2.0) -> float:
@@ -99,9 +101,11 @@ class Credit:
     posterior_sd: float     # posterior sd of the uplift
 
     def lower(self, z: float) -> float:
+        """Lower bound of the uplift, `z` standard errors below it (-inf without evidence)."""
         return self.uplift - z * self.se
 
     def upper(self, z: float) -> float:
+        """Upper bound of the uplift, `z` standard errors above it (inf without evidence)."""
         return self.uplift + z * self.se
 
 
@@ -160,6 +164,7 @@ def ebh(evalues: dict[int, float], alpha: float) -> set[int]:
 
 @dataclass(frozen=True)
 class Decision:
+    """A status change for one skill version and the reason recorded with it."""
     status: str   # the new status
     reason: str   # recorded in skills.status_reason
 
@@ -210,6 +215,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Ranked:
+    """One place of a ranking: the candidate's key, its score and why it got the place."""
     key: int
     score: float            # what it was ranked by
     relevance: float
@@ -223,6 +229,7 @@ def scaled(relevance: float, usefulness: float, policy: CreditPolicy) -> float:
 
 
 def exploit_score(c: Candidate, policy: CreditPolicy) -> float:
+    """The score an active candidate ranks by: `scaled` of its relevance and usefulness."""
     return scaled(c.relevance, c.credit.usefulness, policy)
 
 
@@ -237,7 +244,7 @@ def rank(candidates: Sequence[Candidate], n: int, policy: CreditPolicy, rng: ran
          explore: bool = True) -> list[Ranked]:
     """The best `n` of `candidates`, in order (a list of at most len(candidates) items).
 
-    Active skills rank by relevance plus weighted usefulness. With `explore`, the last
+    Active skills rank by relevance scaled by weighted usefulness (`scaled`). With `explore`, the last
     `min(explore_slots, n - 1)` places go to explorable skills (candidates only ever enter this
     way, until promoted), each chosen by a Thompson draw from its uplift posterior; a place no
     explorable skill claims goes back to the best remaining active skill.
