@@ -43,6 +43,10 @@ ENCODER_EXIT_WAIT_SECONDS = 30.0   # how long closing waits for an encoder still
 
 
 class App:
+    """One server's state: the config, the database, the skill library, the turn log, evolution,
+    retrieval, the judge and the trainer. Build it, then `open()` (or `running()` for the background
+    tasks too) before calling the tools; nothing is read or written in the constructor."""
+
     def __init__(self, config: MetaClawConfig):
         self.config = config
         self.db = Database(config.database)
@@ -81,6 +85,8 @@ class App:
     # ---- lifecycle ----
 
     async def open(self) -> App:
+        """Create `home`, open (and migrate) the database, clear what a killed import left, and seed the
+        starter skills into "default" when `load_starter_skills`; returns self. No background tasks."""
         self.config.home.mkdir(parents=True, exist_ok=True)
         await self.db.open()
         discarded = await self.library.discard_abandoned_imports()   # a killed import's rows: its names free again
@@ -93,6 +99,8 @@ class App:
         return self
 
     async def close(self) -> None:
+        """Write the pending retrieval log, wait for an encoder still loading (at most
+        `ENCODER_EXIT_WAIT_SECONDS`), close the LLM client and the database. Shielded from cancellation."""
         with anyio.CancelScope(shield=True):
             await self.flush_retrievals()
             if "retriever" in self.__dict__:   # an encoder still loading: let it finish (bounded) before exit
@@ -180,6 +188,7 @@ class App:
         self._namespaces.add(namespace)
 
     async def flush_retrievals(self) -> None:
+        """Write the retrievals that fetch_skills logged in memory to `retrievals` (a no-op once closed)."""
         if not self._retrieval_log or not self.db.is_open:
             return
         rows, self._retrieval_log = self._retrieval_log, []
@@ -193,6 +202,12 @@ class App:
                            namespace: str = "default", categories: Sequence[str] | None = None,
                            token_budget: int | None = None,
                            messages: Sequence[Message | dict[str, Any]] | None = None) -> FetchResult:
+        """The tool fetch_skills: the best `k` skills (default `skill_top_k`) for `query`, plus the
+        standing lessons, as an injection of at most `token_budget` tokens (default
+        `injection_token_budget`); `skills` lists those the injection shows, ranked ones first. The last
+        `query_messages` of `messages` join the query. Read-only: what was shown is logged in the
+        background. InvalidInput for an empty query, one over `max_query_chars` characters, or a new
+        namespace past `max_namespaces`."""
         if len(query) > self.config.max_query_chars:
             raise InvalidInput(f"query has {len(query)} chars; at most {self.config.max_query_chars}. "
                                "Send the task in a sentence or two, not the whole conversation")
@@ -260,6 +275,8 @@ class App:
                           model: str | None = None, tokens: TokenData | None = None,
                           metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
                           namespace: str = "default") -> ReportResult:
+        """The tool report_turn: store one turn and link it to its skill versions (`TurnLog.report`, whose
+        InvalidInput cases apply), plus InvalidInput for a new namespace past `max_namespaces`."""
         await self.namespace_ok(namespace)
         out = await self.turns.report(session_id=session_id, messages=messages, response=response,
                                       retrieval_id=retrieval_id, skill_ids=skill_ids, model=model, tokens=tokens,
@@ -269,6 +286,9 @@ class App:
 
     async def rate_turn(self, turn_id: str, score: float, source: str = "user",
                         feedback: str | None = None, caller: Principal = LOCAL) -> RateResult:
+        """The tool rate_turn: add a rating (score in [-1, 1]) and re-fuse the turn's reward
+        (`TurnLog.rate`); wakes the trainer when the turn was queued. InvalidInput for a bad source,
+        score or feedback; NotFound for an unknown turn or one in a namespace `caller` may not use."""
         out = await self.turns.rate(turn_id, score, source, feedback,
                                     may_use=None if caller.every_namespace else caller.may_use)
         self._on_rated(out)
@@ -276,6 +296,7 @@ class App:
                           queued_for_training=out.queued_for_training)
 
     def max_new(self, max_new: int | None) -> int:
+        """`max_new`, or the config's `max_new_skills` when it is None."""
         return self.config.max_new_skills if max_new is None else max_new
 
     async def evolve_skills(self, namespace: str = "default", max_new: int | None = None,
@@ -339,6 +360,9 @@ class App:
     # ---- status ----
 
     async def status(self) -> dict[str, Any]:
+        """Plain data for `metaclaw-mcp status` and the metaclaw://status resource: version, paths, schema version,
+        skill and turn counts, evolutions, retrieval, LLM usage, the judge, and training (backlog,
+        steps, last checkpoint, what comes next)."""
         skills = await self.library.counts()
         turns = await self.turns.counts()
         last_ckpt = await self.db.fetchone("SELECT step, path, backend, created_at FROM checkpoints ORDER BY id DESC LIMIT 1")

@@ -96,6 +96,8 @@ class StrictArguments(FuncMetadata):
     _json_args: frozenset[str] | None = PrivateAttr(default=None)
 
     def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A copy of the arguments where each string that is the JSON text of an array or object becomes that
+        value, for arguments that cannot be strings only; every other value is kept as sent."""
         if self._json_args is None:  # the arguments that cannot be strings, worked out once
             self._json_args = frozenset(f.alias or name for name, f in self.arg_model.model_fields.items()
                                         if not _admits_text(f.annotation))
@@ -112,6 +114,9 @@ class StrictArguments(FuncMetadata):
         return out
 
     def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
+        """The arguments validated strictly against the tool's argument model, as keyword arguments (nested
+        models stay models). pydantic's ValidationError for anything wrong, which `call_tool` turns into
+        one line."""
         # strict at run time reaches every nested model (messages, tokens, proposals), not only the top level
         parsed = self.arg_model.model_validate(self.pre_parse_json(arguments_to_validate), strict=True)
         return parsed.model_dump_one_level()
@@ -201,6 +206,8 @@ class MetaClawServer(MCPServer):
 
     async def call_tool(self, name: str, arguments: dict[str, Any],
                         context: Context | None = None) -> CallToolResult | InputRequiredResult:
+        """The SDK's `call_tool`, with an argument validation error reworded by `argument_errors` (ToolError);
+        any other error passes through unchanged."""
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
@@ -210,6 +217,8 @@ class MetaClawServer(MCPServer):
             raise ToolError(f"Error executing tool {name}: {argument_errors(exc.__cause__)}") from exc.__cause__
 
     async def list_resources(self) -> list[MCPResource]:
+        """The static resources, plus one `skill://<namespace>/<slug>` resource per active or candidate skill
+        of every namespace; without the skills when tokens are bound to namespaces (`tokens_file`)."""
         listed = await super().list_resources()
         if self.app.config.tokens_file is not None:
             # The SDK gives a listing no request to tell the caller by: with tokens bound to namespaces,
@@ -261,6 +270,9 @@ async def ask_client_model(ctx: Context, namespace: str = "default", max_new: in
 
 
 def build_server(app: App) -> MetaClawServer:
+    """The MCP server over `app`: the four tools (the tools' docstrings are their descriptions), the
+    `skill://` resources and their subscriptions, and the status and checkpoint resources when no
+    `tokens_file` binds tokens to namespaces. Nothing is opened: run `app` before serving."""
     tools: list[Tool] = []
 
     def tool(annotations: ToolAnnotations) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
