@@ -46,6 +46,7 @@ def main_options(
     config: Optional[Path] = typer.Option(None, "--config", help="TOML config file (default $METACLAW_HOME/config.toml)."),
     home: Optional[Path] = typer.Option(None, "--home", help="Data folder (default $METACLAW_HOME or ~/.metaclaw)."),
 ) -> None:
+    """Options every command takes: --config and --home, kept for the command's `load_config`."""
     _globals.update(config=config, home=home)
 
 
@@ -424,6 +425,7 @@ def utf8_output() -> None:
 
 
 def main() -> None:
+    """The `metaclaw-mcp` entry point: UTF-8 output, then the command line parsed and run."""
     utf8_output()
     cli()
 

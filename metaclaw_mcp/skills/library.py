@@ -52,6 +52,8 @@ def content_hash(description: str, body: str) -> str:
 
 @dataclass
 class SkillRecord:
+    """A skill at its current version, as reads return it (`record_from_row`); `score` is what a search
+    ranked it by (0 outside a search), `provenance` the ids of the turns it was learned from ([] for none)."""
     id: int
     namespace: str
     slug: str
@@ -70,10 +72,12 @@ class SkillRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def doc(self) -> SkillDoc:
+        """Its current text as a SkillDoc named by its slug (a copy: editing it changes nothing stored)."""
         return SkillDoc(name=self.slug, description=self.description, body=self.body, category=self.category,
                         metadata=dict(self.metadata))
 
     def as_dict(self) -> dict[str, Any]:
+        """Every field but `score`, as plain data (for JSON output)."""
         return {k: v for k, v in self.__dict__.items() if k != "score"}
 
 
@@ -99,6 +103,8 @@ def record_from_row(row: sqlite3.Row, score: float = 0.0) -> SkillRecord:
 
 @dataclass
 class ImportReport:
+    """What an import did: the names it wrote, the (path or name, reason) pairs it skipped, and of
+    those the names skipped because their text was already stored."""
     imported: list[str]
     skipped: list[tuple[str, str]]  # (path or name, reason)
     unchanged: list[str] = field(default_factory=list)
@@ -123,6 +129,10 @@ def skill_ref(ref: str | int) -> tuple[str, int | str] | None:
 
 
 class SkillLibrary:
+    """The skills of every namespace in one database: reads, versioned writes (each public write one
+    transaction), status changes, and SKILL.md / JSONL import and export. Skills are named by id or
+    slug (`skill_ref`); an unknown one is NotFound. Bodies are at most `max_body_chars` characters."""
+
     def __init__(self, db: Database, max_body_chars: int = 8000):
         self.db = db
         self.max_body_chars = max_body_chars
@@ -140,6 +150,8 @@ class SkillLibrary:
 
     async def list(self, namespace: str | None = "default", status: str | None = None,
                    category: str | None = None, limit: int | None = None) -> list[SkillRecord]:
+        """Skills at their current version, by namespace then slug; None or empty filters (namespace None:
+        every namespace; limit None or 0: no limit) select all."""
         where, params = [], []
         if namespace is not None:
             where.append("s.namespace = ?")
@@ -156,17 +168,20 @@ class SkillLibrary:
         return [record_from_row(r) for r in await self.db.fetchall(sql, params)]
 
     async def versions(self, skill_id: int) -> list[dict[str, Any]]:
+        """Every published version of skill `skill_id`, oldest first, as plain data ([] for an unknown id)."""
         rows = await self.db.fetchall(
             "SELECT version, name, description, body, category, source, provenance, parent_version, created_at "
             "FROM skill_versions v WHERE skill_id = ? AND " + NOT_STAGED + " ORDER BY version", (skill_id,))
         return [dict(r) | {"provenance": json.loads(r["provenance"])} for r in rows]
 
     async def counts(self) -> dict[str, int]:
+        """Skills per status over every namespace (a status with none is absent)."""
         rows = await self.db.fetchall(  # an import's unpublished skills (current_version 0) are not counted
             "SELECT status, COUNT(*) FROM skills WHERE current_version > 0 GROUP BY status")
         return {r[0]: r[1] for r in rows}
 
     async def find_by_hash(self, namespace: str, digest: str) -> SkillRecord | None:
+        """The skill of `namespace` one of whose versions has `content_hash` `digest`, or None."""
         row = await self.db.fetchone(
             SELECT_SKILL + " WHERE s.namespace = ? AND EXISTS (SELECT 1 FROM skill_versions x "
             "WHERE x.skill_id = s.id AND x.content_hash = ?)", (namespace, digest))
@@ -196,6 +211,8 @@ class SkillLibrary:
 
     async def add(self, doc: SkillDoc, namespace: str = "default", status: str = "active", source: str = "user",
                   provenance: Iterable[str] = ()) -> SkillRecord:
+        """A new skill at version 1 named `doc.name`. InvalidInput for a bad doc (`validate_doc`);
+        Conflict when the name is taken in `namespace` or being imported into it."""
         doc = validate_doc(doc, self.max_body_chars, where=f"skill {doc.name!r}")
         async with self.db.transaction() as db:
             skill_id = await self.insert(db, doc, namespace, status, source, list(provenance))
@@ -324,6 +341,7 @@ class SkillLibrary:
         return await self.get(namespace, current.id)
 
     async def set_status(self, namespace: str, ref: str | int, status: str, reason: str | None = None) -> SkillRecord:
+        """Set a skill's status (candidate, active or retired) and its reason; InvalidInput for another status."""
         if status not in ("candidate", "active", "retired"):
             raise InvalidInput(f"status {status!r} is not one of candidate, active, retired")
         current = await self.get(namespace, ref)
@@ -652,6 +670,7 @@ JSONL_KEYS = {"name", "description", "body", "category", "metadata", "status", "
 
 
 def doc_to_json(doc: SkillDoc) -> dict[str, Any]:
+    """A SkillDoc as one JSONL line's object (what `doc_from_json` reads back)."""
     return {"name": doc.name, "description": doc.description, "body": doc.body, "category": doc.category,
             "metadata": doc.metadata}
 
