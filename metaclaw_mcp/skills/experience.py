@@ -53,6 +53,7 @@ class ExperienceIndex:
         self._dirty = True
 
     def remove(self, turn_id: str) -> None:
+        """Forget a turn (nothing happens for an unknown one); applied at the next `fold`."""
         if self.turns.pop(turn_id, None) is not None:
             self._dirty = True
 
@@ -114,6 +115,7 @@ class TermVectors:
     model_id = "terms-v1"
 
     def encode_query(self, text: str) -> np.ndarray:
+        """[D] float32 of unit length (all zeros for a text without content words)."""
         vector_D = np.zeros(self.dim, dtype=np.float32)
         for term in query_terms(text):
             h = zlib.crc32(_stem(term).encode())
@@ -122,6 +124,7 @@ class TermVectors:
         return vector_D / norm if norm > 0 else vector_D
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """[N, D] float32, one `encode_query` row per text."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self.encode_query(t) for t in texts])

@@ -48,6 +48,7 @@ def onnx_model_path(model_path: str | Path | None = None, cache_dir: str | Path 
 
 
 def failed_marker(path: Path) -> Path:
+    """The file beside an export that says its export failed, and why (`<name>.failed`)."""
     return path.with_name(path.name + ".failed")
 
 
@@ -124,6 +125,7 @@ def export_onnx(model_path: str | Path | None, out: Path) -> None:
 
 class _BelowWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        """Keep warnings and worse only."""
         return record.levelno >= logging.WARNING
 
 
@@ -215,6 +217,7 @@ class OnnxEmbedder(EncoderBase):
 
     @property
     def ready(self) -> bool:
+        """Whether the ONNX session is loaded (encoding will not wait for a load or an export)."""
         return self._session is not None
 
     def cached_artefact(self) -> Path:

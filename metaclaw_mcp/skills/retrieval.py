@@ -202,6 +202,7 @@ class RetrievalQuery:
         return (own + extra)[:MAX_TERMS]
 
     def dense_text(self) -> str:
+        """What the dense encoder embeds: the task, then the first 400 characters of the context."""
         return f"{self.text}\n{self.context[:400]}".strip() if self.context else self.text
 
 

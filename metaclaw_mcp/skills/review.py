@@ -25,6 +25,7 @@ FIT_TURNS = 20_000        # recent rated turns a review fits skill effects on
 
 
 def credit_policy(config: MetaClawConfig) -> CreditPolicy:
+    """The CreditPolicy the config's `credit_*` and `explore_*` settings give (the rest: its defaults)."""
     return CreditPolicy(
         usefulness_weight=config.credit_usefulness_weight, prior_sd=config.credit_prior_sd, alpha=config.credit_alpha,
         min_baseline=config.credit_min_baseline, promote_min_uses=config.credit_promote_min_uses,

@@ -85,6 +85,8 @@ def parse_skill_md(text: str, where: str = "SKILL.md") -> SkillDoc:
 
 
 def render_skill_md(doc: SkillDoc) -> str:
+    """A SkillDoc as SKILL.md text: YAML front matter (name, description, metadata with the category),
+    then the body; what `parse_skill_md` reads back."""
     meta = {"name": doc.name, "description": doc.description,
             "metadata": {"category": doc.category, **doc.metadata}}
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=100).strip()
@@ -250,4 +252,5 @@ def _write_skill_md(root: Path, root_fd: int, name: str, text: str) -> None:
 
 
 def starter_dir() -> Path:
+    """The folder of SKILL.md folders shipped with the package, which `SkillLibrary.seed_starter` loads."""
     return Path(__file__).parent / "starter"
