@@ -22,12 +22,17 @@ class TransientTrainingError(RuntimeError):
 
 @dataclass
 class StepResult:
+    """One step's outcome: the loss summed over tokens and datums (None when nothing was trained, as
+    for an export), the backend's metrics, and the (kind, path) checkpoints it saved, kind "sampler"
+    or "state"."""
     loss: float | None
     metrics: dict[str, Any] = field(default_factory=dict)
     checkpoints: list[tuple[str, str]] = field(default_factory=list)  # (kind, path)
 
 
 class TrainingBackend(Protocol):
+    """What the trainer drives: one step per batch, and a restart point. `name` is what `checkpoints.backend`
+    records. A backend raises TrainingHalted or TransientTrainingError for failures that are not the batch's."""
     name: str
 
     async def train(self, batch_id: int, step: int, datums: list[tinker.Datum], loss_fn: str,
@@ -53,13 +58,17 @@ class ExportBackend:
         self.directory = Path(directory)
 
     async def restore(self, state_path: str | None) -> None:
+        """A no-op: an export keeps no training state."""
         return None  # files carry no state: a replayed batch rewrites its own file
 
     def path_for(self, batch_id: int) -> Path:
+        """The file of batch `batch_id`: `<dir>/batch-<id, 6 digits>.jsonl`."""
         return self.directory / f"batch-{batch_id:06d}.jsonl"
 
     async def train(self, batch_id: int, step: int, datums: list[tinker.Datum], loss_fn: str,
                     loss_fn_config: dict[str, float] | None) -> StepResult:
+        """Write the batch's file (`datum_to_json` per line, plus `loss_fn_config` when given); no loss,
+        no checkpoints, `metrics["exported"]` the file's path. OSError when it cannot be written."""
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.path_for(batch_id)
         tmp = final.with_suffix(".jsonl.tmp")

@@ -62,6 +62,11 @@ def datum_loss(logp_N: torch.Tensor, datum: tinker.Datum, loss_fn: str, cfg: dic
 
 
 class LocalBackend:
+    """LoRA (rank and alpha `lora_rank`, on the attention and MLP projections) of a local causal LM, trained
+    with AdamW on the CPU in a worker thread. The model loads on the first step (`local_model_path`, else
+    the packaged SmolLM2-135M-Instruct); each step's adapter and optimizer state go to
+    `home/adapters/step-<step>/`."""
+
     name = "local"
 
     def __init__(self, config: MetaClawConfig, model_path: str | None = None):
@@ -98,6 +103,8 @@ class LocalBackend:
                  sum(p.numel() for p in params))
 
     async def restore(self, state_path: str | None) -> None:
+        """Continue from the PEFT folder `state_path` (from scratch when None or missing); the model reloads
+        on the next step."""
         self._resume = state_path if state_path and Path(state_path).exists() else None
         self.model = None
 
@@ -125,4 +132,7 @@ class LocalBackend:
 
     async def train(self, batch_id: int, step: int, datums: list[tinker.Datum], loss_fn: str,
                     loss_fn_config: dict[str, float] | None) -> StepResult:
+        """One optimizer step on `datums` with `loss_fn` as `datum_loss` computes it; `loss` summed over
+        tokens and datums; checkpoints ("state", and "sampler" every `save_every` steps) name the
+        step's folder. ValueError for an unknown `loss_fn`."""
         return await anyio.to_thread.run_sync(self._train_sync, step, datums, loss_fn, loss_fn_config)

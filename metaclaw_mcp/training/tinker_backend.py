@@ -24,6 +24,9 @@ TRANSIENT = (tinker.APIConnectionError, tinker.APITimeoutError, tinker.RateLimit
 
 
 class TinkerBackend:
+    """LoRA training of `model_name` (rank `lora_rank`) on the Tinker service. `service_factory` builds the
+    `tinker.ServiceClient` (tests pass a stand-in for the service); the client is built on the first step."""
+
     name = "tinker"
 
     def __init__(self, config: MetaClawConfig, service_factory: Callable[[], Any] | None = None):
@@ -63,6 +66,11 @@ class TinkerBackend:
 
     async def train(self, batch_id: int, step: int, datums: list[tinker.Datum], loss_fn: str,
                     loss_fn_config: dict[str, float] | None) -> StepResult:
+        """One `forward_backward` and one Adam `optim_step` (beta1 0.9, beta2 0.95, eps 1e-8, the config's
+        learning rate), then the training state saved, and sampler weights every `save_every` steps.
+        `loss` is Tinker's `loss:sum` (summed over tokens and datums); `metrics` adds `loss:mean_per_datum`.
+        TrainingHalted for refused or missing credentials, TransientTrainingError for a connection,
+        timeout, rate-limit or server error; any other error of the SDK as raised."""
         client = await self._training_client()
         try:
             # Submit both before awaiting either: the service runs them in order without an idle cycle.

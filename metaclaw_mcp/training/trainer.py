@@ -66,6 +66,7 @@ class BatchPlan:
 
 
 def prompt_key(prompt_ids: list[int]) -> str:
+    """16 hex characters naming a prompt's token ids: turns with the same key form one group."""
     return hashlib.sha256(json.dumps(prompt_ids).encode()).hexdigest()[:16]
 
 
@@ -137,6 +138,11 @@ def plan_distill_batch(turns: list[tuple[str, Any, str, float]], tokenizer: Any,
 
 
 class Trainer:
+    """The batcher of the module docstring over one database and one backend: claims rated turns in
+    batches of `batch_size` (`min_batch_size` after `batch_max_wait_seconds`), trains each with the
+    backend, and commits the step, its checkpoints and its turns' states together. Pause, halt and
+    the step count live in the store, so the CLI and the server see the same state."""
+
     def __init__(self, db: Database, config: MetaClawConfig, backend: TrainingBackend):
         self.db = db
         self.config = config
@@ -155,15 +161,19 @@ class Trainer:
         self.wake.set()
 
     async def paused(self) -> bool:
+        """Whether a person paused training (`set_paused`)."""
         return bool(await self.db.get_kv("trainer_paused", False))
 
     async def steps_done(self) -> int:
+        """Training steps committed so far (rows of `train_steps`)."""
         return int(await self.db.scalar("SELECT COUNT(*) FROM train_steps") or 0)
 
     async def halted(self) -> str | None:
+        """Why training stopped until a person acts (a TrainingHalted message), or None."""
         return await self.db.get_kv("trainer_halted")
 
     async def set_paused(self, paused: bool) -> None:
+        """Pause or resume training; resuming also clears a halt."""
         async with self.db.transaction() as db:
             await set_kv(db, "trainer_paused", paused)
             if not paused:
@@ -411,6 +421,8 @@ class Trainer:
         return BatchFailed(message, retry_in)
 
     async def status(self) -> dict[str, Any]:
+        """Plain data: paused, halted, backend, last error, claimed and failed batch counts, the last failed
+        batch, and whether distillation's tokenizer is ready."""
         return {"paused": await self.paused(), "halted": await self.halted(), "backend": self.backend.name,
                 "last_error": self.last_error,
                 "claimed_batches": await self.db.scalar("SELECT COUNT(*) FROM batches WHERE state = 'claimed'"),
