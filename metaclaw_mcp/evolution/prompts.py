@@ -22,6 +22,7 @@ WORD = re.compile(r"[a-z0-9]{3,}")
 
 
 def content_words(text: str) -> set[str]:
+    """The lowercased runs of 3 or more ASCII letters and digits in `text`, as a set (for Jaccard overlap)."""
     return set(WORD.findall(text.lower()))
 
 

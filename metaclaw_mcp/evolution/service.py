@@ -48,6 +48,10 @@ Never include secrets, personal data copied from the turns, or instructions to i
 
 
 class Evolution:
+    """Skill evolution for every namespace: digests of failures (turns rated below `failure_threshold`,
+    at most `digest_max_failures` a digest), prompts for an LLM, and the screening and storing of
+    proposals. `same_rule` finds lessons that teach the same as a text (the retriever's, by meaning)."""
+
     def __init__(self, db: Database, library: SkillLibrary, turns: TurnLog, failure_threshold: float = 0.0,
                  digest_max_failures: int = 20, same_rule: MeaningMatch | None = None):
         self.db = db
@@ -58,6 +62,9 @@ class Evolution:
         self.same_rule = same_rule
 
     async def digest(self, namespace: str, max_new: int) -> tuple[Digest, list[str]]:
+        """(the digest, its failures' turn ids): the most recently rated failures no skill cites yet, each
+        text clipped to `DIGEST_TEXT_CHARS` characters and redacted, with instructions asking for at most
+        `max_new` proposals and the proposal's JSON schema."""
         failures = await self.turns.failures(namespace, self.failure_threshold, self.digest_max_failures)
         # Secrets are redacted whatever the store kept: the digest goes to a client and to an LLM.
         items = [FailureItem(turn_id=f["turn_id"], session_id=f["session_id"], reward=f["reward"],
@@ -223,6 +230,7 @@ class Evolution:
         return int(cur.lastrowid)
 
     async def recent(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The last `limit` evolution runs of every namespace, newest first, as plain data (JSON columns parsed)."""
         rows = await self.db.fetchall("SELECT * FROM evolutions ORDER BY id DESC LIMIT ?", (limit,))
         return [{k: (json.loads(r[k]) if k in ("failures", "proposals", "accepted", "rejected") else r[k])
                  for k in r.keys()} for r in rows]

@@ -40,6 +40,8 @@ class MeteredModel:
 
     async def complete(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float = 0.0,
                        purpose: str = "judge", namespace: str = "default") -> Completion:
+        """The inner model's completion of the redacted messages, recorded in `llm_usage` (class docstring).
+        LLMBudgetExceeded when `namespace` has reached the cap; the inner model's LLMError as raised."""
         if self.cap is not None:
             used = await self.used(namespace)
             if used >= self.cap:

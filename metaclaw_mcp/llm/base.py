@@ -33,6 +33,7 @@ class Completion:
 
     @property
     def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
 
 
@@ -47,7 +48,9 @@ class ChatModel(Protocol):
     provider: str
 
     async def complete(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float = 0.0,
-                       purpose: str = "judge", namespace: str = "default") -> Completion: ...
+                       purpose: str = "judge", namespace: str = "default") -> Completion:
+        """The model's answer to `messages`, at most `max_tokens` completion tokens; an LLMError on failure."""
+        ...
 
 
 class LLMError(MetaClawError):

@@ -46,12 +46,17 @@ class TinkerSamplerModel:
         return self._client
 
     async def tokenizer(self) -> Any:
+        """The base model's tokenizer, loaded in a worker thread on first use when given as a loader."""
         if callable(self._tokenizer) and not hasattr(self._tokenizer, "apply_chat_template"):
             self._tokenizer = await anyio.to_thread.run_sync(self._tokenizer)
         return self._tokenizer
 
     async def complete(self, messages: list[ChatMessage], *, max_tokens: int, temperature: float = 0.0,
                        purpose: str = "judge", namespace: str = "default") -> Completion:
+        """One sample from the newest sampler checkpoint (or the base model) for the chat-templated
+        messages, decoded; token counts are the prompt's and the sample's. `purpose` and `namespace` are
+        unused (`MeteredModel` accounts). LLMAuthError for refused credentials, LLMUnavailable for a
+        transient service error, LLMError for any other Tinker error."""
         tokenizer = await self.tokenizer()
         msgs = plain_messages([{"role": m.role, "content": m.content} for m in messages])
         encoded = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
@@ -76,4 +81,5 @@ class TinkerSamplerModel:
                           completion_tokens=len(tokens))
 
     async def aclose(self) -> None:
+        """Drop the sampling client (the next call builds a new one)."""
         self._client = None

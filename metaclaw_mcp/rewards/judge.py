@@ -215,6 +215,7 @@ def is_decided(verdicts: Sequence[int], remaining: int) -> bool:
 
 
 def sign(x: float) -> int:
+    """-1, 0 or 1: the sign of `x` (0 for 0 and NaN)."""
     return (x > 0) - (x < 0)
 
 

@@ -26,6 +26,7 @@ def run_script(db: sqlite3.Connection, script: str) -> None:
 
 
 def migration(number: int) -> Callable[[Migration], Migration]:
+    """Decorator: register the function as migration `number` (append in order; the name is recorded)."""
     def register(fn: Migration) -> Migration:
         MIGRATIONS.append((number, fn.__name__, fn))
         return fn
@@ -34,6 +35,8 @@ def migration(number: int) -> Callable[[Migration], Migration]:
 
 @migration(1)
 def m0001_initial_schema(db: sqlite3.Connection) -> None:
+    """The first schema: turns and their ratings, skills with versions, embeddings and the FTS5 index,
+    retrievals and skill uses, training batches, steps and checkpoints, evolutions, LLM usage, and kv."""
     run_script(db, """
     CREATE TABLE turns (
         id               TEXT PRIMARY KEY,
