@@ -149,7 +149,7 @@ class SkillOut(BaseModel):
     body: str
     category: str
     status: SkillStatus
-    score: float = Field(description="What it was ranked by: relevance plus weighted usefulness (higher is better).")
+    score: float = Field(description="What it was ranked by: relevance scaled by weighted usefulness, relevance x (1 + w x usefulness) (higher is better).")
     why: Literal["relevance", "usefulness", "exploration", "standing"] = Field(
         "relevance", description="Chosen for its relevance, for its measured usefulness, to explore "
                                  "(a candidate or a skill still short of evidence), or as a standing lesson "
