@@ -68,6 +68,12 @@ class Principal:
 LOCAL = Principal("local")
 
 
+def author_of(principal: Principal) -> str | None:
+    """What turns, ratings and skill versions record as their writer: the token's name, or None for
+    `LOCAL` (the single-user default, where there is no one else to tell apart)."""
+    return None if principal is LOCAL else principal.name
+
+
 def digest(token: str) -> bytes:
     """SHA-256 of a token (what the token file stores)."""
     return hashlib.sha256(token.encode("utf-8")).digest()
@@ -173,4 +179,4 @@ def token_entry(name: str, token: str, namespaces: Sequence[str], role: str = "a
             f'role = "{role}"\n')
 
 
-__all__ = ["ALL", "LOCAL", "Principal", "ROLES", "TokenTable", "digest", "new_token", "token_entry"]
+__all__ = ["ALL", "LOCAL", "author_of", "Principal", "ROLES", "TokenTable", "digest", "new_token", "token_entry"]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import __version__
-from .access import LOCAL, Principal
+from .access import LOCAL, Principal, author_of
 from .config import MetaClawConfig
 from .errors import InvalidInput
 from .evolution.service import Evolution
@@ -201,7 +201,8 @@ class App:
     async def fetch_skills(self, query: str, k: int | None = None, session_id: str | None = None,
                            namespace: str = "default", categories: Sequence[str] | None = None,
                            token_budget: int | None = None,
-                           messages: Sequence[Message | dict[str, Any]] | None = None) -> FetchResult:
+                           messages: Sequence[Message | dict[str, Any]] | None = None,
+                           caller: Principal = LOCAL) -> FetchResult:
         """The tool fetch_skills: the best `k` skills (default `skill_top_k`) for `query`, plus the
         standing lessons, as an injection of at most `token_budget` tokens (default
         `injection_token_budget`); `skills` lists those the injection shows, ranked ones first. The last
@@ -217,8 +218,9 @@ class App:
         k = k or self.config.skill_top_k
         budget = token_budget if token_budget is not None else self.config.injection_token_budget
         search_query = build_query(query, messages, self.config.query_messages)
-        hits = await self.retriever.search(search_query, namespace, k=k, categories=categories)
-        standing = await self.retriever.standing_lessons(namespace, categories)
+        hits = await self.retriever.search(search_query, namespace, k=k, categories=categories,
+                                           viewer=author_of(caller))
+        standing = await self.retriever.standing_lessons(namespace, categories, viewer=author_of(caller))
         records = {h.record.id: h.record for h in hits} | {r.id: r for r in standing}
         by_id = {h.record.id: h for h in hits}
 
@@ -274,7 +276,7 @@ class App:
                           retrieval_id: str | None = None, skill_ids: Sequence[int | str] | None = None,
                           model: str | None = None, tokens: TokenData | None = None,
                           metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
-                          namespace: str = "default") -> ReportResult:
+                          namespace: str = "default", caller: Principal = LOCAL) -> ReportResult:
         """The tool report_turn: store one turn and link it to its skill versions (`TurnLog.report`, whose
         InvalidInput cases apply), plus InvalidInput for a new namespace past `max_namespaces`."""
         await self.namespace_ok(namespace)
@@ -300,12 +302,14 @@ class App:
         return self.config.max_new_skills if max_new is None else max_new
 
     async def evolve_skills(self, namespace: str = "default", max_new: int | None = None,
-                            proposals: Sequence[SkillProposal] | None = None, dry_run: bool = False) -> EvolveResult:
+                            proposals: Sequence[SkillProposal] | None = None, dry_run: bool = False,
+                            caller: Principal = LOCAL) -> EvolveResult:
         """With proposals: screen and store them. Without: ask the configured LLM, else return the digest."""
         await self.namespace_ok(namespace)
         if proposals is None and self.llm is not None:
             return await self.evolve_with_llm(namespace, max_new, dry_run)
-        result = await self.evolution.evolve(namespace, self.max_new(max_new), proposals, dry_run)
+        result = await self.evolution.evolve(namespace, self.max_new(max_new), proposals, dry_run,
+                                             principal=author_of(caller))
         await self._embed_new(namespace, result)
         return result
 
@@ -331,7 +335,7 @@ class App:
         return report
 
     async def evolve_from_sample(self, namespace: str, max_new: int | None, answer: str, model: str,
-                                 dry_run: bool = False) -> EvolveResult:
+                                 dry_run: bool = False, caller: Principal = LOCAL) -> EvolveResult:
         """Screen and store the proposals in the answer the client's model gave (MCP sampling) to the
         prompt `evolution.llm_prompt` builds. The client's model reports no usage over MCP: an
         estimate of the prompt and answer tokens is recorded, so `status` shows what it cost."""
@@ -340,7 +344,8 @@ class App:
         await record_usage(self.db, namespace, f"sampling:{model}", "evolve",
                            estimate_tokens("".join(prompt) if prompt else ""), estimate_tokens(answer))
         return await self.evolution.evolve_from_answer(namespace, self.max_new(max_new), answer, llm=f"sampling:{model}",
-                                                       prompt=prompt[1] if prompt else None, dry_run=dry_run)
+                                                       prompt=prompt[1] if prompt else None, dry_run=dry_run,
+                                                       principal=author_of(caller))
 
     async def evolve_with_llm(self, namespace: str = "default", max_new: int | None = None,
                               dry_run: bool = False) -> EvolveResult:

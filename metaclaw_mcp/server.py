@@ -302,7 +302,8 @@ def build_server(app: App) -> MetaClawServer:
         Each skill says why it was chosen: relevance, measured usefulness, or exploration.
         Call before you answer. Pass the returned retrieval_id to report_turn afterwards."""
         caller(ctx).check(namespace)
-        return await app.fetch_skills(query, k, session_id, namespace, categories, token_budget, messages)
+        return await app.fetch_skills(query, k, session_id, namespace, categories, token_budget, messages,
+                                      caller=caller(ctx))
 
     @tool(ToolAnnotations(title="Report a turn", read_only_hint=False, destructive_hint=False,
                           idempotent_hint=True, open_world_hint=False))
@@ -327,7 +328,7 @@ def build_server(app: App) -> MetaClawServer:
         """Log what you were asked, which skills you used, and what you answered. Returns the turn_id."""
         caller(ctx).check(namespace)
         return await app.report_turn(session_id, messages, response, retrieval_id, skill_ids, model, tokens,
-                                     metadata, idempotency_key, namespace)
+                                     metadata, idempotency_key, namespace, caller=caller(ctx))
 
     @tool(ToolAnnotations(title="Rate a turn", read_only_hint=False, destructive_hint=False,
                           idempotent_hint=False, open_world_hint=False))
@@ -356,7 +357,8 @@ def build_server(app: App) -> MetaClawServer:
         """Turn failures into skills. With proposals: screen them and store the good ones as candidate skills.
         Without: ask your model (MCP sampling) to write them from recent failures; a client that cannot
         sample gets a digest of the failures and the proposal schema, to write proposals and call again."""
-        caller(ctx).check(namespace)
+        who = caller(ctx)
+        who.check(namespace)
 
         async def progress(done: float, message: str) -> None:
             if ctx is not None:
@@ -365,10 +367,10 @@ def build_server(app: App) -> MetaClawServer:
         if sampled is not None and proposals is None:
             await progress(1, f"your model answered ({sampled.model}); parsing and screening its proposals")
             answer = sampled.content.text if isinstance(sampled.content, TextContent) else ""
-            result = await app.evolve_from_sample(namespace, max_new, answer, sampled.model, dry_run)
+            result = await app.evolve_from_sample(namespace, max_new, answer, sampled.model, dry_run, caller=who)
         else:
             await progress(1, "reading recent failures" if proposals is None else "screening proposals")
-            result = await app.evolve_skills(namespace, max_new, proposals, dry_run)
+            result = await app.evolve_skills(namespace, max_new, proposals, dry_run, caller=who)
         await progress(3, f"{len(result.accepted)} accepted, {len(result.rejected)} rejected")
         return result
 

@@ -94,3 +94,34 @@ async def test_tokens_bound_to_namespaces_isolate_clients(tmp_path, transport):
     import sqlite3
     ratings = sqlite3.connect(home / "metaclaw.db").execute("SELECT source, score FROM ratings").fetchall()
     assert ratings == [("user", -1.0)]                                                  # bob's re-rating never landed
+
+
+# ---- a namespace several tokens share: one agent's lesson does not reach the others unproven ----
+
+@pytest.mark.anyio
+async def test_a_candidate_one_token_wrote_reaches_other_tokens_only_once_approved(tmp_path):
+    from metaclaw_mcp.app import open_app
+    from metaclaw_mcp.config import load_config
+    from metaclaw_mcp.models import Message, SkillProposal
+
+    alice = Principal("alice", frozenset({"team"}), "agent")
+    bob = Principal("bob", frozenset({"team"}), "agent")
+    config = load_config(home=tmp_path / "home", load_starter_skills=False, embedding_encoder="static")
+    async with open_app(config) as app:
+        rep = await app.report_turn("s", [Message(role="user", content="Export the invoices to a csv file")], "done",
+                                    namespace="team", caller=alice)
+        await app.rate_turn(rep.turn_id, -1.0, feedback="no index column, utf-8 please", caller=alice)
+        out = await app.evolve_skills("team", proposals=[SkillProposal(
+            name="csv-without-index", description="Use when writing a CSV file.",
+            body="Write CSV files with a header, UTF-8, and without the dataframe index.", category="general",
+            addresses=[rep.turn_id])], caller=alice)
+        assert out.accepted and out.accepted[0].status == "candidate"
+        query = "write the invoice list to a csv file"
+        assert "csv-without-index" in [s.slug for s in (await app.fetch_skills(query, namespace="team",
+                                                                               caller=alice)).skills]
+        assert "csv-without-index" not in [s.slug for s in (await app.fetch_skills(query, namespace="team",
+                                                                                   caller=bob)).skills]
+        assert "csv-without-index" in [s.slug for s in (await app.fetch_skills(query, namespace="team")).skills]
+        await app.library.set_status("team", "csv-without-index", "active", "approved by an admin")
+        assert "csv-without-index" in [s.slug for s in (await app.fetch_skills(query, namespace="team",
+                                                                               caller=bob)).skills]

@@ -94,18 +94,21 @@ class Evolution:
         return SYSTEM, build_prompt(digest, [(s.slug, s.description[:200]) for s in nearby], max_new)
 
     async def evolve_from_answer(self, namespace: str, max_new: int, answer: str, llm: str | None,
-                                 prompt: str | None = None, dry_run: bool = False) -> EvolveResult:
+                                 prompt: str | None = None, dry_run: bool = False,
+                                 principal: str | None = None) -> EvolveResult:
         """Screen and store the proposals in an LLM's answer; unparseable items are rejected with reasons."""
         proposals, unparsed = parse_proposals(answer)
         return await self.evolve(namespace, max_new, proposals, dry_run, source="llm", llm=llm,
-                                 pre_rejected=unparsed, audit=(prompt, answer))
+                                 pre_rejected=unparsed, audit=(prompt, answer), principal=principal)
 
     async def evolve(self, namespace: str = "default", max_new: int = 3,
                      proposals: Sequence[SkillProposal] | None = None, dry_run: bool = False,
                      source: str = "agent", llm: str | None = None,
                      pre_rejected: Sequence[RejectedProposal] = (),
-                     audit: tuple[str | None, str | None] = (None, None)) -> EvolveResult:
-        """With `proposals`: screen and store them. Without: return the digest for the caller to write them."""
+                     audit: tuple[str | None, str | None] = (None, None),
+                     principal: str | None = None) -> EvolveResult:
+        """With `proposals`: screen and store them. Without: return the digest for the caller to write them.
+        `principal`: the token that proposes (None: the single-user default), recorded on each version."""
         digest, failure_ids = await self.digest(namespace, max_new)
         if proposals is None:
             evo_id = None if dry_run else await self._record(namespace, "digest", failure_ids, [], [], [], llm)
@@ -139,12 +142,13 @@ class Evolution:
             async with self.db.transaction() as db:
                 for doc, provenance, target in accepted_docs:
                     if target is not None:  # a refinement: a new version of that skill, not a near-copy beside it
-                        version = await self._add_version(db, target, doc, source, provenance)
+                        version = await self._add_version(db, target, doc, source, provenance, principal)
                         accepted.append(AcceptedSkill(id=target.id, slug=target.slug, version=version,
                                                       status=target.status, proposed_name=doc.name, revised=True))
                         continue
                     try:
-                        sid = await self.library.insert(db, doc, namespace, "candidate", source, provenance)
+                        sid = await self.library.insert(db, doc, namespace, "candidate", source, provenance,
+                                                        principal=principal)
                     except Conflict as exc:  # a concurrent call took the name between check and insert
                         rejected.append(RejectedProposal(name=doc.name, reason=str(exc)))
                         continue
@@ -205,13 +209,14 @@ class Evolution:
         return None
 
     async def _add_version(self, db: Any, target: SkillRecord, doc: SkillDoc, source: str,
-                           provenance: list[str]) -> int:
+                           provenance: list[str], principal: str | None = None) -> int:
         """Inside a transaction: the proposal as the newest version of `target`, keeping its slug, with
         the situations of both descriptions and both provenances (each rule lives in one place)."""
         doc = SkillDoc(target.slug, merge_descriptions(target.description, doc.description), doc.body,
                        doc.category, {**target.metadata, **doc.metadata})
         return await self.library.add_version(db, target.id, doc, source,
-                                              merge_provenance(target.provenance, provenance), target.version)
+                                              merge_provenance(target.provenance, provenance), target.version,
+                                              principal)
 
     async def _record(self, namespace: str, mode: str, failure_ids: list[str], proposals: list[dict[str, Any]],
                       accepted: list[AcceptedSkill], rejected: list[RejectedProposal], llm: str | None) -> int:

@@ -359,12 +359,25 @@ class Retriever:
         state.taught_stale = False
         state.taught_background = len(state.experience) if state.experience is not None else 0
 
-    def standing(self, state: NamespaceState, categories: Sequence[str] | None = None) -> list[int]:
-        """Ids of the retrievable lessons whose scope is `always`, taught first then by id."""
+    @staticmethod
+    def unseen(state: NamespaceState, viewer: str | None) -> set[int]:
+        """Ids `viewer` (a token's name; None: the single-user default) may not be shown: candidates
+        another token wrote. Where tokens share a namespace, what one agent wrote reaches the others'
+        prompts only once evidence promoted it or an admin activated it; its author gets it at once."""
+        if viewer is None:
+            return set()
+        return {m.id for m in state.metas.values()
+                if m.status == "candidate" and m.author is not None and m.author != viewer}
+
+    def standing(self, state: NamespaceState, categories: Sequence[str] | None = None,
+                 viewer: str | None = None) -> list[int]:
+        """Ids of the retrievable lessons whose scope is `always`, taught first then by id (those
+        `viewer` may be shown: `unseen`)."""
+        hidden = self.unseen(state, viewer)
         wanted = set(categories) if categories else None
         found = [m for m in map(state.metas.__getitem__, state.lessons) if m.status in RETRIEVABLE
                  and m.scope == "always" and (m.taught or m.status == "active")
-                 and (wanted is None or m.category in wanted)]
+                 and (wanted is None or m.category in wanted) and m.id not in hidden]
         return [m.id for m in sorted(found, key=lambda m: (not m.taught, m.id))]
 
     async def same_rule(self, namespace: str, text: str) -> list[tuple[int, float]]:
@@ -400,11 +413,12 @@ class Retriever:
                 best[r["skill_id"]] = max(best.get(r["skill_id"], -1.0), float(v @ vectors_ND[0]))
         return sorted(((sid, c) for sid, c in best.items() if c >= threshold), key=lambda x: -x[1])
 
-    async def standing_lessons(self, namespace: str, categories: Sequence[str] | None = None) -> list[SkillRecord]:
+    async def standing_lessons(self, namespace: str, categories: Sequence[str] | None = None,
+                               viewer: str | None = None) -> list[SkillRecord]:
         """The namespace's standing lessons (`standing`), as records, for every fetch. Reads the state the
         fetch's search just refreshed (no second look at the change counters)."""
         state = self.peek(namespace) or await self.state(namespace)
-        ids = self.standing(state, categories)
+        ids = self.standing(state, categories, viewer)
         if not ids:
             return []
         records = await self._records(state, ids)
@@ -471,13 +485,15 @@ class Retriever:
     async def search(self, query: RetrievalQuery, namespace: str = "default", k: int = 5,
                      categories: Sequence[str] | None = None, explore: bool = True,
                      mode: str | None = None, use_credit: bool = True, use_experience: bool = True,
-                     explain: bool = False) -> list[Hit]:
+                     explain: bool = False, viewer: str | None = None) -> list[Hit]:
         """The best `k` skills for `query`, near-duplicates shown once, each with why it was chosen.
 
         `mode` overrides the configured one (lexical, dense, hybrid); `use_credit=False` ranks by
         relevance alone and `use_experience=False` without the votes of similar past turns
         (benchmarks compare against both). With `explain`, each hit's `explain` says what its
         score came from (`scoring.score_relevance`, plus its usefulness and the ranking score).
+        `viewer`: the token asking (None: the single-user default, who sees everything); a candidate
+        another token wrote is not shown to it until promoted or activated (`unseen`).
         """
         mode = mode or self.mode
         state = await self.state(namespace)
@@ -544,6 +560,9 @@ class Retriever:
             lessons=state.lessons if use_credit else set(),
             lesson_min=LESSON_MIN_RELEVANCE if use_credit else 0.0, explain=explain)
         relevance, from_experience = scored.relevance, scored.from_votes
+        hidden = self.unseen(state, viewer)
+        if hidden:
+            relevance = {sid: v for sid, v in relevance.items() if sid not in hidden}
         if not relevance:
             return []
         # The pool: the most relevant few; credit reorders within it, never pulls from the tail.

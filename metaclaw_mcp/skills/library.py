@@ -219,11 +219,12 @@ class SkillLibrary:
         return await self.get(namespace, skill_id)
 
     async def insert(self, db: aiosqlite.Connection, doc: SkillDoc, namespace: str, status: str, source: str,
-                     provenance: list[str], metadata: dict[str, Any] | None = None, *, staged: bool = False) -> int:
+                     provenance: list[str], metadata: dict[str, Any] | None = None, *, staged: bool = False,
+                     principal: str | None = None) -> int:
         """Inside a transaction: a new skill at version 1. Conflict when the slug is taken.
 
         `staged`: written by an import that publishes it later (current version 0 until then:
-        no read sees it)."""
+        no read sees it). `principal`: the token that wrote it (None: the single-user default)."""
         now = utcnow()
         try:
             cur = await db.execute(
@@ -237,18 +238,20 @@ class SkillLibrary:
                                f"try again when that import has finished") from None
             raise Conflict(f"a skill named {doc.name!r} already exists in namespace {namespace!r}") from None
         skill_id = int(cur.lastrowid)
-        await self._insert_version(db, skill_id, 1, doc, source, provenance, None, metadata or doc.metadata, now)
+        await self._insert_version(db, skill_id, 1, doc, source, provenance, None, metadata or doc.metadata, now,
+                                   principal)
         await _fts_insert(db, skill_id, doc.name, doc.description, doc.body)
         return skill_id
 
     async def _insert_version(self, db: aiosqlite.Connection, skill_id: int, version: int, doc: SkillDoc,
                               source: str, provenance: list[str], parent: int | None,
-                              metadata: dict[str, Any], now: str) -> None:
+                              metadata: dict[str, Any], now: str, principal: str | None = None) -> None:
         await db.execute(
             "INSERT INTO skill_versions(skill_id, version, name, description, body, category, source, provenance, "
-            "parent_version, content_hash, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "parent_version, content_hash, metadata, created_at, principal) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (skill_id, version, doc.name, doc.description, doc.body, doc.category, source, dumps(provenance),
-             parent, content_hash(doc.description, doc.body), dumps(metadata), now))
+             parent, content_hash(doc.description, doc.body), dumps(metadata), now, principal))
 
     async def _point_at(self, db: aiosqlite.Connection, skill_id: int, version: int) -> None:
         row = await (await db.execute(
@@ -280,9 +283,10 @@ class SkillLibrary:
         return len(rows)
 
     async def add_version(self, db: aiosqlite.Connection, skill_id: int, doc: SkillDoc, source: str,
-                          provenance: Sequence[str], parent: int | None = None) -> int:
+                          provenance: Sequence[str], parent: int | None = None, principal: str | None = None) -> int:
         """Inside a transaction: `doc` as the newest version of skill `skill_id`, made current; returns
-        its version number. `parent` is the version it was derived from (default: the current one)."""
+        its version number. `parent` is the version it was derived from (default: the current one);
+        `principal` the token that wrote it (None: the single-user default)."""
         row = await (await db.execute(
             "SELECT current_version, (SELECT MAX(version) FROM skill_versions WHERE skill_id = ?) FROM skills "
             "WHERE id = ?", (skill_id, skill_id))).fetchone()
@@ -290,7 +294,7 @@ class SkillLibrary:
             raise NotFound(f"no skill with id {skill_id}")
         version = int(row[1]) + 1
         await self._insert_version(db, skill_id, version, doc, source, list(provenance),
-                                   int(row[0]) if parent is None else parent, doc.metadata, utcnow())
+                                   int(row[0]) if parent is None else parent, doc.metadata, utcnow(), principal)
         await self._point_at(db, skill_id, version)
         return version
 

@@ -36,6 +36,7 @@ class SkillMeta:
     version: int
     category: str
     lesson: Lesson | None = None   # for versions whose provenance cites turns (see lessons.py)
+    author: str | None = None      # the token that wrote the current version (None: single user)
 
     @property
     def taught(self) -> bool:
@@ -112,7 +113,7 @@ class Mirror:
             await self._load_namespace(namespace)
         if self.namespaces and seen[0] != skills_gen:
             rows = await self.db.fetchall(
-                "SELECT s.id, s.namespace, s.slug, s.status, s.current_version, v.category FROM skills s "
+                "SELECT s.id, s.namespace, s.slug, s.status, s.current_version, v.category, v.principal FROM skills s "
                 "JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version WHERE s.gen > ?",
                 (skills_gen,))
             lessons = await self.read_lessons(None, [r["id"] for r in rows if r["namespace"] in self.namespaces])
@@ -141,7 +142,7 @@ class Mirror:
             from .dense import DenseIndex
             state.dense = DenseIndex(await anyio.to_thread.run_sync(lambda: encoder.dim))
         rows = await self.db.fetchall(
-            "SELECT s.id, s.namespace, s.slug, s.status, s.current_version, v.category FROM skills s "
+            "SELECT s.id, s.namespace, s.slug, s.status, s.current_version, v.category, v.principal FROM skills s "
             "JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version WHERE s.namespace = ?",
             (namespace,))
         if state.dense is not None:
@@ -153,7 +154,7 @@ class Mirror:
         lessons = await self.read_lessons(namespace)
         for r in rows:
             meta = SkillMeta(r["id"], r["slug"], r["status"], r["current_version"], r["category"],
-                             lessons.get(r["id"]))
+                             lessons.get(r["id"]), r["principal"])
             state.metas[meta.id] = meta
             if meta.lesson is not None:
                 state.lessons.add(meta.id)
@@ -217,7 +218,7 @@ class Mirror:
 
     async def _put_meta(self, state: NamespaceState, r: Any, lesson: Lesson | None = None) -> None:
         old = state.metas.get(r["id"])
-        meta = SkillMeta(r["id"], r["slug"], r["status"], r["current_version"], r["category"], lesson)
+        meta = SkillMeta(r["id"], r["slug"], r["status"], r["current_version"], r["category"], lesson, r["principal"])
         state.metas[meta.id] = meta
         if lesson is not None:
             state.lessons.add(meta.id)

@@ -498,3 +498,15 @@ def m0007_staged_imports(db: sqlite3.Connection) -> None:
     );
     CREATE INDEX import_staged_skill ON import_staged(skill_id, version);
     """)
+
+
+@migration(8)
+def m0008_principals(db: sqlite3.Connection) -> None:
+    """Who wrote what, where tokens are bound to namespaces (`access.py`): the token's name on each
+    turn, rating and skill version (NULL: the single-user default, no token). Learning uses it so
+    that no one token decides for the others in a namespace they share."""
+    run_script(db, """
+    ALTER TABLE turns ADD COLUMN principal TEXT;
+    ALTER TABLE ratings ADD COLUMN principal TEXT;
+    ALTER TABLE skill_versions ADD COLUMN principal TEXT;
+    """)
