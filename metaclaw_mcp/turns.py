@@ -11,8 +11,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosqlite
-
 from .errors import InvalidInput, NotFound
 from .models import Message, TokenData
 from .privacy import redact, redact_json
@@ -108,19 +106,20 @@ class TurnLog:
             raise InvalidInput(f"the turn is {size} bytes; at most {self.max_turn_bytes} "
                                "(messages + response + metadata). Trim long tool outputs before reporting")
         refs = self._retrieval_refs(retrieval_id)
-        req_hash = _request_hash(session_id, msgs, response)
+        req_hash, request = _request_hash(session_id, msgs, response), request_text(msgs)
         token_cols = (dumps(tokens.prompt_ids) if tokens else None, dumps(tokens.completion_ids) if tokens else None,
                       dumps(tokens.logprobs) if tokens and tokens.logprobs is not None else None)
-        async with self.db.transaction() as db:
-            refs, named = await self._resolve_skills(db, namespace, refs, skill_ids or [])
+
+        def write(db: sqlite3.Connection) -> ReportOutcome:   # one trip to the writer's thread
+            links, named = self._resolve_skills(db, namespace, refs, skill_ids or [])
             if idempotency_key is not None:
-                row = await (await db.execute(
+                row = db.execute(
                     "SELECT id, session_id, messages, response, retrieval_id, model, prompt_ids, completion_ids,"
                     " logprobs, metadata FROM turns WHERE namespace = ? AND idempotency_key = ?",
-                    (namespace, idempotency_key))).fetchone()
+                    (namespace, idempotency_key)).fetchone()
                 if row is not None:
-                    stored_named = {r[0] for r in await (await db.execute(
-                        "SELECT skill_id FROM skill_uses WHERE turn_id = ? AND named = 1", (row["id"],))).fetchall()}
+                    stored_named = {r[0] for r in db.execute(
+                        "SELECT skill_id FROM skill_uses WHERE turn_id = ? AND named = 1", (row["id"],))}
                     changed = [name for name, same in (
                         ("session_id", row["session_id"] == session_id),
                         ("messages", _same_json(row["messages"], msgs_json)),
@@ -135,22 +134,23 @@ class TurnLog:
                         raise InvalidInput(f"idempotency_key {idempotency_key!r} was already used for turn {row['id']} "
                                            f"with different {', '.join(changed)}; use a new key for a new turn, "
                                            "or resend the same content to retry")
-                    linked = (await (await db.execute("SELECT COUNT(*) FROM skill_uses WHERE turn_id = ?",
-                                                      (row["id"],))).fetchone())[0]
+                    linked = db.execute("SELECT COUNT(*) FROM skill_uses WHERE turn_id = ?", (row["id"],)).fetchone()[0]
                     return ReportOutcome(row["id"], True, linked, redacted)
             turn_id = new_turn_id()
-            await db.execute(
+            db.execute(
                 "INSERT INTO turns(id, namespace, session_id, messages, request, response, model, prompt_ids,"
                 " completion_ids, logprobs, metadata, retrieval_id, idempotency_key, request_hash, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (turn_id, namespace, session_id, msgs_json, request_text(msgs), response, model, *token_cols,
+                (turn_id, namespace, session_id, msgs_json, request, response, model, *token_cols,
                  meta_json, retrieval_id, idempotency_key, req_hash, utcnow()))
             # credit follows what the agent said it used: when it named skills, only those (migration 6)
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO skill_uses(turn_id, skill_id, version, rank, named, credited) VALUES (?, ?, ?, ?, ?, ?)",
                 [(turn_id, sid, ver, rank, int(sid in named), int(sid in named or not named))
-                 for rank, (sid, ver) in enumerate(refs)])
-        return ReportOutcome(turn_id, False, len(refs), redacted)
+                 for rank, (sid, ver) in enumerate(links)])
+            return ReportOutcome(turn_id, False, len(links), redacted)
+
+        return await self.db.write(write)
 
     @staticmethod
     def _retrieval_refs(retrieval_id: str | None) -> list[tuple[int, int]]:
@@ -162,17 +162,18 @@ class TurnLog:
                                "pass the retrieval_id from fetch_skills unchanged, or omit it")
         return refs
 
-    async def _resolve_skills(self, db: aiosqlite.Connection, namespace: str, refs: list[tuple[int, int]],
-                              skill_ids: Sequence[int | str]) -> tuple[list[tuple[int, int]], set[int]]:
+    @staticmethod
+    def _resolve_skills(db: sqlite3.Connection, namespace: str, refs: list[tuple[int, int]],
+                        skill_ids: Sequence[int | str]) -> tuple[list[tuple[int, int]], set[int]]:
         """Check the retrieval's versions and resolve `skill_ids` (ids or slugs) to current versions.
 
         Returns the (skill id, version) links, and the ids the agent named as used."""
         out: dict[int, int] = {}
         named: set[int] = set()
         for sid, ver in refs:
-            ok = await (await db.execute(
+            ok = db.execute(
                 "SELECT 1 FROM skill_versions v JOIN skills s ON s.id = v.skill_id "
-                "WHERE v.skill_id = ? AND v.version = ? AND s.namespace = ?", (sid, ver, namespace))).fetchone()
+                "WHERE v.skill_id = ? AND v.version = ? AND s.namespace = ?", (sid, ver, namespace)).fetchone()
             if not ok:
                 raise InvalidInput(f"retrieval_id names skill {sid} version {ver}, which is not in namespace "
                                    f"{namespace!r}; report with the namespace you fetched from")
@@ -182,9 +183,8 @@ class TurnLog:
             if found is None:
                 raise InvalidInput(f"skill_ids: no skill {ref!r} in namespace {namespace!r}")
             # current_version 0: a skill an unfinished import holds, not yet a skill
-            row = await (await db.execute(f"SELECT id, current_version FROM skills WHERE {found[0]} = ? "
-                                          "AND namespace = ? AND current_version > 0",
-                                          (found[1], namespace))).fetchone()
+            row = db.execute(f"SELECT id, current_version FROM skills WHERE {found[0]} = ? "
+                             "AND namespace = ? AND current_version > 0", (found[1], namespace)).fetchone()
             if row is None:
                 raise InvalidInput(f"skill_ids: no skill {ref!r} in namespace {namespace!r}")
             out.setdefault(row["id"], row["current_version"])
@@ -205,16 +205,15 @@ class TurnLog:
             raise InvalidInput(f"feedback has {len(feedback)} chars; at most {MAX_FEEDBACK_CHARS}")
         if feedback is not None and self.redact:
             feedback = redact(feedback)
-        async with self.db.transaction() as db:
-            turn = await (await db.execute("SELECT train_state, batch_id, namespace FROM turns WHERE id = ?",
-                                           (turn_id,))).fetchone()
+
+        def write(db: sqlite3.Connection) -> RateOutcome:   # one trip to the writer's thread
+            turn = db.execute("SELECT train_state, batch_id, namespace FROM turns WHERE id = ?", (turn_id,)).fetchone()
             if turn is None or (may_use is not None and not may_use(turn["namespace"])):
                 raise NotFound(f"no turn {turn_id[:80]!r}; use the turn_id that report_turn returned")
             now = utcnow()
-            await db.execute("INSERT INTO ratings(turn_id, source, score, feedback, created_at) VALUES (?, ?, ?, ?, ?)",
-                             (turn_id, source, score, feedback, now))
-            rows = await (await db.execute("SELECT id, source, score, created_at FROM ratings WHERE turn_id = ?",
-                                           (turn_id,))).fetchall()
+            db.execute("INSERT INTO ratings(turn_id, source, score, feedback, created_at) VALUES (?, ?, ?, ?, ?)",
+                       (turn_id, source, score, feedback, now))
+            rows = db.execute("SELECT id, source, score, created_at FROM ratings WHERE turn_id = ?", (turn_id,)).fetchall()
             fused = fuse_ratings(Rating(r["source"], r["score"], r["created_at"], r["id"]) for r in rows)
             assert fused is not None  # the rating above is among them
             reward, reward_source = fused
@@ -222,10 +221,12 @@ class TurnLog:
             requeue = turn["train_state"] in ("pending", "rated") or (turn["train_state"] == "skipped"
                                                                        and turn["batch_id"] is None)
             state = "rated" if requeue else turn["train_state"]
-            await db.execute("UPDATE turns SET reward = ?, reward_source = ?, rated_at = ?, train_state = ?, "
-                             "skip_reason = CASE WHEN ? = 'rated' THEN NULL ELSE skip_reason END WHERE id = ?",
-                             (reward, reward_source, now, state, state, turn_id))
-        return RateOutcome(turn_id, reward, reward_source, state == "rated")
+            db.execute("UPDATE turns SET reward = ?, reward_source = ?, rated_at = ?, train_state = ?, "
+                       "skip_reason = CASE WHEN ? = 'rated' THEN NULL ELSE skip_reason END WHERE id = ?",
+                       (reward, reward_source, now, state, state, turn_id))
+            return RateOutcome(turn_id, reward, reward_source, state == "rated")
+
+        return await self.db.write(write)
 
     async def get(self, turn_id: str) -> dict[str, Any]:
         row = await self.db.fetchone("SELECT * FROM turns WHERE id = ?", (turn_id,))
