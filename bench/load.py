@@ -372,6 +372,7 @@ def main() -> None:
                              "FILE.svg: flame graphs, else collapsed stacks (FILE-<server>-<clients>-<round>.ext); "
                              "the figures are then a little below the server's best")
     parser.add_argument("--json", metavar="FILE", help="also write every round's figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (server logs, databases)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mcload-"))
@@ -421,7 +422,10 @@ def main() -> None:
     finally:
         if echo:
             echo.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def print_medians(rows: list[dict[str, Any]], counts: list[int]) -> None:
