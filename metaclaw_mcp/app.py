@@ -282,7 +282,8 @@ class App:
         await self.namespace_ok(namespace)
         out = await self.turns.report(session_id=session_id, messages=messages, response=response,
                                       retrieval_id=retrieval_id, skill_ids=skill_ids, model=model, tokens=tokens,
-                                      metadata=metadata, idempotency_key=idempotency_key, namespace=namespace)
+                                      metadata=metadata, idempotency_key=idempotency_key, namespace=namespace,
+                                      principal=author_of(caller))
         return ReportResult(turn_id=out.turn_id, duplicate=out.duplicate, skills_linked=out.skills_linked,
                             redacted=out.redacted)
 
@@ -292,7 +293,8 @@ class App:
         (`TurnLog.rate`); wakes the trainer when the turn was queued. InvalidInput for a bad source,
         score or feedback; NotFound for an unknown turn or one in a namespace `caller` may not use."""
         out = await self.turns.rate(turn_id, score, source, feedback,
-                                    may_use=None if caller.every_namespace else caller.may_use)
+                                    may_use=None if caller.every_namespace else caller.may_use,
+                                    principal=author_of(caller))
         self._on_rated(out)
         return RateResult(turn_id=out.turn_id, reward=out.reward, reward_source=out.reward_source,  # type: ignore[arg-type]
                           queued_for_training=out.queued_for_training)

@@ -104,6 +104,9 @@ class MetaClawConfig(BaseSettings):
                                 "ever retire any skill of a library: the error rate of retirement, which holds "
                                 "however often the library is reviewed (anytime-valid e-values, e-BH over the "
                                 "library).")
+    credit_min_raters: int = Field(2, ge=1, description="Where tokens share a namespace (ratings from more than "
+                                   "one), the tokens whose ratings a skill's uses need before evidence promotes or "
+                                   "retires it; an admin may still activate or retire it by hand.")
     credit_min_baseline: int = Field(5, ge=1, description="Rated turns without a skill before judging it.")
     credit_promote_min_uses: int = Field(8, ge=1, description="Rated uses before a candidate can be promoted.")
     credit_promote_min_uplift: float = Field(0.0, ge=-2.0, le=2.0, description="Promote when the uplift's lower bound is above this.")

@@ -75,8 +75,9 @@ class TurnLog:
                      retrieval_id: str | None = None, skill_ids: Sequence[int | str] | None = None,
                      model: str | None = None, tokens: TokenData | None = None,
                      metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
-                     namespace: str = "default") -> ReportOutcome:
-        """Store one turn and link it to the skill versions that were injected into it.
+                     namespace: str = "default", principal: str | None = None) -> ReportOutcome:
+        """Store one turn and link it to the skill versions that were injected into it. `principal`:
+        the token that reported it (None: the single-user default).
 
         With an `idempotency_key` already used in this namespace: the same content (session, messages,
         response, retrieval_id, the skills `skill_ids` name, model, tokens, metadata) returns that turn as
@@ -139,10 +140,10 @@ class TurnLog:
             turn_id = new_turn_id()
             db.execute(
                 "INSERT INTO turns(id, namespace, session_id, messages, request, response, model, prompt_ids,"
-                " completion_ids, logprobs, metadata, retrieval_id, idempotency_key, request_hash, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " completion_ids, logprobs, metadata, retrieval_id, idempotency_key, request_hash, created_at,"
+                " principal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (turn_id, namespace, session_id, msgs_json, request, response, model, *token_cols,
-                 meta_json, retrieval_id, idempotency_key, req_hash, utcnow()))
+                 meta_json, retrieval_id, idempotency_key, req_hash, utcnow(), principal))
             # credit follows what the agent said it used: when it named skills, only those (migration 6)
             db.executemany(
                 "INSERT INTO skill_uses(turn_id, skill_id, version, rank, named, credited) VALUES (?, ?, ?, ?, ?, ?)",
@@ -192,7 +193,7 @@ class TurnLog:
         return list(out.items()), named
 
     async def rate(self, turn_id: str, score: float, source: str = "user", feedback: str | None = None,
-                   may_use: Callable[[str], bool] | None = None) -> RateOutcome:
+                   may_use: Callable[[str], bool] | None = None, principal: str | None = None) -> RateOutcome:
         """Add a rating, re-fuse the turn's reward, and queue the turn for training if it still can be.
 
         `may_use(namespace)`: whether the caller may rate turns of the turn's namespace; a turn it may
@@ -211,8 +212,8 @@ class TurnLog:
             if turn is None or (may_use is not None and not may_use(turn["namespace"])):
                 raise NotFound(f"no turn {turn_id[:80]!r}; use the turn_id that report_turn returned")
             now = utcnow()
-            db.execute("INSERT INTO ratings(turn_id, source, score, feedback, created_at) VALUES (?, ?, ?, ?, ?)",
-                       (turn_id, source, score, feedback, now))
+            db.execute("INSERT INTO ratings(turn_id, source, score, feedback, created_at, principal) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (turn_id, source, score, feedback, now, principal))
             rows = db.execute("SELECT id, source, score, created_at FROM ratings WHERE turn_id = ?", (turn_id,)).fetchall()
             fused = fuse_ratings(Rating(r["source"], r["score"], r["created_at"], r["id"]) for r in rows)
             assert fused is not None  # the rating above is among them

@@ -125,3 +125,59 @@ async def test_a_candidate_one_token_wrote_reaches_other_tokens_only_once_approv
         await app.library.set_status("team", "csv-without-index", "active", "approved by an admin")
         assert "csv-without-index" in [s.slug for s in (await app.fetch_skills(query, namespace="team",
                                                                                caller=bob)).skills]
+
+
+@pytest.mark.anyio
+async def test_where_tokens_share_a_namespace_one_token_alone_neither_promotes_nor_retires(tmp_path):
+    """One client rates its own candidate up and a shared skill down, with user ratings: while its
+    token is the only one rating them, nothing moves; when a second token's ratings agree, it does."""
+    from metaclaw_mcp.app import open_app
+    from metaclaw_mcp.config import load_config
+    from metaclaw_mcp.models import Message
+    from metaclaw_mcp.skills.skillmd import SkillDoc
+
+    alice = Principal("alice", frozenset({"team"}), "agent")
+    bob = Principal("bob", frozenset({"team"}), "agent")
+    config = load_config(home=tmp_path / "home", load_starter_skills=False, embedding_encoder="static")
+    async with open_app(config) as app:
+        for name, status in (("mine", "candidate"), ("shared-security", "active"), ("other", "active")):
+            await app.library.add(SkillDoc(name=name, description=f"Use when {name} matters.", body="1. Do it."),
+                                  namespace="team", status=status)
+
+        async def turns(who: Principal, slug: str, score: float, n: int) -> None:
+            for i in range(n):
+                rep = await app.report_turn(f"{who.name}-{slug}-{i}", [Message(role="user", content="task")], "done",
+                                            skill_ids=[slug], namespace="team", caller=who)
+                await app.rate_turn(rep.turn_id, score, "user", caller=who)
+
+        await turns(bob, "other", 0.0, 12)               # bob rates too: the namespace is shared
+        await turns(alice, "mine", 1.0, 20)
+        await turns(alice, "shared-security", -1.0, 20)
+        assert await app.review_skills("team") == []
+        assert (await app.library.get("team", "mine")).status == "candidate"
+        assert (await app.library.get("team", "shared-security")).status == "active"
+        await turns(bob, "mine", 1.0, 10)                # a second token's evidence agrees
+        changes = {c["slug"]: c["status"] for c in await app.review_skills("team")}
+        assert changes.get("mine") == "active"
+        assert (await app.library.get("team", "shared-security")).status == "active"
+
+
+@pytest.mark.anyio
+async def test_the_single_user_default_still_decides_on_its_own_ratings(tmp_path):
+    from metaclaw_mcp.app import open_app
+    from metaclaw_mcp.config import load_config
+    from metaclaw_mcp.models import Message
+    from metaclaw_mcp.skills.skillmd import SkillDoc
+
+    config = load_config(home=tmp_path / "home", load_starter_skills=False, embedding_encoder="static")
+    async with open_app(config) as app:
+        await app.library.add(SkillDoc(name="mine", description="Use when mine matters.", body="1. Do it."),
+                              namespace="solo", status="candidate")
+        await app.library.add(SkillDoc(name="other", description="Use when other matters.", body="1. Do it."),
+                              namespace="solo")
+        for i, (slug, score) in enumerate([("other", 0.0)] * 12 + [("mine", 1.0)] * 20):
+            rep = await app.report_turn(f"s{i}", [Message(role="user", content="task")], "done", skill_ids=[slug],
+                                        namespace="solo")
+            await app.rate_turn(rep.turn_id, score, "user")
+        changes = {c["slug"]: c["status"] for c in await app.review_skills("solo")}
+        assert changes.get("mine") == "active"

@@ -108,8 +108,11 @@ class CreditReview:
             evalues = {sid: retirement_evalue(c, self.policy) for sid, (_, c) in judged.items()}
             harmful = ebh(evalues, self.policy.alpha)
             independent = await self.independent_uses(ns)
+            raters, shared = await self.raters(ns)
             for sid, (meta, c) in judged.items():
                 baseline_n = state.totals.n - c.rated
+                if shared and raters.get((sid, meta.version), 0) < self.config.credit_min_raters:
+                    continue   # tokens share this namespace: no one of them decides for the others alone
                 decision = decide(meta.status, c, self.policy, baseline_n, taught=meta.taught,
                                   harmful=evalues[sid] if sid in harmful else None,
                                   independent=independent.get((sid, meta.version), 0))
@@ -136,6 +139,19 @@ class CreditReview:
             "WHERE t.namespace = ? AND t.reward IS NOT NULL AND t.reward_source != 'agent' AND u.credited = 1 "
             "GROUP BY u.skill_id, u.version", (namespace,))
         return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    async def raters(self, namespace: str) -> tuple[dict[tuple[int, int], int], bool]:
+        """((skill id, version) -> how many tokens rated its credited uses, other than as the agent
+        grading itself; whether the namespace's ratings come from more than one token). The
+        single-user default (no token) counts as one."""
+        rows = await self.db.fetchall(
+            "SELECT u.skill_id, u.version, COUNT(DISTINCT COALESCE(g.principal, '')) FROM skill_uses u "
+            "JOIN turns t ON t.id = u.turn_id JOIN ratings g ON g.turn_id = t.id WHERE t.namespace = ? "
+            "AND g.source != 'agent' AND u.credited = 1 GROUP BY u.skill_id, u.version", (namespace,))
+        everyone = int(await self.db.scalar(
+            "SELECT COUNT(DISTINCT COALESCE(g.principal, '')) FROM ratings g JOIN turns t ON t.id = g.turn_id "
+            "WHERE t.namespace = ? AND g.source != 'agent'", (namespace,)) or 0)
+        return {(r[0], r[1]): int(r[2]) for r in rows}, everyone > 1
 
     async def enforce_budget(self, namespace: str, state: NamespaceState | None = None) -> list[tuple[str, str, Decision]]:
         """Past `max_active_skills`, retire the least useful active skills (fewest uses first among equals).
