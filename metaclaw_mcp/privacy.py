@@ -54,6 +54,10 @@ NEEDS: dict[str, re.Pattern[str]] = {
     "SoftLayer Credentials": _CREDENTIAL_WORD, "Artifactory Credentials": re.compile(r"AKC|AP[0-9A-F]"),
 }
 
+# What any of the other detectors needs somewhere in a chunk: a run of 16 or more key characters (every
+# key format they know is at least that long), a URL's "://" (basic auth) or a PEM header.
+_ANY_SECRET_SHAPE = re.compile(r"[A-Za-z0-9_\-+/=.]{16,}|://|BEGIN")
+
 _B64_RUN = re.compile(r"[A-Za-z0-9+/_\-]{%d,}={0,2}" % ENTROPY_MIN_CHARS)
 
 
@@ -112,8 +116,12 @@ def _library_findings(text: str) -> list[Finding]:
     found: list[Finding] = []
     detectors = _detectors()
     for offset, chunk in _windows(text):
+        present: dict[re.Pattern[str], bool] = {}   # each prefilter looked for once a chunk
         for detector, needs in detectors:
-            if needs is not None and not needs.search(chunk):
+            needs = needs or _ANY_SECRET_SHAPE
+            if needs not in present:
+                present[needs] = needs.search(chunk) is not None
+            if not present[needs]:
                 continue
             try:
                 secrets = detector.analyze_line(filename="text", line=chunk, line_number=1)
