@@ -147,6 +147,8 @@ def guarded_h11(request_timeout: float) -> type[Any]:
 
 
 def check_bind(config: MetaClawConfig) -> None:
+    """ConfigError unless the bind is safe: off loopback HTTP/SSE needs a token (`auth_token` or
+    `tokens_file`), and a token file must read cleanly."""
     if config.transport != "stdio" and not config.is_loopback and not (config.auth_token or config.tokens_file):
         raise ConfigError(f"refusing to listen on {config.host}, which is not a loopback address, without a token: "
                           "pass --auth-token (or set METACLAW_AUTH_TOKEN, or METACLAW_TOKENS_FILE), or bind 127.0.0.1")
@@ -155,6 +157,7 @@ def check_bind(config: MetaClawConfig) -> None:
 
 
 def setup_logging(level: str) -> None:
+    """Logs to stderr (stdout belongs to the protocol on stdio), at `level` (a logging level name)."""
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
@@ -221,9 +224,11 @@ class StdinLines(io.RawIOBase):
         self._ended = False
 
     def readable(self) -> bool:
+        """Always readable (io.RawIOBase)."""
         return True
 
     def readinto(self, buffer: Any) -> int:
+        """Fill `buffer` with what stdin has (bytes read; 0 at its end or once the input was ended)."""
         while not self._ready:
             if self._ended:
                 return 0
@@ -258,6 +263,7 @@ class StdinLines(io.RawIOBase):
             os.write(self._wake_w, b"x")
 
     def close(self) -> None:
+        """Close the wake-up pipe and the stream (idempotent)."""
         if not self.closed:
             for fd in (self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
@@ -317,6 +323,8 @@ class Shutdown:
             stop()
 
     async def watch(self, signals: Any) -> None:
+        """Stop on the first SIGINT/SIGTERM from `signals` (an async iterator of signal numbers); force on the
+        second."""
         async for signum in signals:
             if not self.requested:
                 self.requested = True
@@ -404,6 +412,7 @@ async def _serve_http(server: MetaClawServer, config: MetaClawConfig, shutdown: 
 
 
 def run(config: MetaClawConfig) -> None:
+    """Serve on the configured transport until stopped (the `serve` command); ConfigError for an unsafe bind."""
     setup_logging(config.log_level)
     anyio.run(serve, config)
 

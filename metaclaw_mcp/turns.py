@@ -29,6 +29,8 @@ def new_turn_id() -> str:
 
 @dataclass
 class ReportOutcome:
+    """What `TurnLog.report` did: the turn's id, whether it was an idempotent duplicate, the skill versions
+    linked, and the fields redacted."""
     turn_id: str
     duplicate: bool
     skills_linked: int
@@ -37,6 +39,8 @@ class ReportOutcome:
 
 @dataclass
 class RateOutcome:
+    """What `TurnLog.rate` did: the turn's fused reward in [-1, 1] and its source, and whether the turn is
+    queued for training."""
     turn_id: str
     reward: float
     reward_source: str
@@ -230,6 +234,7 @@ class TurnLog:
         return await self.db.write(write)
 
     async def get(self, turn_id: str) -> dict[str, Any]:
+        """One turn as a dict (messages parsed, its ratings and linked skills); NotFound for an unknown id."""
         row = await self.db.fetchone("SELECT * FROM turns WHERE id = ?", (turn_id,))
         if row is None:
             raise NotFound(f"no turn {turn_id[:80]!r}; `metaclaw-mcp turns list` shows recent ones")
@@ -243,6 +248,8 @@ class TurnLog:
 
     async def list(self, namespace: str | None = "default", session_id: str | None = None,
                    state: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest `limit` turns (dicts, newest first), filtered by namespace (None: all), session and
+        training state."""
         where, params = [], []
         for col, val in (("namespace", namespace), ("session_id", session_id), ("train_state", state)):
             if val is not None:
@@ -295,6 +302,7 @@ class TurnLog:
         return out
 
     async def counts(self) -> dict[str, Any]:
+        """Turns by training state, ratings, and the recent mean reward (for `status`)."""
         rows = await self.db.fetchall("SELECT train_state, COUNT(*) FROM turns GROUP BY train_state")
         by_state = {r[0]: r[1] for r in rows}
         recent = await self.db.fetchone(

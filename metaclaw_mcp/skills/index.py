@@ -107,10 +107,13 @@ class Retriever:
 
     @property
     def uses_dense(self) -> bool:
+        """True when the retrieval mode has a dense side (hybrid or dense)."""
         return self.mode in ("hybrid", "dense")
 
     @property
     def embedder(self) -> Embedder | StaticEmbedder:
+        """The configured encoder (onnx, falling back to static when it cannot run here; static; transformer),
+        made once, loaded lazily."""
         if self._embedder is None:
             from .dense import Embedder, StaticEmbedder
             if self.config.embedding_encoder == "onnx":

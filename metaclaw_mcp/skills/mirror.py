@@ -30,6 +30,8 @@ RETRIEVABLE = ("active", "candidate")
 
 @dataclass
 class SkillMeta:
+    """What retrieval keeps in memory of one skill: id, slug, status, current version, category, its lesson
+    (if its provenance cites turns) and the token that wrote the current version."""
     id: int
     slug: str
     status: str
@@ -51,6 +53,8 @@ class SkillMeta:
 
 @dataclass
 class NamespaceState:
+    """One namespace's in-memory mirror: skill metas, lesson ids, per-version reward sums, the dense index,
+    experience and taught-request indexes, and the change counters it was read at."""
     metas: dict[int, SkillMeta] = field(default_factory=dict)
     lessons: set[int] = field(default_factory=set)   # ids of the metas with a lesson (`SkillMeta.lesson`)
     # (skill id, version) -> (uses, sums of rated rewards, sums of their residuals)

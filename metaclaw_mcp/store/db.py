@@ -58,6 +58,7 @@ def utcnow() -> str:
 
 
 def dumps(value: Any) -> str:
+    """Compact JSON as stored (UTF-8 text, no NaN or infinity: ValueError for those)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -119,6 +120,8 @@ class Database:
         self._read_lock = anyio.Lock(fast_acquire=True)
 
     async def open(self) -> Database:
+        """Apply pending migrations and open the writer and reader connections; Busy when another process
+        holds the lock past the timeout."""
         await anyio.to_thread.run_sync(apply_migrations, self.path, self.busy_timeout)
         self._writer = await self._connect(WRITER_ATTEMPT_MS)
         self._direct = await anyio.to_thread.run_sync(self._connect_direct, limiter=self._direct_thread)
@@ -146,6 +149,7 @@ class Database:
         return self._writer is not None
 
     async def close(self) -> None:
+        """Close every connection (after a write under way)."""
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
@@ -293,22 +297,27 @@ class Database:
                 raise
 
     async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Row | None:
+        """The first row of a read, or None."""
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
     async def scalar(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        """The first column of the first row of a read, or None."""
         row = await self.fetchone(sql, params)
         return None if row is None else row[0]
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """One statement over `rows`, in one transaction (all or nothing)."""
         async with self.transaction() as db:
             await db.executemany(sql, rows)
 
     async def get_kv(self, key: str, default: Any = None) -> Any:
+        """A JSON value of the `kv` table, or `default`."""
         raw = await self.scalar("SELECT value FROM kv WHERE key = ?", (key,))
         return default if raw is None else json.loads(raw)
 
     async def schema_version(self) -> int:
+        """The newest migration applied (0 for an empty file)."""
         return int(await self.scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") or 0)
 
 
