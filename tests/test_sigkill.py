@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import anyio
@@ -22,6 +24,32 @@ from test_transport import raw_stdio
 def report_args(n: int) -> dict:
     return {"session_id": f"s{n % 7}", "messages": [{"role": "user", "content": f"question {n} ü✓"}],
             "response": f"answer {n}", "idempotency_key": f"k{n}", "metadata": {"n": n}}
+
+
+class Replies:
+    """Every JSON-RPC reply on the server's stdout, whatever order they come in (requests run concurrently)."""
+
+    def __init__(self, proc) -> None:  # noqa: ANN001 - a subprocess.Popen
+        self.proc, self.buffer, self.seen = proc, b"", {}
+
+    def next(self, pending: set[int], timeout: float) -> tuple[int, dict]:
+        """The reply to one of `pending` (id, message); AssertionError after `timeout` seconds."""
+        end = time.monotonic() + timeout
+        while True:
+            for rid in pending & self.seen.keys():
+                return rid, self.seen.pop(rid)
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                message = json.loads(line)
+                if "id" in message:
+                    self.seen[message["id"]] = message
+            if pending & self.seen.keys():
+                continue
+            left = end - time.monotonic()
+            assert left > 0 and select.select([self.proc.stdout], [], [], left)[0], "no reply in time"
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+            assert chunk, "the server closed its output"
+            self.buffer += chunk
 
 
 def check_acknowledged(home: Path, turns: dict[str, int], ratings: dict[str, float]) -> None:
@@ -62,10 +90,10 @@ def test_sigkill_on_stdio_while_reporting_and_rating_loses_nothing_acknowledged(
             pending[next_id] = ("report", n)
             next_id += 1
         n = 10
+        replies = Replies(session.proc)
         while acked < kill_after:
-            rid = min(pending)
-            reply = session.reply(rid, 30)
-            assert reply is not None and not reply["result"].get("isError"), reply
+            rid, reply = replies.next(set(pending), 30)
+            assert not reply["result"].get("isError"), reply
             kind, what = pending.pop(rid)
             out = reply["result"]["structuredContent"]
             if kind == "report":
