@@ -35,7 +35,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -155,22 +154,8 @@ async def worker(target: str, url: str, first: int, count: int, seconds: float, 
 
 # ---- the coordinator ----
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"server did not listen on {port} within {timeout}s")
+sys.path.insert(0, str(HERE.parent / "tests"))
+from mcp_servers import free_port, wait_port  # noqa: E402 - the tests' helpers for starting servers
 
 
 def cpu_seconds(pid: int) -> float:
@@ -215,7 +200,7 @@ class Served:
         self.log = open(log, "wb")
         self.proc = subprocess.Popen([*argv, "--port", str(self.port)], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        wait_port(self.port, self.proc)
+        wait_port(self.port, self.proc, timeout=60.0)
         self.pid = self.proc.pid
 
     @property

@@ -179,16 +179,9 @@ class Database:
             await self._begin()
             try:
                 yield self._writer
-            except BaseException as exc:
-                with anyio.CancelScope(shield=True):
-                    await self._abort()
-                if is_busy(exc):
-                    raise Busy(BUSY_MESSAGE) from exc
-                raise
-            try:
                 with anyio.CancelScope(shield=True):
                     await self._writer.execute("COMMIT")
-            except BaseException as exc:
+            except BaseException as exc:   # the body or COMMIT failed, or the caller was cancelled
                 with anyio.CancelScope(shield=True):
                     await self._abort()
                 if is_busy(exc):
