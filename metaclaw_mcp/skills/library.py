@@ -128,6 +128,15 @@ def skill_ref(ref: str | int) -> tuple[str, int | str] | None:
     return ("slug", ref)
 
 
+async def _versions(db: aiosqlite.Connection, skill_id: int) -> tuple[int, int] | None:
+    """Inside a transaction: (current version, the number a new version gets) of a skill; None when
+    there is no such skill."""
+    row = await (await db.execute(
+        "SELECT current_version, (SELECT MAX(version) FROM skill_versions WHERE skill_id = ?) FROM skills "
+        "WHERE id = ?", (skill_id, skill_id))).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]) + 1)
+
+
 class SkillLibrary:
     """The skills of every namespace in one database: reads, versioned writes (each public write one
     transaction), status changes, and SKILL.md / JSONL import and export. Skills are named by id or
@@ -287,14 +296,12 @@ class SkillLibrary:
         """Inside a transaction: `doc` as the newest version of skill `skill_id`, made current; returns
         its version number. `parent` is the version it was derived from (default: the current one);
         `principal` the token that wrote it (None: the single-user default)."""
-        row = await (await db.execute(
-            "SELECT current_version, (SELECT MAX(version) FROM skill_versions WHERE skill_id = ?) FROM skills "
-            "WHERE id = ?", (skill_id, skill_id))).fetchone()
-        if row is None:
+        versions = await _versions(db, skill_id)
+        if versions is None:
             raise NotFound(f"no skill with id {skill_id}")
-        version = int(row[1]) + 1
+        current, version = versions
         await self._insert_version(db, skill_id, version, doc, source, list(provenance),
-                                   int(row[0]) if parent is None else parent, doc.metadata, utcnow(), principal)
+                                   current if parent is None else parent, doc.metadata, utcnow(), principal)
         await self._point_at(db, skill_id, version)
         return version
 
@@ -534,13 +541,11 @@ class SkillLibrary:
         if skill_id is None:
             new_id = await self.insert(db, doc, namespace, status, source, [], staged=True)
             return batch, new_id, 1, 1, None, None, None
-        row = await (await db.execute(
-            "SELECT current_version, (SELECT MAX(version) FROM skill_versions WHERE skill_id = ?) FROM skills "
-            "WHERE id = ?", (skill_id, skill_id))).fetchone()
-        if row is None:
+        versions = await _versions(db, skill_id)
+        if versions is None:
             raise Conflict(f"skill {doc.name!r} was removed from namespace {namespace!r} during the import")
-        version = int(row[1]) + 1
-        await self._insert_version(db, skill_id, version, doc, source, [], int(row[0]), doc.metadata, utcnow())
+        current, version = versions
+        await self._insert_version(db, skill_id, version, doc, source, [], current, doc.metadata, utcnow())
         return batch, skill_id, version, 0, index_text(doc.name), index_text(doc.description), index_text(doc.body)
 
     async def _publish(self, batch: int) -> None:
