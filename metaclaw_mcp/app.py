@@ -172,10 +172,11 @@ class App:
                                    (int(newest) - self.config.retrieval_log_max_rows, cutoff))
             return cur.rowcount
 
-    async def namespace_ok(self, namespace: str) -> None:
-        """Raise InvalidInput when `namespace` is new and the server already keeps `max_namespaces`
-        (namespaces with skills or turns, and those fetched from since start): any client can name
-        a namespace, and each costs memory and background work."""
+    async def namespace_ok(self, namespace: str, caller: Principal = LOCAL) -> None:
+        """Raise Forbidden when `caller` may not use `namespace`, and InvalidInput when it is new and the
+        server already keeps `max_namespaces` (namespaces with skills or turns, and those fetched from
+        since start): any client can name a namespace, and each costs memory and background work."""
+        caller.check(namespace)
         if self._namespaces is None:
             self._namespaces = {r[0] for r in await self.db.fetchall(
                 "SELECT DISTINCT namespace FROM skills UNION SELECT DISTINCT namespace FROM turns")}
@@ -214,13 +215,13 @@ class App:
                                "Send the task in a sentence or two, not the whole conversation")
         if not query.strip():
             raise InvalidInput("query is empty: describe the task the skills are for")
-        await self.namespace_ok(namespace)
+        await self.namespace_ok(namespace, caller)
         k = k or self.config.skill_top_k
         budget = token_budget if token_budget is not None else self.config.injection_token_budget
         search_query = build_query(query, messages, self.config.query_messages)
-        hits = await self.retriever.search(search_query, namespace, k=k, categories=categories,
-                                           viewer=author_of(caller))
-        standing = await self.retriever.standing_lessons(namespace, categories, viewer=author_of(caller))
+        viewer = author_of(caller)
+        hits = await self.retriever.search(search_query, namespace, k=k, categories=categories, viewer=viewer)
+        standing = await self.retriever.standing_lessons(namespace, categories, viewer=viewer)
         records = {h.record.id: h.record for h in hits} | {r.id: r for r in standing}
         by_id = {h.record.id: h for h in hits}
 
@@ -278,8 +279,8 @@ class App:
                           metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
                           namespace: str = "default", caller: Principal = LOCAL) -> ReportResult:
         """The tool report_turn: store one turn and link it to its skill versions (`TurnLog.report`, whose
-        InvalidInput cases apply), plus InvalidInput for a new namespace past `max_namespaces`."""
-        await self.namespace_ok(namespace)
+        InvalidInput cases apply), plus `namespace_ok`'s Forbidden and InvalidInput."""
+        await self.namespace_ok(namespace, caller)
         out = await self.turns.report(session_id=session_id, messages=messages, response=response,
                                       retrieval_id=retrieval_id, skill_ids=skill_ids, model=model, tokens=tokens,
                                       metadata=metadata, idempotency_key=idempotency_key, namespace=namespace,
@@ -307,7 +308,7 @@ class App:
                             proposals: Sequence[SkillProposal] | None = None, dry_run: bool = False,
                             caller: Principal = LOCAL) -> EvolveResult:
         """With proposals: screen and store them. Without: ask the configured LLM, else return the digest."""
-        await self.namespace_ok(namespace)
+        await self.namespace_ok(namespace, caller)
         if proposals is None and self.llm is not None:
             return await self.evolve_with_llm(namespace, max_new, dry_run)
         result = await self.evolution.evolve(namespace, self.max_new(max_new), proposals, dry_run,
@@ -341,7 +342,7 @@ class App:
         """Screen and store the proposals in the answer the client's model gave (MCP sampling) to the
         prompt `evolution.llm_prompt` builds. The client's model reports no usage over MCP: an
         estimate of the prompt and answer tokens is recorded, so `status` shows what it cost."""
-        await self.namespace_ok(namespace)
+        await self.namespace_ok(namespace, caller)
         prompt = await self.evolution.llm_prompt(namespace, self.max_new(max_new))
         await record_usage(self.db, namespace, f"sampling:{model}", "evolve",
                            estimate_tokens("".join(prompt) if prompt else ""), estimate_tokens(answer))

@@ -301,7 +301,6 @@ def build_server(app: App) -> MetaClawServer:
 
         Each skill says why it was chosen: relevance, measured usefulness, or exploration.
         Call before you answer. Pass the returned retrieval_id to report_turn afterwards."""
-        caller(ctx).check(namespace)
         return await app.fetch_skills(query, k, session_id, namespace, categories, token_budget, messages,
                                       caller=caller(ctx))
 
@@ -326,7 +325,6 @@ def build_server(app: App) -> MetaClawServer:
         ctx: Context | None = None,
     ) -> ReportResult:
         """Log what you were asked, which skills you used, and what you answered. Returns the turn_id."""
-        caller(ctx).check(namespace)
         return await app.report_turn(session_id, messages, response, retrieval_id, skill_ids, model, tokens,
                                      metadata, idempotency_key, namespace, caller=caller(ctx))
 
@@ -358,7 +356,6 @@ def build_server(app: App) -> MetaClawServer:
         Without: ask your model (MCP sampling) to write them from recent failures; a client that cannot
         sample gets a digest of the failures and the proposal schema, to write proposals and call again."""
         who = caller(ctx)
-        who.check(namespace)
 
         async def progress(done: float, message: str) -> None:
             if ctx is not None:
