@@ -107,8 +107,7 @@ class CreditReview:
             # every retrievable skill is judged at each review: retirement is chosen over all of them at once
             evalues = {sid: retirement_evalue(c, self.policy) for sid, (_, c) in judged.items()}
             harmful = ebh(evalues, self.policy.alpha)
-            independent = await self.independent_uses(ns)
-            raters, shared = await self.raters(ns)
+            independent, raters, shared = await self.evidence_counts(ns)
             for sid, (meta, c) in judged.items():
                 baseline_n = state.totals.n - c.rated
                 if shared and raters.get((sid, meta.version), 0) < self.config.credit_min_raters:
@@ -131,27 +130,23 @@ class CreditReview:
                 await set_kv(db, "credit_last_review", {"changes": len(applied)})
         return applied
 
-    async def independent_uses(self, namespace: str) -> dict[tuple[int, int], int]:
-        """(skill id, version) -> its credited rated uses whose reward came from someone other than the
-        agent grading itself (user, environment, judge): the uses a decision may count."""
+    async def evidence_counts(self, namespace: str) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], int],
+                                                              bool]:
+        """Who the evidence came from, per (skill id, version), in one pass over its credited rated uses:
+        how many of those uses got their reward from someone other than the agent grading itself
+        (user, environment, judge: the uses a decision may count); how many tokens gave such ratings;
+        and whether the namespace's ratings come from more than one token. The single-user default
+        (no token) counts as one."""
         rows = await self.db.fetchall(
-            "SELECT u.skill_id, u.version, COUNT(*) FROM skill_uses u JOIN turns t ON t.id = u.turn_id "
-            "WHERE t.namespace = ? AND t.reward IS NOT NULL AND t.reward_source != 'agent' AND u.credited = 1 "
-            "GROUP BY u.skill_id, u.version", (namespace,))
-        return {(r[0], r[1]): int(r[2]) for r in rows}
-
-    async def raters(self, namespace: str) -> tuple[dict[tuple[int, int], int], bool]:
-        """((skill id, version) -> how many tokens rated its credited uses, other than as the agent
-        grading itself; whether the namespace's ratings come from more than one token). The
-        single-user default (no token) counts as one."""
-        rows = await self.db.fetchall(
-            "SELECT u.skill_id, u.version, COUNT(DISTINCT COALESCE(g.principal, '')) FROM skill_uses u "
-            "JOIN turns t ON t.id = u.turn_id JOIN ratings g ON g.turn_id = t.id WHERE t.namespace = ? "
-            "AND g.source != 'agent' AND u.credited = 1 GROUP BY u.skill_id, u.version", (namespace,))
+            "SELECT u.skill_id, u.version, COUNT(DISTINCT CASE WHEN t.reward_source != 'agent' THEN t.id END), "
+            "COUNT(DISTINCT CASE WHEN g.source != 'agent' THEN COALESCE(g.principal, '') END) "
+            "FROM skill_uses u JOIN turns t ON t.id = u.turn_id JOIN ratings g ON g.turn_id = t.id "
+            "WHERE t.namespace = ? AND t.reward IS NOT NULL AND u.credited = 1 GROUP BY u.skill_id, u.version",
+            (namespace,))
         everyone = int(await self.db.scalar(
             "SELECT COUNT(DISTINCT COALESCE(g.principal, '')) FROM ratings g JOIN turns t ON t.id = g.turn_id "
             "WHERE t.namespace = ? AND g.source != 'agent'", (namespace,)) or 0)
-        return {(r[0], r[1]): int(r[2]) for r in rows}, everyone > 1
+        return ({(r[0], r[1]): int(r[2]) for r in rows}, {(r[0], r[1]): int(r[3]) for r in rows}, everyone > 1)
 
     async def enforce_budget(self, namespace: str, state: NamespaceState | None = None) -> list[tuple[str, str, Decision]]:
         """Past `max_active_skills`, retire the least useful active skills (fewest uses first among equals).
