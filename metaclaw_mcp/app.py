@@ -296,9 +296,32 @@ class App:
         out = await self.turns.rate(turn_id, score, source, feedback,
                                     may_use=None if caller.every_namespace else caller.may_use,
                                     principal=author_of(caller))
+        queued, training = self.training_fate(out)
+        out.queued_for_training = queued
         self._on_rated(out)
         return RateResult(turn_id=out.turn_id, reward=out.reward, reward_source=out.reward_source,  # type: ignore[arg-type]
-                          queued_for_training=out.queued_for_training)
+                          queued_for_training=queued, training=training)
+
+    def training_fate(self, out: Any) -> tuple[bool, str]:
+        """(queued, sentence): what training will do with a just-rated turn (`TurnLog.rate`'s outcome)."""
+        cfg = self.config
+        if not out.queued_for_training:
+            state = {"claimed": "already in a training batch", "trained": "already trained on",
+                     "skipped": "skipped by training earlier"}.get(out.train_state, out.train_state)
+            return False, f"not trained again: {state}; the rating still counts for the skills it used"
+        if cfg.effective_backend not in ("export", "tinker", "local"):
+            return False, "not trained: no training backend"
+        if out.has_tokens:
+            what = "queued for RL (it carries the sampler's tokens)"
+        elif out.reward >= cfg.distill_threshold:
+            what = ("queued for distillation (a text-only turn rated at least distill_threshold="
+                    f"{cfg.distill_threshold:g})")
+        else:
+            return False, (f"not trained: a text-only turn is imitated only when rated at least distill_threshold="
+                           f"{cfg.distill_threshold:g}; it feeds skill evolution instead")
+        if "trainer" in self.__dict__ and self.trainer is None:
+            return False, f"not trained: the {cfg.effective_backend} backend could not be loaded (see the log)"
+        return True, what + (f", into {cfg.exports_dir}" if cfg.effective_backend == "export" else "")
 
     def max_new(self, max_new: int | None) -> int:
         """`max_new`, or the config's `max_new_skills` when it is None."""

@@ -173,7 +173,11 @@ class MetaClawConfig(BaseSettings):
     save_every: int = Field(10, ge=1)
     distill_threshold: float = Field(0.5, ge=-1.0, le=1.0)
     max_seq_len: int = Field(8192, ge=16)
-    tokenizer_path: str | None = Field(None, description="Tokenizer for distillation (folder or hub id); default model_name.")
+    tokenizer_path: str | None = Field(None, description="Tokenizer folder (or hub id) of the base model, for "
+                                       "distillation and the /v1 endpoint; default: local_model_path's, else "
+                                       "model_name's from the local Hugging Face cache.")
+    allow_downloads: bool = Field(False, description="Whether a tokenizer or model missing locally may be "
+                                  "downloaded from the Hugging Face Hub; off, nothing waits on the network.")
     local_model_path: str | None = Field(None, description="Model folder for the local backend; default: packaged SmolLM2-135M.")
     min_batch_size: int = Field(2, ge=1, description="After batch_max_wait_seconds, train a batch this small.")
     batch_max_wait_seconds: float = Field(600.0, ge=0)

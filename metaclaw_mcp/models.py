@@ -184,7 +184,11 @@ class RateResult(BaseModel):
     turn_id: str
     reward: float = Field(description="The turn's fused reward after this rating.")
     reward_source: RatingSource
-    queued_for_training: bool
+    queued_for_training: bool = Field(description="True when the turn will be trained on: queued for RL (it "
+                                      "carries sampler tokens) or for distillation (text only, rated at least "
+                                      "distill_threshold), with a training backend configured.")
+    training: str = Field("", description="What happens to the turn, in a sentence: queued for RL, queued for "
+                          "distillation, or not trained and why.")
 
 
 class AcceptedSkill(BaseModel):

@@ -39,12 +39,15 @@ class ReportOutcome:
 
 @dataclass
 class RateOutcome:
-    """What `TurnLog.rate` did: the turn's fused reward in [-1, 1] and its source, and whether the turn is
-    queued for training."""
+    """What `TurnLog.rate` did: the turn's fused reward in [-1, 1] and its source, whether the turn is
+    in the training queue (state `rated`), whether it carries sampler tokens (RL) or only text
+    (distillation), and its training state after the rating."""
     turn_id: str
     reward: float
     reward_source: str
     queued_for_training: bool
+    has_tokens: bool = False
+    train_state: str = "rated"
 
 
 def _request_hash(session_id: str, messages: list[dict[str, Any]], response: str) -> str:
@@ -212,7 +215,8 @@ class TurnLog:
             feedback = redact(feedback)
 
         def write(db: sqlite3.Connection) -> RateOutcome:   # one trip to the writer's thread
-            turn = db.execute("SELECT train_state, batch_id, namespace FROM turns WHERE id = ?", (turn_id,)).fetchone()
+            turn = db.execute("SELECT train_state, batch_id, namespace, prompt_ids IS NOT NULL AS has_tokens "
+                              "FROM turns WHERE id = ?", (turn_id,)).fetchone()
             if turn is None or (may_use is not None and not may_use(turn["namespace"])):
                 raise NotFound(f"no turn {turn_id[:80]!r}; use the turn_id that report_turn returned")
             now = utcnow()
@@ -229,7 +233,7 @@ class TurnLog:
             db.execute("UPDATE turns SET reward = ?, reward_source = ?, rated_at = ?, train_state = ?, "
                        "skip_reason = CASE WHEN ? = 'rated' THEN NULL ELSE skip_reason END WHERE id = ?",
                        (reward, reward_source, now, state, state, turn_id))
-            return RateOutcome(turn_id, reward, reward_source, state == "rated")
+            return RateOutcome(turn_id, reward, reward_source, state == "rated", bool(turn["has_tokens"]), state)
 
         return await self.db.write(write)
 

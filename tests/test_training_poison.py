@@ -194,15 +194,19 @@ async def test_a_batch_that_cannot_be_planned_is_skipped_after_max_batch_attempt
     caplog.set_level(logging.INFO, logger="metaclaw_mcp")
     home = tmp_path / "home"
     distill = await claim_a_distillation_batch(home)
-    # The restart is configured with a tokenizer that has no chat template: that batch cannot be planned.
+    # The restart trains on Tinker (which needs token datums, unlike an export) with a tokenizer that has
+    # no chat template: that batch cannot be planned.
     config = load_config(home=home, batch_size=2, load_starter_skills=False, tokenizer_path=str(no_template),
-                         max_batch_attempts=2, batch_retry_base_seconds=0.001, train_poll_seconds=0.05)
+                         max_batch_attempts=2, batch_retry_base_seconds=0.001, train_poll_seconds=0.05,
+                         backend="tinker", tinker_api_key="tml-test-key", model_name="Qwen/Qwen3-4B")
+    service = StandInService()
     async with open_app(config) as app:
         rl = await rl_turns(app, [5, 6], [1.0, -1.0])
+        trainer = trainer_for(app, config, "tinker", service)
 
         async def rl_trained() -> bool:
             return await states(app, rl) == ["trained", "trained"]
-        await run_trainer_until(app.trainer, rl_trained)
+        await run_trainer_until(trainer, rl_trained)
 
         assert await states(app, rl) == ["trained", "trained"]
         batch = await app.db.fetchone("SELECT state, attempts, last_error FROM batches WHERE kind = 'distill'")
@@ -211,12 +215,12 @@ async def test_a_batch_that_cannot_be_planned_is_skipped_after_max_batch_attempt
             turn = await outcome(app, t)
             assert turn["train_state"] == "skipped"
             assert "failed 2 times" in turn["skip_reason"] and "chat template" in turn["skip_reason"]
-        status = await app.trainer.status()
+        status = await trainer.status()
         assert "chat template" in status["distillation"]
         assert status["failed_batches"] == 1 and "chat template" in status["last_failed_batch"]["error"]
         # new text-only turns wait for a usable tokenizer instead of failing batch after batch
         waiting = await text_turns(app, 2, "later")
-        assert await app.trainer.once(force=True) is False
+        assert await trainer.once(force=True) is False
         assert await states(app, waiting) == ["rated", "rated"]
     failures = [r for r in caplog.records if r.levelno == logging.WARNING and "cannot be planned" in r.getMessage()]
     assert len(failures) == 2 and all(r.exc_info is None for r in failures)
@@ -232,12 +236,31 @@ async def test_once_reports_a_failed_attempt_as_one_clear_error(tmp_path, no_tem
     home = tmp_path / "home"
     await claim_a_distillation_batch(home)
     config = load_config(home=home, batch_size=2, load_starter_skills=False, max_batch_attempts=2,
-                         tokenizer_path=str(no_template))
+                         tokenizer_path=str(no_template), backend="tinker", tinker_api_key="tml-test-key",
+                         model_name="Qwen/Qwen3-4B")
     async with open_app(config) as app:
+        trainer = trainer_for(app, config, "tinker", StandInService())
         with pytest.raises(BatchFailed, match=r"batch 1 cannot be planned \(attempt 1 of 2\): .*chat template") as caught:
-            await app.trainer.once()
+            await trainer.once()
         assert isinstance(caught.value, MetaClawError) and caught.value.retry_in > 0
         with pytest.raises(BatchFailed, match=r"attempt 2 of 2.*its 2 turns are skipped") as caught:
-            await app.trainer.once()
+            await trainer.once()
         assert caught.value.retry_in is None
-        assert await app.trainer.once() is False
+        assert await trainer.once() is False
+
+
+async def test_an_export_writes_text_only_turns_as_conversations_even_without_a_tokenizer(tmp_path, no_template):
+    """The export needs no tokenizer for distillation: the claimed batch becomes chat-format lines."""
+    home = tmp_path / "home"
+    distill = await claim_a_distillation_batch(home)
+    config = load_config(home=home, batch_size=2, load_starter_skills=False, tokenizer_path=str(no_template))
+    async with open_app(config) as app:
+        assert await app.trainer.once() is True
+        assert await states(app, distill) == ["trained", "trained"]
+        rows = [json.loads(line) for f in sorted((config.exports_dir / "conversations").glob("*.jsonl"))
+                for line in f.read_text().splitlines()]
+        assert [r["turn_id"] for r in rows] == distill
+        assert rows[0]["messages"] == [{"role": "user", "content": "say hi 0"}, {"role": "assistant", "content": "hi 0!"}]
+        assert rows[0]["reward"] == 1.0
+        assert exported_rows(config) == []   # no token datums without a usable tokenizer
+        assert "chat template" in (await app.trainer.status())["distillation"]

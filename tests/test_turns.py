@@ -213,8 +213,10 @@ async def test_non_json_metadata_rejected(app):
 async def test_rate_fuses_and_queues(app):
     out = await report(app)
     rated = await app.rate_turn(out.turn_id, -0.5, "agent", feedback="wrong answer")
+    # a text-only turn rated below distill_threshold is not imitated: rate_turn says so
     assert (rated.turn_id, rated.reward, rated.reward_source, rated.queued_for_training) == (
-        out.turn_id, -0.5, "agent", True)
+        out.turn_id, -0.5, "agent", False)
+    assert "not trained" in rated.training and "distill_threshold=0.5" in rated.training
     turn = await app.turns.get(out.turn_id)
     assert turn["reward"] == -0.5 and turn["reward_source"] == "agent"
     assert turn["train_state"] == "rated" and turn["rated_at"] is not None
@@ -224,7 +226,7 @@ async def test_rate_fuses_and_queues(app):
     assert (user_rating.reward, user_rating.reward_source) == (1.0, "user")
     env_rating = await app.rate_turn(out.turn_id, -1.0, "env")  # later, but lower priority
     assert (env_rating.reward, env_rating.reward_source) == (1.0, "user")
-    assert env_rating.queued_for_training is True
+    assert env_rating.queued_for_training is True and env_rating.training.startswith("queued for distillation")
     changed = await app.rate_turn(out.turn_id, 0.25, "user")  # the user changes their mind
     assert (changed.reward, changed.reward_source) == (0.25, "user")
     turn = await app.turns.get(out.turn_id)

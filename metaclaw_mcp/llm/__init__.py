@@ -43,7 +43,7 @@ def _tinker_sampler(config: MetaClawConfig, db: Database) -> ChatModel:
     """The sampling client of the newest sampler checkpoint the trainer recorded (the base model before any)."""
     import tinker
 
-    from ..training.render import load_tokenizer
+    from ..training.render import load_tokenizer, tokenizer_source
     from .tinker_sampler import TinkerSamplerModel
 
     if not config.tinker_api_key:
@@ -55,4 +55,4 @@ def _tinker_sampler(config: MetaClawConfig, db: Database) -> ChatModel:
 
     service = tinker.ServiceClient(api_key=config.tinker_api_key.get_secret_value(), base_url=config.tinker_base_url)
     return TinkerSamplerModel(service, config.model_name,
-                              lambda: load_tokenizer(config.tokenizer_path or config.model_name), latest_path)
+                              lambda: load_tokenizer(tokenizer_source(config), config.allow_downloads), latest_path)

@@ -46,9 +46,12 @@ class TrainingBackend(Protocol):
 
 
 class ExportBackend:
-    """Writes each batch to `<dir>/batch-<id>.jsonl`, one datum a line, ready to replay to Tinker later.
+    """Writes each batch to `<dir>/batch-<id>.jsonl`, one datum a line, ready to replay to Tinker later,
+    and the text-only turns of a distillation batch to `<dir>/conversations/batch-<id>.jsonl`, one
+    conversation a line (`{"messages": [..., {"role": "assistant", "content": reply}], "reward",
+    "turn_id"}`, the chat format the Tinker cookbook's conversation datasets read), tokenizer or not.
 
-    The file appears whole or not at all (written aside, fsynced, renamed), and a replayed
+    Each file appears whole or not at all (written aside, fsynced, renamed), and a replayed
     batch rewrites the same file, so a crash can never leave a batch exported twice.
     """
 
@@ -69,21 +72,37 @@ class ExportBackend:
                     loss_fn_config: dict[str, float] | None) -> StepResult:
         """Write the batch's file (`datum_to_json` per line, plus `loss_fn_config` when given); no loss,
         no checkpoints, `metrics["exported"]` the file's path. OSError when it cannot be written."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for d in datums:
+            row = datum_to_json(d, loss_fn)
+            if loss_fn_config:
+                row["loss_fn_config"] = loss_fn_config
+            rows.append(row)
         final = self.path_for(batch_id)
-        tmp = final.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for d in datums:
-                row = datum_to_json(d, loss_fn)
-                if loss_fn_config:
-                    row["loss_fn_config"] = loss_fn_config
-                f.write(json.dumps(row, separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_jsonl(final, rows)
         return StepResult(loss=None, metrics={"exported": str(final)}, checkpoints=[])
+
+    async def write_conversations(self, batch_id: int, rows: list[dict[str, Any]]) -> Path:
+        """Write a distillation batch's conversations (the class docstring's chat format) to
+        `<dir>/conversations/batch-<id, 6 digits>.jsonl`; returns the path. OSError when it cannot be written."""
+        final = self.directory / "conversations" / f"batch-{batch_id:06d}.jsonl"
+        write_jsonl(final, rows)
+        return final
+
+
+def write_jsonl(final: Path, rows: list[dict[str, Any]]) -> None:
+    """`rows` as JSON lines at `final`, whole or not at all: written aside, fsynced, renamed, the folder
+    (created if missing) fsynced. OSError when it cannot be written."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

