@@ -33,6 +33,7 @@ from .text import estimate_tokens
 from .turns import TurnLog
 
 if TYPE_CHECKING:
+    from .policy import Policy
     from .training import Trainer
 
 log = logging.getLogger("metaclaw_mcp")
@@ -69,6 +70,36 @@ class App:
 
         backend = make_backend(self.config)
         return None if backend is None else Trainer(self.db, self.config, backend)
+
+    @cached_property
+    def policy(self) -> Policy | None:
+        """The trained policy /v1 serves (`policy.make_policy`), or None: none configured, or the local
+        one without the [local] extra (logged)."""
+        from .policy import make_policy
+
+        try:
+            return make_policy(self.config, self.db)
+        except ImportError as exc:
+            log.error("the local policy needs the [local] extra (torch, transformers, peft): %s", exc)
+            return None
+
+    async def _swap_policy(self, step: dict[str, Any]) -> None:
+        """Trainer hook: serve a sampler checkpoint the step saved (the policy follows its own backend)."""
+        policy = self.policy
+        if policy is None or self.trainer is None or self.trainer.backend.name != policy.backend:
+            return
+        for kind, path in step.get("checkpoints") or []:
+            if kind == "sampler":
+                await policy.swap(path)
+
+    async def _warm_up_policy(self) -> None:
+        """Background, once: load the policy's tokenizer and model before the first /v1 request."""
+        if self.policy is None:
+            return
+        try:
+            await self.policy.warm_up()
+        except Exception:  # the first request will try again and say what went wrong
+            log.exception("could not load the policy")
 
     def _make_judge(self) -> Judge | None:
         if not self.config.judge_enabled:
@@ -111,14 +142,21 @@ class App:
             await self.db.close()
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[App]:
-        """Open the app and run its background tasks until the block exits (once per process)."""
+    async def running(self, serve_policy: bool = False) -> AsyncIterator[App]:
+        """Open the app and run its background tasks until the block exits (once per process);
+        `serve_policy`: the /v1 endpoint is up, so its policy loads now (`policy_warm_up`) and follows
+        the checkpoints training saves."""
         await self.open()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._flush_loop)
                 tg.start_soon(self._credit_loop)
                 tg.start_soon(self._warm_up)
+                if serve_policy and self.policy is not None:
+                    if self.trainer is not None:
+                        self.trainer.on_step.append(self._swap_policy)
+                    if self.config.policy_warm_up:
+                        tg.start_soon(self._warm_up_policy)
                 if self.trainer is not None:
                     tg.start_soon(self.trainer.run)
                 if self.judge is not None:

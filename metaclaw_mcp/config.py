@@ -185,6 +185,17 @@ class MetaClawConfig(BaseSettings):
     batch_retry_base_seconds: float = Field(1.0, ge=0, description="Backoff before replaying a failed batch: "
                                             "this times 2^attempts, at most 60 s.")
     train_poll_seconds: float = Field(5.0, gt=0)
+    # the trained policy, served at /v1 on the HTTP transports
+    policy: Literal["auto", "off", "local", "tinker"] = Field("auto", description="Which model /v1 serves: "
+                                                           "auto: the training backend's (local or tinker; "
+                                                           "none for export); off: no /v1 endpoint.")
+    policy_inject_skills: bool = Field(True, description="Add the skills fetched for each /v1 request to its "
+                                       "system prompt.")
+    policy_max_tokens: int = Field(2048, ge=1, description="Most tokens one /v1 completion may ask for "
+                                   "(the default when a request names none is the smaller of this and 512).")
+    policy_max_n: int = Field(8, ge=1, le=64, description="Most completions one /v1 request may ask for.")
+    policy_warm_up: bool = Field(True, description="Load the policy's model when an HTTP or SSE server starts, "
+                                 "not on the first /v1 request.")
     tinker_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("tinker_api_key", "METACLAW_TINKER_API_KEY", "TINKER_API_KEY"))
     tinker_base_url: str | None = Field(

@@ -46,7 +46,9 @@ class BearerAuth:
             scheme, _, supplied = header.partition(b" ")
             principal = self.tokens.lookup(supplied.strip()) if scheme.lower() == b"bearer" else None
             if principal is None:
-                body = b'{"error": "unauthorized", "detail": "send Authorization: Bearer <token>"}'
+                body = (b'{"error": {"message": "send Authorization: Bearer <token>", "type": "authentication_error", '
+                        b'"param": null, "code": "unauthorized"}}' if scope.get("path", "").startswith("/v1")
+                        else b'{"error": "unauthorized", "detail": "send Authorization: Bearer <token>"}')
                 await send({"type": "http.response.start", "status": 401, "headers": [
                     (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                     (b"www-authenticate", b'Bearer realm="metaclaw-mcp"')]})
@@ -358,12 +360,12 @@ async def serve(config: MetaClawConfig) -> None:
 
 
 async def _serve(config: MetaClawConfig, shutdown: Shutdown) -> None:
-    async with App(config).running() as app:
+    async with App(config).running(serve_policy=config.transport != "stdio") as app:
         server = build_server(app)
         if config.transport == "stdio":
             await _serve_stdio(server, shutdown)
         else:
-            await _serve_http(server, config, shutdown)
+            await _serve_http(server, app, config, shutdown)
 
 
 async def _serve_stdio(server: MetaClawServer, shutdown: Shutdown) -> None:
@@ -373,7 +375,21 @@ async def _serve_stdio(server: MetaClawServer, shutdown: Shutdown) -> None:
         await server.run_stdio_async()
 
 
-async def _serve_http(server: MetaClawServer, config: MetaClawConfig, shutdown: Shutdown) -> None:
+class PathRouter:
+    """ASGI: HTTP requests under `prefix` go to `branch`, everything else (lifespan included) to `main`."""
+
+    def __init__(self, main: Any, branch: Any, prefix: str = "/v1"):
+        self.main, self.branch, self.prefix = main, branch, prefix
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == self.prefix or path.startswith(self.prefix + "/")):
+            await self.branch(scope, receive, send)
+        else:
+            await self.main(scope, receive, send)
+
+
+async def _serve_http(server: MetaClawServer, app: App, config: MetaClawConfig, shutdown: Shutdown) -> None:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -388,6 +404,9 @@ async def _serve_http(server: MetaClawServer, config: MetaClawConfig, shutdown: 
         asgi = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=config.host)
     else:
         asgi = server.sse_app(sse_path="/sse", message_path="/messages/", transport_security=security, host=config.host)
+    if config.policy != "off":   # the trained policy beside the MCP endpoint, in the same process
+        from .policy.api import PolicyApi
+        asgi = PathRouter(asgi, PolicyApi(app, security).asgi())
     asgi = CompleteResponses(asgi)
     tokens = token_table(config)
     if tokens is not None:

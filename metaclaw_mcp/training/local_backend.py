@@ -23,6 +23,17 @@ log = logging.getLogger("metaclaw_mcp.training")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def load_base_model(model_path: str | None) -> Any:
+    """The causal LM at `model_path` (a Hugging Face folder), else the packaged SmolLM2-135M-Instruct
+    (dequantised from its GGUF), in float32 on the CPU. OSError when the folder holds no model."""
+    import transformers
+
+    if model_path:
+        return transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    folder, gguf = packaged_smollm2()
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+
+
 def token_logprobs(model: Any, datum: tinker.Datum) -> torch.Tensor:
     """log p(target_n | input_<=n) for each of the N positions of one datum; shape (N,)."""
     ids = torch.tensor([datum.model_input.to_ints()], dtype=torch.long)
@@ -67,15 +78,10 @@ class LocalBackend:
         self._resume: str | None = None
 
     def _load(self) -> None:
-        import transformers
         from peft import LoraConfig, PeftModel, get_peft_model
 
         torch.manual_seed(0)
-        if self.model_path:
-            base = transformers.AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
-        else:
-            folder, gguf = packaged_smollm2()
-            base = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        base = load_base_model(self.model_path)
         if self._resume:
             self.model = PeftModel.from_pretrained(base, self._resume, is_trainable=True)
         else:
