@@ -83,15 +83,6 @@ class App:
             log.error("the local policy needs the [local] extra (torch, transformers, peft): %s", exc)
             return None
 
-    async def _swap_policy(self, step: dict[str, Any]) -> None:
-        """Trainer hook: serve a sampler checkpoint the step saved (the policy follows its own backend)."""
-        policy = self.policy
-        if policy is None or self.trainer is None or self.trainer.backend.name != policy.backend:
-            return
-        for kind, path in step.get("checkpoints") or []:
-            if kind == "sampler":
-                await policy.swap(path)
-
     async def _warm_up_policy(self) -> None:
         """Background, once: load the policy's tokenizer and model before the first /v1 request."""
         if self.policy is None:
@@ -154,7 +145,8 @@ class App:
                 tg.start_soon(self._warm_up)
                 if serve_policy and self.policy is not None:
                     if self.trainer is not None:
-                        self.trainer.on_step.append(self._swap_policy)
+                        from .policy.base import follow_checkpoints
+                        follow_checkpoints(self.trainer, self.policy)
                     if self.config.policy_warm_up:
                         tg.start_soon(self._warm_up_policy)
                 if self.trainer is not None:

@@ -40,7 +40,7 @@ from ..messages import content_text, last_user_text
 from ..models import Message, TokenData
 from ..server import PRINCIPAL_KEY, argument_errors
 from ..training.render import plain_messages
-from .base import Sampled, SamplingRequest
+from .base import Policy, Sampled, SamplingRequest
 
 if TYPE_CHECKING:
     from mcp.server.transport_security import TransportSecuritySettings
@@ -135,15 +135,21 @@ def anthropic_text(content: str | list[dict[str, Any]]) -> str:
 
 
 class PolicyApi:
-    """The `/v1` routes over one app (its policy, retrieval and turn log). `security`: the Host and
-    Origin checks of the MCP endpoint, applied here too (DNS rebinding)."""
+    """The `/v1` routes over one app (its retrieval and turn log) and a policy (default: the app's).
+    `security`: the Host and Origin checks of the MCP endpoint, applied here too (DNS rebinding)."""
 
-    def __init__(self, app: App, security: TransportSecuritySettings | None = None):
+    def __init__(self, app: App, security: TransportSecuritySettings | None = None, policy: Policy | None = None):
         from mcp.server.transport_security import TransportSecurityMiddleware
 
         self.app = app
         self.config = app.config
         self.security = TransportSecurityMiddleware(security)
+        self._policy = policy
+
+    @property
+    def policy(self) -> Policy | None:
+        """The policy served: the one given, else the app's (None: nothing served, requests get 503)."""
+        return self._policy if self._policy is not None else self.app.policy
 
     def asgi(self) -> Starlette:
         """The Starlette app of the four routes (mounted by the transport under `/v1`)."""
@@ -199,7 +205,7 @@ class PolicyApi:
         refused = await self.security.validate_request(request)
         if refused is not None:
             return self.error(refused.status_code, bytes(refused.body).decode(errors="replace"))
-        policy = self.app.policy
+        policy = self.policy
         data = [] if policy is None else [{
             "id": SERVED_MODEL, "object": "model", "created": int(time.time()), "owned_by": "metaclaw-mcp",
             "root": policy.base_model, "metaclaw": {"backend": policy.backend, "checkpoint": policy.checkpoint}}]
@@ -362,7 +368,7 @@ class PolicyApi:
     async def _prepare(self, request: Request, messages: list[dict[str, Any]], models: list[Message], session: str,
                        sampling: SamplingRequest, tools: list[dict[str, Any]] | None) -> Job:
         """Check the namespace, fetch and inject skills, render the prompt: a Job ready to sample."""
-        policy = self.app.policy
+        policy = self.policy
         if policy is None:
             raise ApiError(503, "no trained policy is served: set backend = 'local' or 'tinker' (or policy) "
                                 "in the config", "api_error")

@@ -139,6 +139,19 @@ def make_policy(config: MetaClawConfig, db: Database) -> Policy | None:
     return None
 
 
+def follow_checkpoints(trainer: Any, policy: Policy) -> None:
+    """Have `policy` serve each sampler checkpoint `trainer` commits, when both use the same backend
+    (a Tinker checkpoint means nothing to the local sampler, and the other way round)."""
+    if trainer.backend.name != policy.backend:
+        return
+
+    async def on_step(step: dict[str, Any]) -> None:
+        for kind, path in step.get("checkpoints") or []:
+            if kind == "sampler":
+                await policy.swap(path)
+    trainer.on_step.append(on_step)
+
+
 async def newest_sampler_checkpoint(db: Database, backend: str) -> str | None:
     """The path of the newest sampler checkpoint `backend` recorded, or None before the first."""
     return await db.scalar("SELECT path FROM checkpoints WHERE kind = 'sampler' AND backend = ? "

@@ -10,6 +10,7 @@ it, and replaces the served model in one assignment: requests already sampling k
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import threading
 from pathlib import Path
@@ -41,6 +42,15 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return out / out.sum(-1, keepdim=True)
 
 
+def _cache_arg(model: Any) -> str:
+    """The keyword `model.forward` takes its key-value cache by: `cache` (transformers 5.2x), else `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
 def sample_sequences(model: Any, tokenizer: Any, prompt_ids: list[int], request: SamplingRequest,
                      stop_ids: set[int], on_text: OnText | None = None) -> list[SampledSequence]:
     """`request.n` completions of `prompt_ids` from `model`, drawn together (the prompt is computed once).
@@ -57,9 +67,10 @@ def sample_sequences(model: Any, tokenizer: Any, prompt_ids: list[int], request:
     logprobs: list[list[float]] = [[] for _ in range(n)]
     finish: list[str | None] = [None] * n
     shown = [0] * n
+    cache_arg = _cache_arg(model)
     with torch.inference_mode():
         out = model(input_ids=torch.tensor([prompt_ids], dtype=torch.long), use_cache=True)
-        past = out.past_key_values
+        past = _cache_of(out)
         logits = out.logits[:, -1, :].float()
         if n > 1:
             past.batch_repeat_interleave(n)
@@ -91,8 +102,8 @@ def sample_sequences(model: Any, tokenizer: Any, prompt_ids: list[int], request:
                     shown[i] = len(ready)
             if all(f is not None for f in finish):
                 break
-            out = model(input_ids=drawn[:, None], past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=drawn[:, None], use_cache=True, **{cache_arg: past})
+            past = _cache_of(out)
             logits = out.logits[:, -1, :].float()
     result = []
     for i in range(n):
