@@ -6,6 +6,7 @@ command is one method here.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta, timezone
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -62,6 +63,7 @@ class App:
         # fetch_skills is read-only: what it showed is logged in the background, off the hot path.
         self._retrieval_log: list[tuple[str, str, str | None, str, str, str]] = []
         self._namespaces: set[str] | None = None   # namespaces with skills or turns (max_namespaces)
+        self.last_request = time.monotonic()        # when a tool (or /v1) was last called: idle training
 
     @cached_property
     def trainer(self) -> Trainer | None:
@@ -69,7 +71,11 @@ class App:
         from .training import make_backend, Trainer
 
         backend = make_backend(self.config)
-        return None if backend is None else Trainer(self.db, self.config, backend)
+        if backend is None:
+            return None
+        trainer = Trainer(self.db, self.config, backend)
+        trainer.idle_seconds = lambda: time.monotonic() - self.last_request   # train_when_idle_seconds
+        return trainer
 
     @cached_property
     def policy(self) -> Policy | None:
@@ -207,6 +213,7 @@ class App:
         server already keeps `max_namespaces` (namespaces with skills or turns, and those fetched from
         since start): any client can name a namespace, and each costs memory and background work."""
         caller.check(namespace)
+        self.last_request = time.monotonic()   # every tool call passes here
         if self._namespaces is None:
             self._namespaces = {r[0] for r in await self.db.fetchall(
                 "SELECT DISTINCT namespace FROM skills UNION SELECT DISTINCT namespace FROM turns")}
@@ -326,6 +333,7 @@ class App:
         out = await self.turns.rate(turn_id, score, source, feedback,
                                     may_use=None if caller.every_namespace else caller.may_use,
                                     principal=author_of(caller))
+        self.last_request = time.monotonic()
         queued, training = self.training_fate(out)
         out.queued_for_training = queued
         self._on_rated(out)
@@ -458,6 +466,9 @@ class App:
                 "recent_steps": [dict(r) for r in await self.db.fetchall(
                     "SELECT step, loss, mean_reward, n_datums, created_at FROM train_steps ORDER BY step DESC LIMIT 10")],
                 "next": await self._training_next(steps, paused),
+                "window": self.config.train_window,
+                "when_idle_seconds": self.config.train_when_idle_seconds,
+                "trainer": await self.trainer.status() if self.trainer is not None else None,
             },
         }
 
@@ -471,6 +482,7 @@ class App:
             return "paused: `metaclaw-mcp train resume` to continue"
         if steps >= cfg.max_steps:
             return f"stopped: max_steps={cfg.max_steps} reached"
+        waiting = self.trainer.waiting_for() if self.trainer is not None else None
         if await self.db.scalar("SELECT 1 FROM batches WHERE state = 'claimed' LIMIT 1"):
             return "training a claimed batch"
         rl = await self.db.scalar("SELECT COUNT(*) FROM turns WHERE train_state = 'rated' AND prompt_ids IS NOT NULL")
@@ -478,7 +490,10 @@ class App:
                                     "AND reward >= ?", (cfg.distill_threshold,))
         if not rl and not text:
             return f"waiting for rated turns (batch_size {cfg.batch_size})"
-        return (f"{rl} RL and {text} distillation turns queued; a batch starts at {cfg.batch_size} "
+        queued = f"{rl} RL and {text} distillation turns queued"
+        if waiting:
+            return f"{queued}; {waiting}"
+        return (f"{queued}; a batch starts at {cfg.batch_size} "
                 f"(or {cfg.min_batch_size} after {cfg.batch_max_wait_seconds:.0f} s of waiting)")
 
 

@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from .errors import ConfigError
+from .schedule import parse_window
 
 CATEGORIES = (
     "general", "coding", "research", "data_analysis", "writing", "agentic",
@@ -185,6 +186,17 @@ class MetaClawConfig(BaseSettings):
     batch_retry_base_seconds: float = Field(1.0, ge=0, description="Backoff before replaying a failed batch: "
                                             "this times 2^attempts, at most 60 s.")
     train_poll_seconds: float = Field(5.0, gt=0)
+    train_window: str | None = Field(None, description="Train only in this daily window of local time, e.g. "
+                                     "'01:00-06:00' (past midnight: '22:00-06:00'); rated turns queue meanwhile.")
+    train_when_idle_seconds: float | None = Field(None, gt=0, description="Train only after this many seconds "
+                                                  "without a tool call or /v1 request.")
+
+    @field_validator("train_window", mode="after")
+    @classmethod
+    def _window_parses(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_window(v)
+        return v
     # the trained policy, served at /v1 on the HTTP transports
     policy: Literal["auto", "off", "local", "tinker"] = Field("auto", description="Which model /v1 serves: "
                                                            "auto: the training backend's (local or tinker; "

@@ -9,6 +9,7 @@ import tinker
 
 from metaclaw_mcp.app import open_app
 from metaclaw_mcp.config import load_config
+from metaclaw_mcp.errors import ConfigError
 from metaclaw_mcp.models import Message, TokenData
 from metaclaw_mcp.training.datums import (DatumError, RLSample, centred_advantages, check_keys, datum_to_json,
                                           rl_datum, sft_datum, truncate_left)
@@ -301,3 +302,39 @@ async def test_a_failing_batch_is_retried_then_its_turns_skipped_with_the_error(
         assert all("failed 3 times" in t["skip_reason"] and "rejected datum shape" in t["skip_reason"] for t in turns)
     else:
         assert batch["state"] == "trained" and "call 2" in batch["last_error"]
+
+
+# ---- training windows ----
+
+@pytest.mark.anyio
+async def test_steps_run_only_in_the_training_window_and_after_the_quiet_period(tmp_path):
+    import time
+    from datetime import datetime
+
+    from metaclaw_mcp.schedule import in_window, next_opening, parse_window
+    night = parse_window("22:00-06:00")
+    assert in_window(datetime(2026, 1, 1, 23, 30), night) and in_window(datetime(2026, 1, 2, 5, 59), night)
+    assert not in_window(datetime(2026, 1, 2, 6, 0), night)
+    assert next_opening(datetime(2026, 1, 2, 12, 0), night) == datetime(2026, 1, 2, 22, 0)
+    assert next_opening(datetime(2026, 1, 2, 23, 0), parse_window("01:00-06:00")) == datetime(2026, 1, 3, 1, 0)
+    with pytest.raises(ConfigError, match="HH:MM-HH:MM"):
+        load_config(home=tmp_path / "x", train_window="1am-6am")
+
+    config = load_config(home=tmp_path / "home", load_starter_skills=False, batch_size=1,
+                         train_window="01:00-06:00", train_when_idle_seconds=60)
+    async with open_app(config) as app:
+        rep = await app.report_turn("s", [Message(role="user", content="q")], "a",
+                                    tokens=TokenData(prompt_ids=[1, 2], completion_ids=[3], logprobs=[-0.5]))
+        await app.rate_turn(rep.turn_id, 1.0, "env")
+        app.trainer.clock = lambda: datetime(2026, 3, 1, 12, 0)      # noon: outside the window
+        assert await app.trainer.once() is False
+        status = await app.status()
+        assert "outside the training window 01:00-06:00 (opens at 2026-03-02 01:00)" in status["training"]["next"]
+        assert status["training"]["backlog"] == 1
+        app.trainer.clock = lambda: datetime(2026, 3, 2, 2, 0)       # in the window, but a request just came
+        assert await app.trainer.once() is False
+        assert "without requests" in (await app.status())["training"]["trainer"]["waiting_for"]
+        app.last_request = time.monotonic() - 61                      # a quiet minute
+        assert (await app.status())["training"]["trainer"]["waiting_for"] is None
+        await app.trainer.once()   # the lone turn's first baseline: claimed and looked at, in the window
+        assert (await app.turns.get(rep.turn_id))["train_state"] != "rated"

@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from datetime import datetime
 from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,6 +39,7 @@ from .datums import DatumError, RLSample, centred_advantages, check_keys, check_
 from .render import plain_messages, render_sft, tokenizer_source
 from ..threads import run_daemon
 from ..privacy import find_secret, redact, redact_json
+from ..schedule import in_window, next_opening, parse_window
 
 log = logging.getLogger("metaclaw_mcp.training")
 
@@ -165,6 +167,20 @@ class Trainer:
         self._tokenizer_error: str | None = None
         # Called after each committed step with {"step", "loss", "checkpoints": [(kind, path)]}: announcements.
         self.on_step: list[Callable[[dict[str, Any]], Awaitable[None]]] = []
+        # Seconds since the last request the server saw (train_when_idle_seconds); the app sets it.
+        self.idle_seconds: Callable[[], float] = lambda: float("inf")
+        self.clock: Callable[[], datetime] = datetime.now   # local time, for train_window
+        self._window = parse_window(config.train_window) if config.train_window else None
+
+    def waiting_for(self) -> str | None:
+        """Why steps may not run now (outside `train_window`, or not `train_when_idle_seconds` idle), or None."""
+        if self._window is not None and not in_window(self.clock(), self._window):
+            opens = next_opening(self.clock(), self._window)
+            return f"outside the training window {self.config.train_window} (opens at {opens:%Y-%m-%d %H:%M})"
+        idle, need = self.idle_seconds(), self.config.train_when_idle_seconds
+        if need is not None and idle < need:
+            return f"waiting for {need:g} s without requests (last one {idle:.0f} s ago)"
+        return None
 
     def notify(self) -> None:
         """A turn became eligible: look now rather than at the next poll."""
@@ -228,7 +244,7 @@ class Trainer:
 
     async def once(self, force: bool = False) -> bool:
         """Train at most one batch (a replayed one first). `force` ignores pause and a short backlog."""
-        if not force and await self.paused():
+        if not force and (await self.paused() or self.waiting_for() is not None):
             return False
         if await self.steps_done() >= self.config.max_steps:
             return False
@@ -460,10 +476,10 @@ class Trainer:
         return BatchFailed(message, retry_in)
 
     async def status(self) -> dict[str, Any]:
-        """Plain data: paused, halted, backend, last error, claimed and failed batch counts, the last failed
-        batch, and whether distillation's tokenizer is ready."""
+        """Plain data: paused, halted, backend, last error, what steps wait for (the window, idleness), claimed
+        and failed batch counts, the last failed batch, and whether distillation's tokenizer is ready."""
         return {"paused": await self.paused(), "halted": await self.halted(), "backend": self.backend.name,
-                "last_error": self.last_error,
+                "last_error": self.last_error, "waiting_for": self.waiting_for(),
                 "claimed_batches": await self.db.scalar("SELECT COUNT(*) FROM batches WHERE state = 'claimed'"),
                 "failed_batches": await self.db.scalar("SELECT COUNT(*) FROM batches WHERE state = 'failed'"),
                 "last_failed_batch": await self._last_failed_batch(),
