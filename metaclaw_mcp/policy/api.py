@@ -45,8 +45,6 @@ from .base import Policy, Sampled, SamplingRequest
 if TYPE_CHECKING:
     from mcp.server.transport_security import TransportSecuritySettings
 
-    from ..app import App
-
 log = logging.getLogger("metaclaw_mcp.policy")
 
 SERVED_MODEL = "metaclaw"   # the id /v1/models lists; requests may name any model (one is served)
@@ -135,10 +133,11 @@ def anthropic_text(content: str | list[dict[str, Any]]) -> str:
 
 
 class PolicyApi:
-    """The `/v1` routes over one app (its retrieval and turn log) and a policy (default: the app's).
+    """The `/v1` routes over one `app.App` (its retrieval and turn log; typed loosely here, as the app
+    builds this face and not the other way round) and a policy (default: the app's).
     `security`: the Host and Origin checks of the MCP endpoint, applied here too (DNS rebinding)."""
 
-    def __init__(self, app: App, security: TransportSecuritySettings | None = None, policy: Policy | None = None):
+    def __init__(self, app: Any, security: TransportSecuritySettings | None = None, policy: Policy | None = None):
         from mcp.server.transport_security import TransportSecurityMiddleware
 
         self.app = app
@@ -409,7 +408,7 @@ class PolicyApi:
 class Job:
     """One request, rendered: samples the policy, then records each completion as a turn."""
 
-    def __init__(self, app: App, policy: Any, messages: list[Message], prompt_ids: list[int],
+    def __init__(self, app: Any, policy: Any, messages: list[Message], prompt_ids: list[int],
                  sampling: SamplingRequest, session: str, namespace: str, caller: Principal,
                  retrieval_id: str | None):
         self.app, self.policy, self.messages, self.prompt_ids = app, policy, messages, prompt_ids
