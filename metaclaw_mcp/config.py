@@ -186,6 +186,10 @@ class MetaClawConfig(BaseSettings):
     batch_retry_base_seconds: float = Field(1.0, ge=0, description="Backoff before replaying a failed batch: "
                                             "this times 2^attempts, at most 60 s.")
     train_poll_seconds: float = Field(5.0, gt=0)
+    teacher_model: str | None = Field(None, description="On-policy distillation: a Tinker base model, a tinker:// "
+                                      "sampler path or a local model folder whose per-token logprobs on each RL "
+                                      "turn's sampled tokens add teacher_kl_coef * (teacher - sampler) to its advantages.")
+    teacher_kl_coef: float = Field(1.0, gt=0.0, le=100.0, description="Weight of the teacher's reverse-KL term.")
     train_window: str | None = Field(None, description="Train only in this daily window of local time, e.g. "
                                      "'01:00-06:00' (past midnight: '22:00-06:00'); rated turns queue meanwhile.")
     train_when_idle_seconds: float | None = Field(None, gt=0, description="Train only after this many seconds "

@@ -108,8 +108,10 @@ def truncate_left(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_
     return list(prompt_ids[-keep:]) if len(prompt_ids) > keep else list(prompt_ids)
 
 
-def rl_datum(sample: RLSample, advantage: float, max_seq_len: int) -> tinker.Datum:
+def rl_datum(sample: RLSample, advantage: float | Sequence[float], max_seq_len: int) -> tinker.Datum:
     """One RL datum with target_tokens (int64), logprobs and advantages (float32), all of length N.
+    `advantage`: one value for every completion token, or one per completion token (shape (C,),
+    as on-policy distillation gives).
 
     Raises DatumError when the sample cannot be one (an id outside [0, TOKEN_ID_LIMIT), lengths
     that disagree, a value that is not finite, a completion longer than `max_seq_len` - 1).
@@ -120,8 +122,12 @@ def rl_datum(sample: RLSample, advantage: float, max_seq_len: int) -> tinker.Dat
     check_token_ids(list(sample.completion_ids), "completion_ids")
     if len(sample.logprobs_C) != len(sample.completion_ids):
         raise DatumError(f"{len(sample.logprobs_C)} logprobs for {len(sample.completion_ids)} completion tokens")
-    if not math.isfinite(advantage):
-        raise DatumError(f"advantage {advantage!r} is not finite")
+    advantage_C = np.broadcast_to(np.asarray(advantage, dtype=np.float64), (len(sample.completion_ids),)) \
+        if np.ndim(advantage) == 0 or len(advantage) == len(sample.completion_ids) else None  # type: ignore[arg-type]
+    if advantage_C is None:
+        raise DatumError(f"{len(advantage)} advantages for {len(sample.completion_ids)} completion tokens")  # type: ignore[arg-type]
+    if not np.all(np.isfinite(advantage_C)):
+        raise DatumError(f"an advantage is not finite ({_shown(advantage)})")
     prompt = truncate_left(sample.prompt_ids, sample.completion_ids, max_seq_len)
     if not prompt:
         raise DatumError("no prompt tokens")
@@ -133,7 +139,7 @@ def rl_datum(sample: RLSample, advantage: float, max_seq_len: int) -> tinker.Dat
     if not np.all(np.isfinite(logprobs_N)):
         raise DatumError("a logprob is not finite")
     advantages_N = np.zeros(n, dtype=np.float32)
-    advantages_N[first:] = np.float32(advantage)
+    advantages_N[first:] = advantage_C.astype(np.float32)
     return tinker.Datum(
         model_input=tinker.ModelInput.from_ints(tokens[:-1].tolist()),
         loss_fn_inputs={"target_tokens": tinker.TensorData.from_numpy(tokens[1:]),

@@ -38,6 +38,7 @@ from .backends import ExportBackend, StepResult, TrainingBackend, TrainingHalted
 from .datums import DatumError, RLSample, centred_advantages, check_keys, check_rl_inputs, rl_datum, sft_datum
 from .render import plain_messages, render_sft, tokenizer_source
 from ..threads import run_daemon
+from .teacher import Teacher, kl_advantages, make_teacher
 from ..privacy import find_secret, redact, redact_json
 from ..schedule import in_window, next_opening, parse_window
 
@@ -82,12 +83,16 @@ def prompt_key(prompt_ids: list[int]) -> str:
     return hashlib.sha256(json.dumps(prompt_ids).encode()).hexdigest()[:16]
 
 
-def plan_rl_batch(turns: list[dict[str, Any]], baselines: dict[str, float | None], max_seq_len: int) -> BatchPlan:
+def plan_rl_batch(turns: list[dict[str, Any]], baselines: dict[str, float | None], max_seq_len: int,
+                  teacher_C: dict[str, list[float]] | None = None, kl_coef: float = 1.0) -> BatchPlan:
     """Group turns by prompt, centre rewards within groups, use the running baseline for lone turns.
 
     Pure: `turns` are dicts with id, namespace, prompt_ids, completion_ids, logprobs, reward, as
     stored (any JSON). A turn that is not a valid RL sample is skipped with the reason before
-    grouping; constant-reward groups carry no signal and are skipped with that reason.
+    grouping; constant-reward groups carry no signal and are skipped with that reason. With
+    `teacher_C` (turn id -> the teacher's logprob of each completion token), each token's advantage
+    adds `kl_coef * (teacher - sampler)` (`teacher.kl_advantages`), and a turn with a teacher score
+    is trained even when its reward alone carries no signal.
     """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     skipped: dict[str, str] = {}
@@ -101,11 +106,13 @@ def plan_rl_batch(turns: list[dict[str, Any]], baselines: dict[str, float | None
     datums: list[tinker.Datum] = []
     trained: list[str] = []
     new_baselines: dict[str, float] = {}
+    teacher_C = teacher_C or {}
     for (ns, _), members in groups.items():
         rewards_G = [m["reward"] for m in members]
+        distilled = all(m["id"] in teacher_C for m in members)   # the teacher's signal needs no reward contrast
         if len(members) > 1:
             advantages_G = centred_advantages(rewards_G)
-            if not advantages_G.any():
+            if not advantages_G.any() and not distilled:
                 skipped.update({m["id"]: "constant reward within its prompt group: no learning signal"
                                 for m in members})
                 continue
@@ -114,14 +121,17 @@ def plan_rl_batch(turns: list[dict[str, Any]], baselines: dict[str, float | None
             r = rewards_G[0]
             advantages_G = np.asarray([0.0 if base is None else r - base])
             new_baselines[ns] = r if base is None else BASELINE_DECAY * base + (1 - BASELINE_DECAY) * r
-            if base is None or advantages_G[0] == 0:
+            if (base is None or advantages_G[0] == 0) and not distilled:
                 skipped[members[0]["id"]] = "lone turn with no baseline to compare against yet"
                 continue
         for m, adv in zip(members, advantages_G):
             sample = RLSample(m["id"], m["prompt_ids"], m["completion_ids"],
                               m["logprobs"] or [0.0] * len(m["completion_ids"]), m["reward"])
             try:
-                datums.append(rl_datum(sample, float(adv), max_seq_len))
+                advantage: float | list[float] = float(adv)
+                if m["id"] in teacher_C:
+                    advantage = [float(adv) + k for k in kl_advantages(teacher_C[m["id"]], sample.logprobs_C, kl_coef)]
+                datums.append(rl_datum(sample, advantage, max_seq_len))
                 trained.append(m["id"])
             except DatumError as exc:
                 skipped[m["id"]] = str(exc)
@@ -171,6 +181,7 @@ class Trainer:
         self.idle_seconds: Callable[[], float] = lambda: float("inf")
         self.clock: Callable[[], datetime] = datetime.now   # local time, for train_window
         self._window = parse_window(config.train_window) if config.train_window else None
+        self.teacher: Teacher | None = make_teacher(config)   # on-policy distillation (teacher_model)
 
     def waiting_for(self) -> str | None:
         """Why steps may not run now (outside `train_window`, or not `train_when_idle_seconds` idle), or None."""
@@ -361,7 +372,8 @@ class Trainer:
                 except DatumError as exc:
                     unreadable[r["id"]] = str(exc)
             baselines = {namespace: await self.db.get_kv(f"baseline:{namespace}")}
-            plan = plan_rl_batch(turns, baselines, self.config.max_seq_len)
+            teacher_C = await self._teacher_scores(turns, unreadable)
+            plan = plan_rl_batch(turns, baselines, self.config.max_seq_len, teacher_C, self.config.teacher_kl_coef)
             plan.skipped.update(unreadable)
             plan.skipped.update({t: f"contains what looks like {what}: never trained on" for t, what in leaks.items()})
             return plan
@@ -396,6 +408,26 @@ class Trainer:
         plan.skipped.update(unreadable)
         return plan
 
+    async def _teacher_scores(self, turns: list[dict[str, Any]], skipped: dict[str, str]) -> dict[str, list[float]] | None:
+        """The teacher's logprobs of each turn's completion tokens (None without a teacher); a turn the teacher
+        cannot score is skipped with the reason. TransientTrainingError when the teacher's service is down."""
+        if self.teacher is None:
+            return None
+        scores: dict[str, list[float]] = {}
+        for t in turns:
+            if t["logprobs"] is None:   # no sampler logprobs to compare with: trained on its reward alone
+                continue
+            try:
+                check_rl_inputs(t["prompt_ids"], t["completion_ids"], t["logprobs"], t["reward"])
+            except DatumError:
+                continue   # plan_rl_batch skips it, with the reason
+            try:
+                scores[t["id"]] = await self.teacher.logprobs(t["prompt_ids"], t["completion_ids"])
+            except DatumError as exc:
+                skipped[t["id"]] = str(exc)
+        turns[:] = [t for t in turns if t["id"] not in skipped]
+        return scores
+
     async def train_batch(self, batch_id: int) -> None:
         """Plan and train one claimed batch, then commit its turns, step and checkpoints together.
 
@@ -409,6 +441,8 @@ class Trainer:
             plan = await self._plan(batch_id, batch["kind"], batch["namespace"])
             for d in plan.datums:
                 check_keys(d, loss_fn)
+        except (TrainingHalted, TransientTrainingError):
+            raise  # a teacher's service that is down: not the batch's fault, no attempt counted
         except Exception as exc:  # a tokenizer that broke, a row no check foresaw: counted, so it cannot wedge
             raise await self._failed(batch_id, batch["attempts"] + 1, "cannot be planned", exc) from exc
         loss_cfg = ({"clip_low_threshold": self.config.clip_low_threshold,
