@@ -424,3 +424,13 @@ def test_a_stdio_server_exits_within_2s_of_stdin_closing_during_a_tokenizer_down
             proc.kill()
         silent.close()
     assert proc.returncode == 0 and took < 2.0, (proc.returncode, took)
+
+
+def test_tool_calls_in_the_sampled_text_come_back_as_openai_tool_calls():
+    from metaclaw_mcp.policy.api import tool_calls_in
+    text, calls = tool_calls_in('Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>')
+    assert text == "Checking." and len(calls) == 1
+    assert calls[0]["type"] == "function" and calls[0]["function"] == {"name": "get_weather",
+                                                                      "arguments": '{"city": "Oslo"}'}
+    assert tool_calls_in("<tool_call>not json</tool_call>") == ("<tool_call>not json</tool_call>", [])
+    assert tool_calls_in("plain answer") == ("plain answer", [])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -114,6 +115,31 @@ class FeedbackRequest(BaseModel):
         if not -1.0 <= self.score <= 1.0:
             raise ValueError("score must be in [-1, 1]")
         return self
+
+
+_TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
+
+
+def tool_calls_in(text: str) -> tuple[str, list[dict[str, Any]]]:
+    """(the text without them, OpenAI tool calls) for `<tool_call>{"name", "arguments"}</tool_call>`
+    blocks, the form chat templates with tool support (Qwen, Hermes) teach; a block that is not a JSON
+    object with a string `name` stays in the text."""
+    calls: list[dict[str, Any]] = []
+
+    def take(m: re.Match[str]) -> str:
+        try:
+            call = json.loads(m.group(1))
+        except ValueError:
+            return m.group(0)
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            return m.group(0)
+        args = call.get("arguments", {})
+        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                      "function": {"name": call["name"],
+                                   "arguments": args if isinstance(args, str) else json.dumps(args)}})
+        return ""
+    rest = _TOOL_CALL.sub(take, text)
+    return (rest.strip() if calls else text), calls
 
 
 def anthropic_text(content: str | list[dict[str, Any]]) -> str:
@@ -248,8 +274,14 @@ class PolicyApi:
             sampled, turn_ids = await job.run()
         except ApiError as exc:
             return self.error(exc.status, str(exc), exc.kind)
-        choices = [{"index": i, "message": {"role": "assistant", "content": s.text}, "logprobs": None,
-                    "finish_reason": s.finish_reason} for i, s in enumerate(sampled.sequences)]
+        choices = []
+        for i, s in enumerate(sampled.sequences):
+            text, calls = tool_calls_in(s.text) if body.tools else (s.text, [])
+            message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+            if calls:
+                message["tool_calls"] = calls
+            choices.append({"index": i, "message": message, "logprobs": None,
+                            "finish_reason": "tool_calls" if calls else s.finish_reason})
         completion = sum(len(s.tokens) for s in sampled.sequences)
         payload = {"id": cid, "object": "chat.completion", "created": created, "model": SERVED_MODEL,
                    "choices": choices, "usage": {"prompt_tokens": len(job.prompt_ids), "completion_tokens": completion,
