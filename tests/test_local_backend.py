@@ -90,3 +90,20 @@ async def test_the_trainer_drives_the_local_backend_and_resumes_from_its_adapter
     await resumed.restore(ckpt["path"])
     resumed._load()
     assert any("lora" in n for n, p in resumed.model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("loss_fn", ["importance_sampling", "ppo", "cispo", "cross_entropy"])
+def test_the_loss_computed_from_a_servers_logprobs_matches_the_trained_loss(loss_fn):
+    """Without loss:sum from the server, the Tinker backend sums the loss itself (numpy); it must be the loss
+    the local backend trains (torch), for every loss."""
+    from metaclaw_mcp.training.datums import loss_from_logprobs
+    gen = torch.Generator().manual_seed(4)
+    if loss_fn == "cross_entropy":
+        datum = sft_datum([1, 2, 3, 4, 5, 6], [0, 0, 1, 1, 1, 0], 64)
+    else:
+        datum = rl_datum(RLSample("t", [1, 2, 3], [4, 5, 6, 7], [-0.3, -1.2, -0.05, -2.0], 1.0),
+                         [0.7, -0.4, 1.3, 0.2], 64)
+    logp = -torch.rand(datum.model_input.length, generator=gen) * 3
+    cfg = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}
+    assert loss_from_logprobs(datum, logp.tolist(), loss_fn, cfg) == pytest.approx(
+        datum_loss(logp, datum, loss_fn, cfg).item(), rel=1e-5, abs=1e-6)

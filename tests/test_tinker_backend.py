@@ -60,6 +60,9 @@ class StandInTrainingClient:
 
     def forward_backward(self, data: list[tinker.Datum], loss_fn: str, loss_fn_config: dict | None = None):
         self.log.append("submit:forward_backward")
+        if loss_fn not in self.service.losses:   # as a server without that loss answers
+            return RecordingFuture(self.log, "forward_backward", None, tinker.BadRequestError(
+                f"Unsupported loss function: {loss_fn}", response=httpx.Response(400, request=REQUEST), body=None))
         assert all(isinstance(d, tinker.Datum) for d in data)
         for d in data:  # the service accepts only the loss's own keys, all of one length
             assert set(d.loss_fn_inputs) == {"target_tokens", "logprobs", "advantages"}
@@ -67,7 +70,7 @@ class StandInTrainingClient:
         self.service.trained_batches.append([d.model_input.to_ints() for d in data])
         out = tinker.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord",
                                            loss_fn_outputs=[{"logprobs": d.loss_fn_inputs["logprobs"]} for d in data],
-                                           metrics={"loss:sum": 1.5 * len(data)})
+                                           metrics={"loss:sum": 1.5 * len(data)} if self.service.reports_loss else {})
         return RecordingFuture(self.log, "forward_backward", out, self._fail("forward_backward"))
 
     def optim_step(self, params: tinker.AdamParams):
@@ -93,6 +96,8 @@ class StandInService:
         self.log: list[str] = []
         self.faults: dict[str, Exception] = {}
         self.trained_batches: list[list[list[int]]] = []
+        self.reports_loss = True   # False: like SkyRL's server, forward_backward's metrics carry no loss:sum
+        self.losses = ("importance_sampling", "ppo", "cispo")
 
     def create_lora_training_client(self, base_model: str, rank: int = 32, **_: Any):
         self.log.append(f"create:{base_model}:{rank}")
@@ -210,3 +215,36 @@ async def test_a_missing_key_is_reported_not_retried(tmp_path):
         await rated_group(app, [1, 2, 3], [1.0, -1.0])
         with pytest.raises(TrainingHalted, match="TINKER_API_KEY"):
             await Trainer(app.db, config, backend).once()
+
+
+async def test_a_server_that_reports_no_loss_still_records_each_steps_loss_from_its_outputs(tmp_path):
+    """Some Tinker-API servers (SkyRL's) send no loss:sum; the loss is computed from the logprobs they return."""
+    service = StandInService()
+    service.reports_loss = False
+    config, backend = make(tmp_path, service)
+    async with open_app(config) as app:
+        trainer = Trainer(app.db, config, backend)
+        await rated_group(app, [1, 2, 3], [1.0, -0.5])
+        assert await trainer.once()
+        (step,) = await app.db.fetchall("SELECT loss FROM train_steps")
+    # the stand-in returns the sampler's own logprobs: every ratio is 1, so the loss is -sum of the advantages
+    # (+0.75 and -0.75 on each of the two completion tokens): 0, finite and recorded
+    assert step["loss"] == pytest.approx(0.0, abs=1e-6)
+
+
+async def test_a_loss_the_server_lacks_is_a_clear_halt_not_a_crash(tmp_path):
+    service = StandInService()
+    service.losses = ("cross_entropy", "importance_sampling", "ppo")
+    config, backend = make(tmp_path, service, loss_fn="cispo", tinker_base_url="http://127.0.0.1:9")
+    async with open_app(config) as app:
+        trainer = Trainer(app.db, config, backend)
+        ids = await rated_group(app, [1, 2, 3], [1.0, -1.0])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(trainer.run)
+            with anyio.fail_after(10):
+                while not await trainer.halted():
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+        halted = await trainer.halted()
+        assert "does not accept loss_fn 'cispo'" in halted and "importance_sampling" in halted
+        assert {(await app.turns.get(t))["train_state"] for t in ids} == {"claimed"}   # kept for after the fix

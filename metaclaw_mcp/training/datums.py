@@ -170,6 +170,33 @@ def sft_datum(tokens: Sequence[int], weights: Sequence[float], max_seq_len: int)
                                         "weights": tinker.TensorData.from_numpy(w[1:])})
 
 
+def loss_from_logprobs(datum: tinker.Datum, logprobs_N: Sequence[float], loss_fn: str,
+                       loss_fn_config: dict[str, float] | None = None) -> float:
+    """One datum's loss, summed over its N positions, from the trained model's logprobs of its targets
+    (what `forward_backward` returns per datum as `loss_fn_outputs[i]["logprobs"]`) and the datum's own
+    inputs, as Tinker defines each loss: cross_entropy -sum(w * lp); importance_sampling
+    -sum(r * A) with r = exp(lp - sampler lp); ppo -sum(min(r * A, clip(r) * A)); cispo
+    -sum(clip(r) * A * lp). The same formulas as the local backend's torch ones, without gradients:
+    for servers whose metrics carry no `loss:sum`. DatumError for a length that disagrees."""
+    lp = np.asarray(logprobs_N, dtype=np.float64)
+    inputs = {k: np.asarray(v.data, dtype=np.float64) for k, v in datum.loss_fn_inputs.items() if k != "target_tokens"}
+    if any(len(v) != len(lp) for v in inputs.values()):
+        raise DatumError(f"{len(lp)} logprobs for a datum of {datum.model_input.length} positions")
+    if loss_fn == "cross_entropy":
+        return float(-(inputs["weights"] * lp).sum())
+    adv, old = inputs["advantages"], inputs["logprobs"]
+    ratio = np.exp((lp - old) * (adv != 0))   # prompt positions carry no advantage and no sampler logprob
+    if loss_fn == "importance_sampling":
+        return float(-(ratio * adv).sum())
+    low, high = (loss_fn_config or {}).get("clip_low_threshold", 0.8), (loss_fn_config or {}).get("clip_high_threshold", 1.2)
+    clipped = np.clip(ratio, low, high)
+    if loss_fn == "ppo":
+        return float(-np.minimum(ratio * adv, clipped * adv).sum())
+    if loss_fn == "cispo":
+        return float(-(clipped * adv * lp).sum())
+    raise DatumError(f"unknown loss_fn {loss_fn!r}")
+
+
 def datum_to_json(datum: tinker.Datum, loss_fn: str) -> dict:
     """The export format: {"loss_fn", "model_input": [ids], "loss_fn_inputs": {key: [values]}}."""
     return {"loss_fn": loss_fn, "model_input": datum.model_input.to_ints(),

@@ -14,6 +14,7 @@ import tinker
 
 from ..config import MetaClawConfig
 from .backends import StepResult, TrainingHalted, TransientTrainingError
+from .datums import DatumError, loss_from_logprobs
 
 log = logging.getLogger("metaclaw_mcp.training")
 
@@ -68,7 +69,10 @@ class TinkerBackend:
                     loss_fn_config: dict[str, float] | None) -> StepResult:
         """One `forward_backward` and one Adam `optim_step` (beta1 0.9, beta2 0.95, eps 1e-8, the config's
         learning rate), then the training state saved, and sampler weights every `save_every` steps.
-        `loss` is Tinker's `loss:sum` (summed over tokens and datums); `metrics` adds `loss:mean_per_datum`.
+        `loss` is Tinker's `loss:sum` (summed over tokens and datums), or, from a server whose metrics have
+        none (SkyRL's), the same sum computed from the `loss_fn_outputs` logprobs it returned and the datums'
+        inputs (`datums.loss_from_logprobs`); `metrics` adds `loss:mean_per_datum`. A loss the server refuses
+        is TrainingHalted naming it.
         TrainingHalted for refused or missing credentials, TransientTrainingError for a connection,
         timeout, rate-limit or server error; any other error of the SDK as raised."""
         client = await self._training_client()
@@ -87,15 +91,30 @@ class TinkerBackend:
             checkpoints.append(("state", state.path))
         except Exception as exc:
             self._client = None  # a failed request poisons the client: rebuild it from the last saved state
-            raise self._classify(exc) from exc
+            raise self._classify(exc, loss_fn) from exc
         self.resume_path = state.path
         metrics = {k: float(v) for k, v in {**(out.metrics or {}), **(opt.metrics or {})}.items()}
         loss = metrics.get("loss:sum")
+        if loss is None and datums and len(out.loss_fn_outputs or []) == len(datums):
+            # a Tinker-API server that reports no loss (SkyRL's): the same sum from what it returned
+            try:
+                loss = sum(loss_from_logprobs(d, o["logprobs"].data if hasattr(o["logprobs"], "data") else o["logprobs"],
+                                              loss_fn, loss_fn_config) for d, o in zip(datums, out.loss_fn_outputs))
+                metrics["loss:sum"] = loss
+            except (KeyError, TypeError, DatumError) as exc:
+                log.warning("step %d: the service reported no loss and it cannot be computed from its outputs (%s)",
+                            step, exc)
         if loss is not None and datums:
             metrics["loss:mean_per_datum"] = loss / len(datums)
         return StepResult(loss=loss, metrics=metrics, checkpoints=checkpoints)
 
-    def _classify(self, exc: Exception) -> Exception:
+    def _classify(self, exc: Exception, loss_fn: str | None = None) -> Exception:
+        if (loss_fn and isinstance(exc, (tinker.BadRequestError, tinker.UnprocessableEntityError,
+                                         tinker.RequestFailedError)) and loss_fn in str(exc)):
+            where = self.config.tinker_base_url or "the Tinker service"
+            return TrainingHalted(f"{where} does not accept loss_fn {loss_fn!r} ({type(exc).__name__}: "
+                                  f"{str(exc)[:200]}); set loss_fn to importance_sampling or ppo, then "
+                                  "`metaclaw-mcp train resume`")
         if isinstance(exc, FATAL):
             return TrainingHalted(f"Tinker refused the credentials ({type(exc).__name__}): check TINKER_API_KEY, "
                                   "then `metaclaw-mcp train resume`")
