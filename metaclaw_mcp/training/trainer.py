@@ -286,15 +286,28 @@ class Trainer:
             eligible = "train_state = 'rated' AND prompt_ids IS NULL AND reward >= ?"
             params = (cfg.distill_threshold,)
         if kind == "distill":
-            async with self.db.transaction() as db:  # low-rated text-only turns teach nothing by imitation
-                await db.execute("UPDATE turns SET train_state = 'skipped', skip_reason = ? WHERE train_state = 'rated' "
-                                 "AND prompt_ids IS NULL AND reward < ?",
-                                 (f"text-only turn rated below distill_threshold={cfg.distill_threshold}: "
-                                  "not imitated; it feeds skill evolution", cfg.distill_threshold))
+            low = "train_state = 'rated' AND prompt_ids IS NULL AND reward < ?"
+            # low-rated text-only turns teach nothing by imitation (the write lock only when there are some)
+            if await self.db.scalar(f"SELECT 1 FROM turns WHERE {low} LIMIT 1", (cfg.distill_threshold,)):
+                async with self.db.transaction() as db:
+                    await db.execute(f"UPDATE turns SET train_state = 'skipped', skip_reason = ? WHERE {low}",
+                                     (f"text-only turn rated below distill_threshold={cfg.distill_threshold}: "
+                                      "not imitated; it feeds skill evolution", cfg.distill_threshold))
             if not await self.db.scalar(f"SELECT 1 FROM turns WHERE {eligible} LIMIT 1", params):
                 return None  # nothing to distil: don't load a tokenizer (that may mean a slow hub look-up)
             # loaded outside any transaction (it can take seconds); an export writes the text without one
             if await self.tokenizer() is None and not self.exports_text:
+                return None
+        # Read first: a wake-up with nothing ready (a batch still filling) takes no write lock.
+        first = await self.db.fetchone(f"SELECT namespace, rated_at FROM turns WHERE {eligible} ORDER BY rated_at LIMIT 1",
+                                       params)
+        if first is None:
+            return None
+        if not force:
+            count = await self.db.scalar(f"SELECT COUNT(*) FROM (SELECT 1 FROM turns WHERE {eligible} AND namespace = ? "
+                                         "LIMIT ?)", (*params, first["namespace"], cfg.batch_size))
+            waited = time.time() - _epoch(first["rated_at"])
+            if not (count >= cfg.batch_size or (waited >= cfg.batch_max_wait_seconds and count >= cfg.min_batch_size)):
                 return None
         async with self.db.transaction() as db:
             first = await (await db.execute(f"SELECT namespace, rated_at FROM turns WHERE {eligible} "
