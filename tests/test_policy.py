@@ -255,7 +255,9 @@ async def test_hot_swap_under_concurrent_requests_attributes_every_answer(tmp_pa
                                                                  logprobs=[-5.0] * 3))
                     await app.rate_turn(rep.turn_id, reward, "env")
                 assert await app.trainer.once() is True
-                await anyio.sleep(0.5)
+                with anyio.fail_after(60):   # the swap is done when once() returns: wait for answers from it
+                    while sum(c == app.policy.checkpoint for c, _ in answers) < 2:
+                        await anyio.sleep(0.02)
             done.set()
 
         async with anyio.create_task_group() as tg:
