@@ -24,6 +24,7 @@ from . import __version__
 from .access import LOCAL, Principal
 from .app import App
 from .errors import MetaClawError, NotFound
+from .metrics import metrics_for
 from .models import (Category, EvolveResult, FetchResult, Message, Namespace, RateResult, RatingSource,
                      ReportResult, Score, SkillProposal, TokenData)
 from .skills.skillmd import render_skill_md
@@ -203,18 +204,23 @@ class MetaClawServer(MCPServer):
     def __init__(self, app: App, **kwargs: Any):
         super().__init__(**kwargs)
         self.app = app
+        self.metrics = metrics_for(app)
+        self.metrics.declare_tools(t.name for t in kwargs.get("tools") or ())
 
     async def call_tool(self, name: str, arguments: dict[str, Any],
                         context: Context | None = None) -> CallToolResult | InputRequiredResult:
         """The SDK's `call_tool`, with an argument validation error reworded by `argument_errors` (ToolError);
-        any other error passes through unchanged."""
-        try:
-            return await super().call_tool(name, arguments, context)
-        except ToolError as exc:
-            # only argument validation yields a ToolError caused by a ValidationError; a crash stays generic
-            if isinstance(exc, UnexpectedToolError) or not isinstance(exc.__cause__, ValidationError):
-                raise
-            raise ToolError(f"Error executing tool {name}: {argument_errors(exc.__cause__)}") from exc.__cause__
+        any other error passes through unchanged. Every call is counted and timed (`metrics.Metrics.tool_call`)."""
+        with self.metrics.tool_call(name) as counted:
+            try:
+                result = await super().call_tool(name, arguments, context)
+            except ToolError as exc:
+                # only argument validation yields a ToolError caused by a ValidationError; a crash stays generic
+                if isinstance(exc, UnexpectedToolError) or not isinstance(exc.__cause__, ValidationError):
+                    raise
+                raise ToolError(f"Error executing tool {name}: {argument_errors(exc.__cause__)}") from exc.__cause__
+            counted.result(result)
+            return result
 
     async def list_resources(self) -> list[MCPResource]:
         """The static resources, plus one `skill://<namespace>/<slug>` resource per active or candidate skill

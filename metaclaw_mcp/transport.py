@@ -407,6 +407,8 @@ async def _serve_http(server: MetaClawServer, app: App, config: MetaClawConfig, 
     if config.policy != "off":   # the trained policy beside the MCP endpoint, in the same process
         from .policy.api import PolicyApi
         asgi = PathRouter(asgi, PolicyApi(app, security).asgi())
+    from .metrics import PATH, metrics_app   # GET /metrics: Prometheus text, admin callers only
+    asgi = PathRouter(asgi, metrics_app(app, security, PRINCIPAL_KEY), prefix=PATH)
     asgi = CompleteResponses(asgi)
     tokens = token_table(config)
     if tokens is not None:
