@@ -30,6 +30,13 @@ def default_home() -> Path:
     return Path(os.environ.get("METACLAW_HOME") or Path.home() / ".metaclaw").expanduser()
 
 
+def default_cache_dir() -> Path:
+    """Where derived files are cached (encoder tables, ONNX exports, dequantised models):
+    `$XDG_CACHE_HOME/metaclaw-mcp` (default `~/.cache/metaclaw-mcp`; not created)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "metaclaw-mcp"
+
+
 class MetaClawConfig(BaseSettings):
     """Every setting of metaclaw-mcp. See the README's configuration table."""
 

