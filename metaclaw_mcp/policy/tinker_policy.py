@@ -37,6 +37,7 @@ class TinkerPolicy:
         self._stop_ids: set[int] = set()
         self._served: tuple[str, Any] | None = None
         self._lock = anyio.Lock()
+        self._tokenizer_lock = anyio.Lock()
 
     @property
     def checkpoint(self) -> str:
@@ -52,9 +53,13 @@ class TinkerPolicy:
     async def tokenizer(self) -> Any:
         """The base model's tokenizer (`render.tokenizer_source`; the Hub only with `allow_downloads`)."""
         if self._tokenizer is None:
-            tok = await run_daemon(load_tokenizer, tokenizer_source(self.config), self.config.allow_downloads)
-            self._stop_ids = eos_ids(tok)
-            self._tokenizer = tok
+            # one load at a time: a request during the warm-up's load waits for it (two threads importing
+            # transformers at once can see it half initialised: "has no attribute 'AutoTokenizer'")
+            async with self._tokenizer_lock:
+                if self._tokenizer is None:
+                    tok = await run_daemon(load_tokenizer, tokenizer_source(self.config), self.config.allow_downloads)
+                    self._stop_ids = eos_ids(tok)
+                    self._tokenizer = tok
         return self._tokenizer
 
     async def warm_up(self) -> None:
