@@ -16,7 +16,7 @@ import torch
 from ..config import MetaClawConfig, default_cache_dir
 from ..threads import run_daemon
 from .backends import StepResult
-from .render import packaged_smollm2, save_whole
+from .render import LOAD_LOCK, packaged_smollm2, save_whole
 
 log = logging.getLogger("metaclaw_mcp.training")
 
@@ -26,7 +26,12 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 def load_base_model(model_path: str | None) -> Any:
     """The causal LM at `model_path` (a Hugging Face folder), else the packaged SmolLM2-135M-Instruct
     (dequantised from its GGUF once, then loaded from a copy under `config.default_cache_dir()`),
-    in float32 on the CPU. OSError when the folder holds no model."""
+    in float32 on the CPU. OSError when the folder holds no model. Holds `render.LOAD_LOCK`."""
+    with LOAD_LOCK:
+        return _load_base_model(model_path)
+
+
+def _load_base_model(model_path: str | None) -> Any:
     import transformers
 
     if model_path:

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +80,23 @@ def save_whole(obj: Any, folder: Path) -> None:
         log.warning("could not cache %s: %s", folder, exc)
 
 
+# transformers' lazy modules are not safe to import from two threads at once (the trainer's tokenizer,
+# the policy's warm-up and a first /v1 request can all start loading together): loads take turns.
+LOAD_LOCK = threading.RLock()
+
+
 def load_tokenizer(name_or_path: str, allow_downloads: bool = False) -> Any:
     """A Hugging Face tokenizer from a local folder (one holding only a `.gguf` file works too), else a hub
     id from the local Hugging Face cache, else, only with `allow_downloads`, from the Hub.
 
     Raises OSError (at once, not after retries) when it is not on this machine and downloads are off.
+    Loads hold `LOAD_LOCK`.
     """
+    with LOAD_LOCK:
+        return _load_tokenizer(name_or_path, allow_downloads)
+
+
+def _load_tokenizer(name_or_path: str, allow_downloads: bool) -> Any:
     import transformers
 
     local = Path(name_or_path).expanduser()
