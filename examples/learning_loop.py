@@ -89,14 +89,16 @@ async def ask(h: httpx.AsyncClient, text: str, n: int, temperature: float, max_t
 
 
 async def evaluate(h: httpx.AsyncClient, pairs: list[tuple[int, int]], max_tokens: int) -> tuple[float, str, str]:
-    """Mean reward of greedy answers to `pairs`; the checkpoint that answered; one sample reply."""
+    """Mean reward of greedy answers to `pairs`; the checkpoint that answered; a summary (right answers,
+    bare right numbers, one sample reply)."""
     rewards, checkpoint, example = [], "", ""
     for a, b in pairs:
         out = await ask(h, prompt(a, b), 1, 0.0, max_tokens, 0)
         reply = out["choices"][0]["message"]["content"]
         rewards.append(reward(reply, a, b))
         checkpoint, example = out["metaclaw"]["checkpoint"], example or reply
-    return statistics.fmean(rewards), checkpoint, example
+    right, bare = sum(r >= 0 for r in rewards), sum(r > 0 for r in rewards)
+    return statistics.fmean(rewards), checkpoint, f"{right}/{len(pairs)} right, {bare} bare; e.g. {example!r}"
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -110,6 +112,7 @@ async def main(args: argparse.Namespace) -> None:
     proc = start_server(home, port, args)
     base = f"http://127.0.0.1:{port}"
     curve: list[tuple[int, float]] = []
+    train_curve: list[tuple[int, float]] = []
     t_start = time.perf_counter()
     try:
         async with httpx.AsyncClient(base_url=base, timeout=600) as h:
@@ -123,7 +126,7 @@ async def main(args: argparse.Namespace) -> None:
             async with Client(f"{base}/mcp", read_timeout_seconds=600) as mcp:
                 r0, ckpt, example = await evaluate(h, held_out, args.max_tokens)
                 curve.append((0, r0))
-                print(f"step  0  held-out reward {r0:+.3f}  ({ckpt}; e.g. {example!r})", flush=True)
+                print(f"step  0  held-out reward {r0:+.3f}  ({ckpt}; {example})", flush=True)
                 for step in range(1, args.steps + 1):
                     t0 = time.perf_counter()
                     batch = rng.sample(train, args.prompts)
@@ -146,12 +149,13 @@ async def main(args: argparse.Namespace) -> None:
                         want = s["last_checkpoint"]["path"]
                         while (await h.get("/v1/models")).json()["data"][0]["metaclaw"]["checkpoint"] != want:
                             await anyio.sleep(0.2)
+                    train_curve.append((step, statistics.fmean(rewards)))
                     line = (f"step {step:2d}  train reward {statistics.fmean(rewards):+.3f}  "
                             f"{'trained' if trained else 'no signal'}  {time.perf_counter() - t0:.1f}s")
                     if step % args.eval_every == 0 or step == args.steps:
                         r, ckpt, example = await evaluate(h, held_out, args.max_tokens)
                         curve.append((step, r))
-                        line += f"  held-out reward {r:+.3f}  ({Path(ckpt).name}; e.g. {example!r})"
+                        line += f"  held-out reward {r:+.3f}  ({Path(ckpt).name}; {example})"
                     print(line, flush=True)
     finally:
         proc.terminate()
@@ -167,11 +171,13 @@ async def main(args: argparse.Namespace) -> None:
         print("matplotlib is not installed: no PNG")
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([s for s, _ in curve], [r for _, r in curve], marker="o")
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.plot([s for s, _ in curve], [r for _, r in curve], marker="o", label="held-out prompts, greedy")
+    ax.plot([s for s, _ in train_curve], [r for _, r in train_curve], alpha=0.5, label="training samples (T = 1)")
     ax.set_xlabel("training step (served checkpoint)")
-    ax.set_ylabel("held-out reward, greedy (-1 to 1)")
-    ax.set_title("SmolLM2-135M through metaclaw-mcp /v1: A + B, bare number")
+    ax.set_ylabel("mean reward (-1 to 1)")
+    ax.set_title("SmolLM2-135M served by metaclaw-mcp /v1: A + B")
+    ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=120)

@@ -67,17 +67,17 @@ def server(tmp_path_factory, tiny_model):
         yield home, f"http://127.0.0.1:{port}"
 
 
-async def test_models_lists_the_served_policy(server):
+async def test_models_lists_the_served_policy(server, tiny_model):
     _, base = server
     async with httpx.AsyncClient(base_url=base, timeout=120) as h:
         r = await h.get("/v1/models")
     assert r.status_code == 200
     (model,) = r.json()["data"]
-    assert model["id"] == "metaclaw" and model["root"] == "tiny-llama0"
-    assert model["metaclaw"] == {"backend": "local", "checkpoint": "base:tiny-llama0"}
+    assert model["id"] == "metaclaw" and model["root"] == tiny_model.name
+    assert model["metaclaw"] == {"backend": "local", "checkpoint": f"base:{tiny_model.name}"}
 
 
-async def test_each_choice_is_a_turn_with_tokens_logprobs_and_the_returned_text(server, tokenizer):
+async def test_each_choice_is_a_turn_with_tokens_logprobs_and_the_returned_text(server, tokenizer, tiny_model):
     home, base = server
     async with httpx.AsyncClient(base_url=base, timeout=120) as h:
         r = await h.post("/v1/chat/completions", json=chat(n=3, seed=7, user="alice"))
@@ -90,7 +90,7 @@ async def test_each_choice_is_a_turn_with_tokens_logprobs_and_the_returned_text(
     assert [c["message"]["content"] for c in again.json()["choices"]] == texts   # the seed repeats the draws
     ids = body["metaclaw"]["turn_ids"]
     assert len(ids) == 3 and r.headers["x-metaclaw-turn-ids"].split(",") == ids
-    assert body["metaclaw"]["checkpoint"] == "base:tiny-llama0"
+    assert body["metaclaw"]["checkpoint"] == f"base:{tiny_model.name}"
     prompts = set()
     completion_tokens = 0
     for turn_id, text in zip(ids, texts):
