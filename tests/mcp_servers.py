@@ -103,6 +103,16 @@ def table_counts(db: Path) -> dict[str, int]:
         con.close()
 
 
+def turn_row(home: Path, turn_id: str) -> dict:
+    """One stored turn, every column, read straight from the SQLite file (read-only)."""
+    con = sqlite3.connect(f"file:{home / 'metaclaw.db'}?mode=ro", uri=True)
+    con.row_factory = sqlite3.Row
+    try:
+        return dict(con.execute("SELECT * FROM turns WHERE id = ?", (turn_id,)).fetchone())
+    finally:
+        con.close()
+
+
 def cli_json(home: Path, *args: str) -> Any:
     out = subprocess.run([CLI, *args], env=server_env(home), capture_output=True, text=True, timeout=60, check=True)
     return json.loads(out.stdout)

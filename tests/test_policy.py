@@ -5,7 +5,6 @@ stand-in (tests/test_llm_tinker.py's), returning the SDK's own types."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import anyio
@@ -25,7 +24,7 @@ from metaclaw_mcp.policy.api import PolicyApi  # noqa: E402
 from metaclaw_mcp.policy.base import SamplingRequest, eos_ids, follow_checkpoints  # noqa: E402
 from metaclaw_mcp.policy.local import sample_sequences, top_p_filter  # noqa: E402
 from metaclaw_mcp.training.render import load_tokenizer  # noqa: E402
-from mcp_servers import call, served  # noqa: E402
+from mcp_servers import call, served, turn_row  # noqa: E402
 from tiny_models import make_tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.anyio
@@ -44,15 +43,6 @@ def tokenizer(tiny_model):
 def local_env(model: Path, **extra: str) -> dict[str, str]:
     return {"METACLAW_BACKEND": "local", "METACLAW_LOCAL_MODEL_PATH": str(model), "METACLAW_LOAD_STARTER_SKILLS": "false",
             "METACLAW_RETRIEVAL_MODE": "lexical", "METACLAW_LORA_RANK": "4", **extra}
-
-
-def turn_row(home: Path, turn_id: str) -> dict:
-    con = sqlite3.connect(f"file:{home / 'metaclaw.db'}?mode=ro", uri=True)
-    con.row_factory = sqlite3.Row
-    try:
-        return dict(con.execute("SELECT * FROM turns WHERE id = ?", (turn_id,)).fetchone())
-    finally:
-        con.close()
 
 
 def chat(**kw) -> dict:

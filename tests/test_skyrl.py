@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +27,7 @@ import skyrl_harness  # noqa: E402
 from metaclaw_mcp.config import load_config  # noqa: E402
 from metaclaw_mcp.policy import tinker_policy  # noqa: E402
 from metaclaw_mcp.training.render import load_tokenizer  # noqa: E402
-from mcp_servers import call, served  # noqa: E402
+from mcp_servers import call, served, turn_row  # noqa: E402
 from tiny_models import TOKENIZER_DIR, make_tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.anyio
@@ -68,15 +67,6 @@ def product_env(server: skyrl_harness.SkyRLServer, model: Path) -> dict[str, str
             "METACLAW_POLICY_INJECT_SKILLS": "false", "METACLAW_TRAIN_POLL_SECONDS": "0.5"}
 
 
-def turn_row(home: Path, turn_id: str) -> dict:
-    con = sqlite3.connect(f"file:{home / 'metaclaw.db'}?mode=ro", uri=True)
-    con.row_factory = sqlite3.Row
-    try:
-        return dict(con.execute("SELECT * FROM turns WHERE id = ?", (turn_id,)).fetchone())
-    finally:
-        con.close()
-
-
 def assert_recorded_with_tokens(home: Path, turn_ids: list[str], texts: list[str]) -> None:
     prompts = set()
     for turn_id, text in zip(turn_ids, texts, strict=True):
@@ -106,7 +96,8 @@ async def test_tinker_policy_loads_its_tokenizer_once_when_asked_during_the_warm
         time.sleep(0.3)
         return load_tokenizer(str(TOKENIZER_DIR))
 
-    monkeypatch.setattr(tinker_policy, "load_tokenizer", slow_load)
+    import metaclaw_mcp.training.render as render
+    monkeypatch.setattr(render, "load_tokenizer", slow_load)
     config = load_config(home=tmp_path / "home", backend="tinker", tokenizer_path=str(TOKENIZER_DIR))
     policy = tinker_policy.TinkerPolicy(config, db=None, service=object())
     got = []

@@ -118,6 +118,16 @@ async def rated_group(app, prompt: list[int], rewards: list[float]) -> list[str]
     return ids
 
 
+async def run_until_halted(trainer: Trainer) -> None:
+    """The trainer's own background loop, as the server runs it, until it halts (at most 10 s)."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(trainer.run)
+        with anyio.fail_after(10):
+            while not await trainer.halted():
+                await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+
+
 def make(tmp_path, service: StandInService, **cfg: Any):
     config = load_config(home=tmp_path / "home", batch_size=2, load_starter_skills=False, backend="tinker",
                          tinker_api_key="tml-test-key", model_name="Qwen/Qwen3-4B", lora_rank=8, **cfg)
@@ -153,12 +163,7 @@ async def test_auth_failure_halts_training_with_a_clear_status_and_keeps_the_tur
     async with open_app(config) as app:
         trainer = Trainer(app.db, config, backend)
         ids = await rated_group(app, [1, 2, 3], [1.0, -1.0])
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(trainer.run)
-            with anyio.fail_after(10):
-                while not await trainer.halted():
-                    await anyio.sleep(0.05)
-            tg.cancel_scope.cancel()
+        await run_until_halted(trainer)
         status = await trainer.status()
         assert "TINKER_API_KEY" in status["halted"] and status["paused"] is True
         assert {(await app.turns.get(t))["train_state"] for t in ids} == {"claimed"}
@@ -239,12 +244,7 @@ async def test_a_loss_the_server_lacks_is_a_clear_halt_not_a_crash(tmp_path):
     async with open_app(config) as app:
         trainer = Trainer(app.db, config, backend)
         ids = await rated_group(app, [1, 2, 3], [1.0, -1.0])
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(trainer.run)
-            with anyio.fail_after(10):
-                while not await trainer.halted():
-                    await anyio.sleep(0.05)
-            tg.cancel_scope.cancel()
+        await run_until_halted(trainer)
         halted = await trainer.halted()
         assert "does not accept loss_fn 'cispo'" in halted and "importance_sampling" in halted
         assert {(await app.turns.get(t))["train_state"] for t in ids} == {"claimed"}   # kept for after the fix

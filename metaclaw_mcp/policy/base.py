@@ -85,6 +85,32 @@ class Policy(Protocol):
         ...
 
 
+class BaseTokenizer:
+    """The base model's tokenizer (`render.tokenizer_source`; the Hub only with `allow_downloads`) and its
+    end-of-turn ids (`eos_ids`), loaded once, in a daemon thread, on first use; concurrent callers wait
+    for the one load."""
+
+    def __init__(self, config: MetaClawConfig):
+        import anyio
+
+        self.config = config
+        self.stop_ids: set[int] = set()
+        self._tokenizer: Any = None
+        self._lock = anyio.Lock()
+
+    async def get(self) -> Any:
+        """The tokenizer (loading it the first time). Whatever `render.load_tokenizer` raises passes through."""
+        if self._tokenizer is None:
+            async with self._lock:
+                if self._tokenizer is None:
+                    from ..threads import run_daemon
+                    from ..training.render import load_tokenizer, tokenizer_source
+                    tok = await run_daemon(load_tokenizer, tokenizer_source(self.config), self.config.allow_downloads)
+                    self.stop_ids = eos_ids(tok)
+                    self._tokenizer = tok
+        return self._tokenizer
+
+
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """(text before the earliest stop sequence, True) when one occurs in `text`, else (text, False)."""
     hits = [i for s in stop if s and (i := text.find(s)) >= 0]

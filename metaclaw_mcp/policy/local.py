@@ -23,9 +23,8 @@ from ..config import MetaClawConfig
 from ..store import Database
 from ..threads import run_daemon
 from ..training.local_backend import load_base_model
-from ..training.render import load_tokenizer, tokenizer_source
-from .base import OnText, Sampled, SampledSequence, SamplingRequest, cut_at_stop, eos_ids, newest_sampler_checkpoint, \
-    settled_text
+from .base import (BaseTokenizer, OnText, Sampled, SampledSequence, SamplingRequest, cut_at_stop,
+                   newest_sampler_checkpoint, settled_text)
 
 log = logging.getLogger("metaclaw_mcp.policy")
 
@@ -123,12 +122,12 @@ class LocalPolicy:
         self.config = config
         self.db = db
         self.base_model = Path(config.local_model_path).name if config.local_model_path else "SmolLM2-135M-Instruct"
-        self._tokenizer: Any = None
+        self._tokenizer = BaseTokenizer(config)
         self._base: Any = None                     # the base weights, kept to build each swapped model from
         self._served: tuple[str, Any] | None = None  # (checkpoint, model): replaced whole by a swap
         self._load_lock = anyio.Lock()
         self._sample_lock = threading.Lock()
-        self._stop_ids: set[int] = set()
+        self._generation_stop: set[int] = set()   # end-of-turn ids the model's generation config adds
 
     @property
     def checkpoint(self) -> str:
@@ -136,14 +135,8 @@ class LocalPolicy:
         return self._served[0] if self._served else f"base:{self.base_model}"
 
     async def tokenizer(self) -> Any:
-        """The base model's tokenizer (`render.tokenizer_source`), loaded once in a daemon thread."""
-        if self._tokenizer is None:
-            async with self._load_lock:
-                if self._tokenizer is None:
-                    tok = await run_daemon(load_tokenizer, tokenizer_source(self.config), self.config.allow_downloads)
-                    self._stop_ids = eos_ids(tok)
-                    self._tokenizer = tok
-        return self._tokenizer
+        """The base model's tokenizer (`base.BaseTokenizer`)."""
+        return await self._tokenizer.get()
 
     async def warm_up(self) -> None:
         """Load the tokenizer, the base model and the newest sampler adapter the store records."""
@@ -163,9 +156,9 @@ class LocalPolicy:
         """(checkpoint, model): the base model, with the adapter at `path` merged into a copy of it."""
         if self._base is None:
             self._base = load_base_model(self.config.local_model_path).eval()
-            generation = getattr(self._base, "generation_config", None)
-            self._stop_ids |= eos_ids(self._tokenizer, getattr(generation, "eos_token_id", None)) \
-                if self._tokenizer is not None else set()
+            extra = getattr(getattr(self._base, "generation_config", None), "eos_token_id", None)
+            self._generation_stop = {e for e in (extra if isinstance(extra, (list, tuple)) else [extra])
+                                     if isinstance(e, int)}
         if path is None or not Path(path).exists():
             if path is not None:
                 log.warning("sampler checkpoint %s is missing: serving the base model", path)
@@ -191,5 +184,6 @@ class LocalPolicy:
 
         def run() -> list[SampledSequence]:
             with self._sample_lock:
-                return sample_sequences(model, tokenizer, prompt_ids, request, self._stop_ids, on_text)
+                return sample_sequences(model, tokenizer, prompt_ids, request,
+                                        self._tokenizer.stop_ids | self._generation_stop, on_text)
         return Sampled(checkpoint, await run_daemon(run))

@@ -14,9 +14,7 @@ import tinker
 
 from ..config import MetaClawConfig
 from ..store import Database
-from ..threads import run_daemon
-from ..training.render import load_tokenizer, tokenizer_source
-from .base import OnText, Sampled, SampledSequence, SamplingRequest, cut_at_stop, eos_ids, newest_sampler_checkpoint
+from .base import BaseTokenizer, OnText, Sampled, SampledSequence, SamplingRequest, cut_at_stop, newest_sampler_checkpoint
 
 log = logging.getLogger("metaclaw_mcp.policy")
 
@@ -33,11 +31,9 @@ class TinkerPolicy:
         self.db = db
         self.base_model = config.model_name
         self._service = service
-        self._tokenizer: Any = None
-        self._stop_ids: set[int] = set()
+        self._tokenizer = BaseTokenizer(config)
         self._served: tuple[str, Any] | None = None
         self._lock = anyio.Lock()
-        self._tokenizer_lock = anyio.Lock()
 
     @property
     def checkpoint(self) -> str:
@@ -51,16 +47,8 @@ class TinkerPolicy:
         return self._service
 
     async def tokenizer(self) -> Any:
-        """The base model's tokenizer (`render.tokenizer_source`; the Hub only with `allow_downloads`)."""
-        if self._tokenizer is None:
-            # one load at a time: a request during the warm-up's load waits for it (two threads importing
-            # transformers at once can see it half initialised: "has no attribute 'AutoTokenizer'")
-            async with self._tokenizer_lock:
-                if self._tokenizer is None:
-                    tok = await run_daemon(load_tokenizer, tokenizer_source(self.config), self.config.allow_downloads)
-                    self._stop_ids = eos_ids(tok)
-                    self._tokenizer = tok
-        return self._tokenizer
+        """The base model's tokenizer (`base.BaseTokenizer`: one load, which concurrent requests wait for)."""
+        return await self._tokenizer.get()
 
     async def warm_up(self) -> None:
         """Load the tokenizer and build the sampling client of the newest checkpoint."""
@@ -94,14 +82,14 @@ class TinkerPolicy:
         checkpoint, client = await self._client()
         params = tinker.SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature,
                                        top_p=request.top_p, seed=request.seed,
-                                       stop=list(request.stop) or sorted(self._stop_ids) or None)
+                                       stop=list(request.stop) or sorted(self._tokenizer.stop_ids) or None)
         response = await client.sample(tinker.ModelInput.from_ints(prompt_ids), request.n, params)
         sequences = []
         for i, seq in enumerate(response.sequences):
             tokens = [int(t) for t in seq.tokens]
             logprobs = [max(float(v), -1e4) for v in (seq.logprobs or [0.0] * len(tokens))]
             text, cut = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), request.stop)
-            ended = cut or (tokens and tokens[-1] in self._stop_ids) or getattr(seq, "stop_reason", None) == "stop"
+            ended = cut or (tokens and tokens[-1] in self._tokenizer.stop_ids) or getattr(seq, "stop_reason", None) == "stop"
             sequences.append(SampledSequence(tokens, logprobs, text, "stop" if ended else "length"))
             if on_text is not None and text:
                 on_text(i, text)
