@@ -148,14 +148,15 @@ def guarded_h11(request_timeout: float) -> type[Any]:
     return GuardedH11
 
 
-def check_bind(config: MetaClawConfig) -> None:
+def check_bind(config: MetaClawConfig) -> TokenTable | None:
     """ConfigError unless the bind is safe: off loopback HTTP/SSE needs a token (`auth_token` or
-    `tokens_file`), and a token file must read cleanly."""
+    `tokens_file`), and a token file must read cleanly. Returns the tokens HTTP requests are checked
+    against (`token_table`; None for stdio or a loopback server without a token), read once."""
     if config.transport != "stdio" and not config.is_loopback and not (config.auth_token or config.tokens_file):
         raise ConfigError(f"refusing to listen on {config.host}, which is not a loopback address, without a token: "
                           "pass --auth-token (or set METACLAW_AUTH_TOKEN, or METACLAW_TOKENS_FILE), or bind 127.0.0.1")
-    if config.transport != "stdio":
-        token_table(config)   # a bad token file is a clear error before anything listens
+    # a bad token file is a clear error before anything listens
+    return token_table(config) if config.transport != "stdio" else None
 
 
 def setup_logging(level: str) -> None:
@@ -344,28 +345,28 @@ async def serve(config: MetaClawConfig) -> None:
     then the app closes as it does when stdin closes (buffered retrieval-log rows written, the database
     closed) and this returns, so the process exits 0; a second signal stops without the grace period.
     """
-    check_bind(config)
+    tokens = check_bind(config)
     with anyio.CancelScope() as scope:
         shutdown = Shutdown(scope)
         if not OWN_SIGNALS:
-            await _serve(config, shutdown)
+            await _serve(config, shutdown, tokens)
             return
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(shutdown.watch, signals)
                 try:
-                    await _serve(config, shutdown)
+                    await _serve(config, shutdown, tokens)
                 finally:
                     tg.cancel_scope.cancel()
 
 
-async def _serve(config: MetaClawConfig, shutdown: Shutdown) -> None:
+async def _serve(config: MetaClawConfig, shutdown: Shutdown, tokens: TokenTable | None) -> None:
     async with App(config).running(serve_policy=config.transport != "stdio") as app:
         server = build_server(app)
         if config.transport == "stdio":
             await _serve_stdio(server, shutdown)
         else:
-            await _serve_http(server, app, config, shutdown)
+            await _serve_http(server, app, config, shutdown, tokens)
 
 
 async def _serve_stdio(server: MetaClawServer, shutdown: Shutdown) -> None:
@@ -389,7 +390,8 @@ class PathRouter:
             await self.main(scope, receive, send)
 
 
-async def _serve_http(server: MetaClawServer, app: App, config: MetaClawConfig, shutdown: Shutdown) -> None:
+async def _serve_http(server: MetaClawServer, app: App, config: MetaClawConfig, shutdown: Shutdown,
+                      tokens: TokenTable | None) -> None:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -410,7 +412,6 @@ async def _serve_http(server: MetaClawServer, app: App, config: MetaClawConfig, 
     from .metrics import PATH, metrics_app   # GET /metrics: Prometheus text, admin callers only
     asgi = PathRouter(asgi, metrics_app(app, security, PRINCIPAL_KEY), prefix=PATH)
     asgi = CompleteResponses(asgi)
-    tokens = token_table(config)
     if tokens is not None:
         asgi = BearerAuth(asgi, tokens)
     uv_config = uvicorn.Config(asgi, host=config.host, port=config.port, log_config=None, access_log=False,
