@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import tinker
 
-from ..training.render import plain_messages
+from ..training.render import plain_messages, token_ids
 from ..training.tinker_backend import TRANSIENT
 from .base import ChatMessage, Completion, LLMAuthError, LLMError, LLMUnavailable
 
@@ -60,7 +60,7 @@ class TinkerSamplerModel:
         tokenizer = await self.tokenizer()
         msgs = plain_messages([{"role": m.role, "content": m.content} for m in messages])
         encoded = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-        prompt_ids = [int(i) for i in (encoded["input_ids"] if not isinstance(encoded, list) else encoded)]
+        prompt_ids = token_ids(encoded)
         params = tinker.SamplingParams(max_tokens=max_tokens, temperature=temperature,
                                        stop=[tokenizer.eos_token] if tokenizer.eos_token else None)
         try:

@@ -40,7 +40,7 @@ from ..errors import Busy, Forbidden, InvalidInput, MetaClawError, NotFound
 from ..messages import content_text, last_user_text
 from ..models import Message, TokenData
 from ..server import PRINCIPAL_KEY, argument_errors
-from ..training.render import plain_messages
+from ..training.render import plain_messages, token_ids
 from .base import Policy, Sampled, SamplingRequest
 
 if TYPE_CHECKING:
@@ -340,9 +340,9 @@ class PolicyApi:
         except ApiError as exc:
             return self.error(exc.status, str(exc), exc.kind, anthropic=True)
         seq = sampled.sequences[0]
-        reason, matched = self._stop_reason(seq, stop)
         payload = {"id": mid, "type": "message", "role": "assistant", "model": SERVED_MODEL,
-                   "content": [{"type": "text", "text": seq.text}], "stop_reason": reason, "stop_sequence": matched,
+                   "content": [{"type": "text", "text": seq.text}], "stop_reason": self._stop_reason(seq),
+                   "stop_sequence": None,
                    "usage": {"input_tokens": len(job.prompt_ids), "output_tokens": len(seq.tokens)},
                    "metaclaw": job.naming(sampled, turn_ids)}
         return JSONResponse(payload, headers={TURN_IDS_HEADER: ",".join(t or "" for t in turn_ids)})
@@ -362,9 +362,8 @@ class PolicyApi:
                 else:
                     sampled, turn_ids = item
                     seq = sampled.sequences[0]
-                    reason, matched = self._stop_reason(seq, job.sampling.stop)
                     yield event("content_block_stop", index=0)
-                    yield event("message_delta", delta={"stop_reason": reason, "stop_sequence": matched},
+                    yield event("message_delta", delta={"stop_reason": self._stop_reason(seq), "stop_sequence": None},
                                 usage={"output_tokens": len(seq.tokens)}, metaclaw=job.naming(sampled, turn_ids))
         except ApiError as exc:
             yield event("error", error={"type": exc.kind, "message": str(exc)})
@@ -374,10 +373,9 @@ class PolicyApi:
     # ---- shared ----
 
     @staticmethod
-    def _stop_reason(seq: Any, stop: tuple[str, ...]) -> tuple[str, str | None]:
-        if seq.finish_reason == "length":
-            return "max_tokens", None
-        return "end_turn", None   # a stop sequence is cut from the text; which one is not kept
+    def _stop_reason(seq: Any) -> str:
+        # a stop sequence is cut from the text like an end of turn; which one matched is not kept
+        return "max_tokens" if seq.finish_reason == "length" else "end_turn"
 
     def _sampling(self, n: int, max_tokens: int | None, temperature: float, top_p: float, stop: tuple[str, ...],
                   seed: int | None) -> SamplingRequest:
@@ -429,8 +427,7 @@ class PolicyApi:
         except Exception as exc:  # roles the template refuses, tools it cannot render
             raise ApiError(400, f"the model's chat template cannot render these messages ({type(exc).__name__}: "
                                 f"{str(exc)[:200]})") from None
-        ids = encoded["input_ids"] if not isinstance(encoded, list) else encoded
-        prompt_ids = [int(i) for i in ids]
+        prompt_ids = token_ids(encoded)
         if len(prompt_ids) + sampling.max_tokens > self.config.max_seq_len:
             raise ApiError(400, f"the prompt is {len(prompt_ids)} tokens; with max_tokens {sampling.max_tokens} that "
                                 f"is over max_seq_len {self.config.max_seq_len}", param="messages")

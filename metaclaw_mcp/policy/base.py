@@ -125,15 +125,19 @@ def settled_text(text: str, stop: tuple[str, ...]) -> str:
     return text[:len(text) - hold] if hold > 0 else text
 
 
+def int_ids(value: Any) -> set[int]:
+    """The integers in `value`: an int, or a list or tuple of them (as generation configs give
+    `eos_token_id`); anything else gives none."""
+    return {e for e in (value if isinstance(value, (list, tuple)) else [value])
+            if isinstance(e, int) and not isinstance(e, bool)}
+
+
 def eos_ids(tokenizer: Any, extra: Any = None) -> set[int]:
     """Token ids that end a turn: the tokenizer's end-of-sequence token, `extra` (a generation config's
     eos_token_id: an int or a list), and the chat-template end markers the vocabulary has."""
-    ids: set[int] = set()
+    ids = int_ids(extra)
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(int(tokenizer.eos_token_id))
-    for e in (extra if isinstance(extra, (list, tuple)) else [extra]):
-        if isinstance(e, int):
-            ids.add(e)
     vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
     for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>"):
         if marker in vocab:

@@ -23,7 +23,7 @@ from ..config import MetaClawConfig
 from ..store import Database
 from ..threads import run_daemon
 from ..training.local_backend import load_base_model
-from .base import (BaseTokenizer, OnText, Sampled, SampledSequence, SamplingRequest, cut_at_stop,
+from .base import (BaseTokenizer, OnText, int_ids, Sampled, SampledSequence, SamplingRequest, cut_at_stop,
                    newest_sampler_checkpoint, settled_text)
 
 log = logging.getLogger("metaclaw_mcp.policy")
@@ -157,8 +157,7 @@ class LocalPolicy:
         if self._base is None:
             self._base = load_base_model(self.config.local_model_path).eval()
             extra = getattr(getattr(self._base, "generation_config", None), "eos_token_id", None)
-            self._generation_stop = {e for e in (extra if isinstance(extra, (list, tuple)) else [extra])
-                                     if isinstance(e, int)}
+            self._generation_stop = int_ids(extra)
         if path is None or not Path(path).exists():
             if path is not None:
                 log.warning("sampler checkpoint %s is missing: serving the base model", path)

@@ -34,7 +34,9 @@ def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
-def _ids(encoded: Any) -> list[int]:
+def token_ids(encoded: Any) -> list[int]:
+    """Token ids from what a tokenizer's `apply_chat_template(..., tokenize=True)` or `encode` returns
+    (a list, or a mapping with `input_ids`, depending on the transformers version)."""
     ids = encoded["input_ids"] if not isinstance(encoded, list) else encoded
     return [int(i) for i in ids]
 
@@ -42,10 +44,10 @@ def _ids(encoded: Any) -> list[int]:
 def render_sft(tokenizer: Any, messages: list[dict[str, Any]], response: str) -> tuple[list[int], list[float]]:
     """(tokens, weights): the conversation plus the reply, weights 1 on the reply's tokens only."""
     msgs = plain_messages(messages)
-    prompt = _ids(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
-    full = _ids(tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=True))
+    prompt = token_ids(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
+    full = token_ids(tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=True))
     if full[:len(prompt)] != prompt:  # a template that rewrites earlier turns: fall back to prompt + reply + eos
-        full = prompt + _ids(tokenizer.encode(response, add_special_tokens=False)) + [int(tokenizer.eos_token_id)]
+        full = prompt + token_ids(tokenizer.encode(response, add_special_tokens=False)) + [int(tokenizer.eos_token_id)]
     weights = [0.0] * len(prompt) + [1.0] * (len(full) - len(prompt))
     eos = tokenizer.eos_token_id
     if eos is not None and eos in full[len(prompt):]:
