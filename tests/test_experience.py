@@ -72,6 +72,15 @@ def test_turn_values_trust_what_the_agent_named():
     assert turn_values("", 1.0, 0.0) == {}
 
 
+def test_a_failure_is_not_charged_to_a_taught_lesson_it_applied():
+    # 5 is a taught lesson: a turn rated down while it was applied lacked something else
+    assert turn_values("4:1,5:1", -1.0, 0.2, spared={5}) == {4: -1.0}
+    assert turn_values("4:0,5:0", -1.0, 0.5, spared={5}) == {4: -1.5}
+    # a success still counts for it, and a success that did not need it still counts against it
+    assert turn_values("4:1,5:1", 1.0, 0.2, spared={5}) == {4: 1.0, 5: 1.0}
+    assert turn_values("4:1,5:0", 1.0, 0.2, spared={5}) == {4: 1.0, 5: -0.5}
+
+
 def test_request_text_is_the_last_user_message():
     msgs = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "first"},
             {"role": "assistant", "content": "ok"},

@@ -141,4 +141,7 @@ def test_score_relevance_explains_each_score():
     # a lesson that fits too poorly is dropped, with the reason
     weak = score_relevance({1: 9.0, 3: 1.0}, {}, {}, lexical_weight=0.5, lessons={3}, lesson_min=0.45, explain=True)
     assert 3 not in weak.relevance and "below 0.45" in weak.explain[3]["dropped"]
+    # votes for one skill do not push a lesson whose text fits about as well as the best below the floor
+    voted = score_relevance({1: 9.0, 3: 8.0}, {}, {1: 1.0}, lexical_weight=1.0, lessons={3}, lesson_min=0.45)
+    assert voted.relevance[3] < 0.45 < voted.relevance[3] * 2 and voted.relevance[1] == 1.0
     assert score_relevance({}, {}, {}, lexical_weight=0.5).relevance == {}

@@ -13,7 +13,9 @@ minus half that reward: they were not needed for a request like it. A skill only
 a turn that named none (`retrieval_id`; the agent did not say whether it used it) gets the
 reward minus the namespace's baseline at rating time, as credit does: a success
 that every turn has tells nothing about the skills that happened to be shown, and counting it
-would only reinforce whatever retrieval already picked.
+would only reinforce whatever retrieval already picked. A failure is never charged to a taught
+lesson (`turn_values(spared=...)`): the user said requests like this need that rule, so a turn
+rated down while it was applied lacked something else, most often another rule.
 
 Credit (`credit.py`) asks "does this skill help at all"; experience asks "does it help with this
 kind of request". Pure numpy, no I/O: the retriever loads and refreshes it. Requests are compared
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 
 import numpy as np
 
@@ -183,18 +185,25 @@ def _stem(word: str) -> str:
     return word
 
 
-def turn_values(links: str, reward: float, baseline: float | None) -> dict[int, float]:
+def turn_values(links: str, reward: float, baseline: float | None,
+                spared: Set[int] = frozenset()) -> dict[int, float]:
     """skill id -> value from a turn's `skill_id:named` links (named: 1 if the agent listed it in
     `skill_ids`): the reward for the named ones; reward minus baseline for the only-injected ones
-    when the turn named none; nothing for the injected ones it did not name (it said what it used)."""
+    when the turn named none; nothing for the injected ones it did not name (it said what it used).
+
+    `spared` (taught lessons): never charged with a failure. The user taught that rule for
+    requests like this one; a turn rated down while it was applied lacked something else (most
+    often another rule), and whether the lesson itself hurts is credit's question, over all its
+    uses. A success still counts for it, and so does a success without it (it was not needed)."""
     pairs = [(int(a), b == "1") for a, _, b in (x.partition(":") for x in links.split(",") if x)]
     if any(named for _, named in pairs):
         # A turn that went well without the shown skills it did not name says they were not
         # needed for a request like it (a skipped result, in IR terms): half its reward against them.
         skipped = -0.5 * reward if reward > 0 else 0.0
-        return {sid: reward if named else skipped for sid, named in pairs if named or skipped}
+        return {sid: reward if named else skipped for sid, named in pairs
+                if (named and not (reward < 0 and sid in spared)) or (not named and skipped)}
     residual = reward - (reward if baseline is None else baseline)
-    return {sid: residual for sid, _ in pairs} if residual else {}
+    return {sid: residual for sid, _ in pairs if not (residual < 0 and sid in spared)} if residual else {}
 
 
 __all__ = ["Boilerplate", "ExperienceIndex", "TermVectors", "line_shape", "request_text", "turn_values"]

@@ -462,7 +462,8 @@ class Retriever:
             # turns stored before a line became boilerplate: encoded again without it
             stale = ([tid for tid, text in state.requests.items() if tid in state.experience.turns
                       and any(line_shape(line) in added for line in text.splitlines())] if added else [])
-            entries = [(r["id"], text, turn_values(str(r["used"]), float(r["reward"]), r["credit_baseline"]))
+            taught = {sid for sid in state.lessons if (m := state.metas.get(sid)) is not None and m.taught}
+            entries = [(r["id"], text, turn_values(str(r["used"]), float(r["reward"]), r["credit_baseline"], taught))
                        for r, text in zip(reversed(rows), raw, strict=True)]
             entries += [(tid, state.requests[tid], state.experience.turns[tid][1]) for tid in stale]
             texts = [state.boilerplate.strip(text) for _, text, _ in entries]

@@ -9,7 +9,10 @@ the skills they used; lessons: the requests a lesson was taught from). Steps:
 2. plus `votes_weight` x the votes of the skills that may receive them, rescaled so the best is 1;
 3. standing lessons (shown apart, on every fetch) are taken out, and the rest rescaled again;
 4. a topic lesson below `lesson_min` (a share of the best match's relevance) is dropped: it is a
-   rule the agent would apply, so it is shown only where it fits about as well as the best.
+   rule the agent would apply, so it is shown only where it fits about as well as the best. The
+   share is taken both of the voted scale and of the text's alone (step 1): votes for one skill
+   are evidence for it, not against how well another's text fits, so a request that needs two
+   rules still gets the second when past turns voted for the first.
 
 Credit then reorders the most relevant few (`credit.rank`: relevance x (1 + w x usefulness),
 with bounded exploration).
@@ -63,7 +66,11 @@ def score_relevance(lexical: Mapping[int, float], dense: Mapping[int, float], vo
         dropped.update({sid: "standing lesson: shown apart, on every fetch" for sid in standing & relevance.keys()})
         relevance = _rescale({sid: v for sid, v in relevance.items() if sid not in standing})
     if lesson_min > 0.0:
-        low = {sid for sid, v in relevance.items() if sid in lessons and v < lesson_min}
+        # Measured against the text's best match as well as against the voted scale: votes for
+        # one skill are evidence for it, not against how well another's text fits.
+        text = _rescale({sid: v for sid, v in fused.items() if sid not in standing})
+        low = {sid for sid, v in relevance.items()
+               if sid in lessons and v < lesson_min and text.get(sid, 0.0) < lesson_min}
         dropped.update({sid: f"lesson below {lesson_min:g} of the best match's relevance" for sid in low})
         relevance = {sid: v for sid, v in relevance.items() if sid not in low}
     notes: dict[int, dict[str, Any]] = {}
