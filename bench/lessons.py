@@ -1,15 +1,25 @@
 """Lessons come back: a month of work replayed through the four tools, over stdio.
 
-The scenario (written for this bench; the material is its own): over 24 simulated days a user
-teaches seven standing rules by correcting the agent. Each rule is taught on three different
-days, from three different requests, and after each correction the agent writes the lesson in
-its own words that day (`evolve_skills(proposals=[...])`, citing the failed turn): three
-paraphrases per rule, each with its own name. One rule is a standing preference that applies
-whatever the topic (start every answer with a one-line summary); the others are conventions of
-a kind of work (dates, money, CSV files, destructive database changes, quoting sources, commits).
+Two scenarios, written for this bench (the material is their own). In each, a user teaches
+standing rules by correcting the agent; after each correction the agent writes the lesson in its
+own words that day (`evolve_skills(proposals=[...])`, citing the failed turn), so each rule has
+several paraphrases, each with its own name.
+
+- `a` (default): over 24 simulated days, seven rules, each taught on three different days from
+  three different requests. One is a standing preference that applies whatever the topic (start
+  every answer with a one-line summary), and its descriptions say so; the others are conventions
+  of a kind of work (dates, money, CSV files, destructive database changes, quoting sources,
+  commits).
+- `b`: over 30 days, a software team's assistant that also does its lead's personal admin: eight
+  rules (type hints and docstrings, key=value logging, SI units written out, error messages that
+  say what to do, surname-first names, masked secrets, UTC offsets with times), each taught on two
+  to four days, with descriptions from one word to a long sentence. The standing preference,
+  British spelling, is never described as being for every answer: that it applies to every
+  request is for the server to learn from the turns that needed it. Written apart from `a` and
+  never tuned to, it checks that a retrieval change carries beyond the scenario it was made for.
 
 Between the teaching rounds, and after them, come the measured rounds: ordinary requests that
-need one to three of the rules already taught, most of them without naming the rule ("What did
+need one to three of the rules already taught (a few none), most of them without naming the rule ("What did
 the Oslo team spend on travel in May?" needs the money format). Each measured round is a
 `fetch_skills(k=5)` in a new session; a lesson counts as returned when it is among `skills` or
 named in `injection` (the one-line entries of progressive disclosure). The simulated agent then
@@ -27,6 +37,7 @@ Systems: the server as configured (default), plain SQLite FTS5 BM25 over every l
 (top 5, no consolidation), and injecting every lesson written.
 
     python bench/lessons.py
+    python bench/lessons.py --scenario b
     python bench/lessons.py --env METACLAW_RETRIEVAL_MODE=lexical
     python bench/lessons.py --verbose        # each measured round: needed, returned, missed
 """
@@ -253,10 +264,289 @@ ROUNDS = [
 ]
 
 
-def needed_rules(day: int, rules: set[str]) -> set[str]:
-    """A round's needed rules: its own, plus the standing summary rule once it has been taught."""
-    first_taught = min(t.day for t in TEACHING if t.rule == "summary")
-    return set(rules) | ({"summary"} if day > first_taught else set())
+# ---- Scenario B: a software team's assistant that also does its lead's personal admin ----
+# Eight rules, each taught on two to four days over 30 days. The standing preference (British
+# spelling) never says in its descriptions that it is for every answer: that it applies whatever
+# the request is for the server to learn from the turns that needed it.
+RULES_B = ("typing", "logging", "units", "errors", "names", "secrets", "timezones", "spelling")
+
+TEACHING_B = [
+    # ---- typing: type hints and a docstring on each new Python function ----
+    Teaching(1, "typing", "Write a function that turns a list of order lines into a total per customer.",
+             "def totals(lines):\n    out = {}\n    for l in lines: ...",
+             "No annotations and no docstring. New functions get typed parameters, a return type and a "
+             "docstring, always.",
+             Lesson("annotate-new-functions", "Use when writing a new Python function or method.",
+                    "Each new def gets type hints on every parameter and on its return value, and a docstring "
+                    "that says what it returns and when it raises. Write `def totals(lines: list[Line]) -> "
+                    "dict[str, Decimal]:` rather than a bare signature.")),
+    Teaching(10, "typing", "Add a small utility that retries a flaky HTTP call three times.",
+             "def retry(fn, n=3):\n    for _ in range(n): ...",
+             "Same as before: annotate it and give it a docstring.",
+             Lesson("typed-documented-python", "Python conventions of this team.",
+                    "Code handed to this team is annotated (PEP 484 hints on arguments and result, "
+                    "`Callable[[], T]` for callbacks) and documented: a docstring under every def, first "
+                    "line a sentence about what the function gives back.")),
+    Teaching(21, "typing", "Split the report generator into smaller pieces.",
+             "Split it into build_header(data), build_rows(data) and build_footer(data).",
+             "The new helpers have neither hints nor docstrings. Same rule as for any other function.",
+             Lesson("helpers-signatures-docstrings",
+                    "Use when refactoring code into new helpers, adding methods to a class, or otherwise "
+                    "creating Python callables that other people on the team will read, review and maintain "
+                    "long after the change that introduced them.",
+                    "Helpers carved out of a larger function are new functions too: give each a typed "
+                    "signature and a docstring before handing the change over, private ones included.")),
+    # ---- logging: the logger with key=value fields, never print ----
+    Teaching(2, "logging", "The import job sometimes skips rows. Add something so we can see when it does.",
+             "Added print(f'skipped {row}') in the loop.",
+             "We never print in application code. Use the module logger and key=value fields, like "
+             "log.warning('row skipped row=%d reason=%s', n, reason).",
+             Lesson("logger-not-print", "Use when code has to report progress, warnings or diagnostics.",
+                    "Diagnostics go through `log = logging.getLogger(__name__)`, never print(). Each record is "
+                    "an event name followed by key=value fields: `log.warning('row skipped row=%d reason=%s', "
+                    "n, reason)`, so the log search can filter on them.")),
+    Teaching(8, "logging", "Show me how long each stage of the pipeline takes.",
+             "print('stage', name, time.time() - t0)",
+             "Print again. Log it with fields: stage=parse seconds=1.42.",
+             Lesson("key-value-log-lines", "Instrumentation.",
+                    "Timings and counters are log records with named fields (`stage=parse seconds=1.42 "
+                    "rows=5000`), at INFO, through the logging module; no print statements.")),
+    Teaching(15, "logging", "The webhook handler fails without a trace; make its failures visible.",
+             "Wrapped the body in try/except and print the exception.",
+             "Use log.exception with the context as key=value pairs. No print.",
+             Lesson("structured-logging-fields",
+                    "Use when adding error handling, tracing, timing or debugging output to a service.",
+                    "Inside except blocks call `log.exception('webhook failed event=%s source=%s', ...)`; "
+                    "outside them log.info/warning, always with key=value context fields rather than free "
+                    "prose, and never print to stdout.")),
+    Teaching(26, "logging", "Give the backfill script a progress indicator.",
+             "print(f'{i}/{n} done') every thousand rows.",
+             "Scripts too: the logger, with done= and total= fields.",
+             Lesson("observability-via-logger",
+                    "Use for scripts, jobs and services alike, whenever the program tells the operator what "
+                    "it is doing or how far it has got.",
+                    "Progress and status go to the logger as key=value records (`backfill progress done=4000 "
+                    "total=12000`), so cron mail, journald and the log search see the same lines.")),
+    # ---- units: SI units with the unit's name written out ----
+    Teaching(4, "units", "How heavy is the rack we are shipping to the data centre, fully loaded?",
+             "About 900 lbs.",
+             "SI units, with the unit written out: 408 kilograms. Not pounds, and not a bare 'kg' either.",
+             Lesson("si-units-spelled-out",
+                    "Use when an answer gives a distance, weight, temperature, speed, size or other measurement.",
+                    "State quantities in SI units with the unit's name in full after the number: 408 kilograms, "
+                    "12 metres, 21 degrees Celsius, 30 kilometres per hour. Convert pounds, feet, miles and "
+                    "Fahrenheit; never leave a number without its unit.")),
+    Teaching(18, "units", "How far is the new office from the station?",
+             "About half a mile, ten minutes on foot.",
+             "Metric, and spell the unit: 800 metres.",
+             Lesson("metric-measures", "Distances, weights, sizes.",
+                    "Metric only, unit spelled out: '800 metres', '2.5 kilograms', never miles, ounces or "
+                    "abbreviations such as m or kg.")),
+    # ---- errors: say what was wrong and what to do ----
+    Teaching(5, "errors", "Add a check that the config file has a database URL.",
+             "if not url: raise ValueError('bad config')",
+             "That message helps nobody. Say what was wrong and what to do: 'config.toml has no "
+             "database_url; add it under [db]'.",
+             Lesson("actionable-error-messages",
+                    "Use when writing an exception, a validation message or any error text a person will read.",
+                    "An error message names what was wrong, with the offending value or file, and tells the "
+                    "reader what to do next: \"config.toml has no database_url: add database_url = "
+                    "'postgres://...' under [db]\". Never 'bad config' or 'error'.")),
+    Teaching(13, "errors", "Make the CLI refuse to run without an API key.",
+             "sys.exit('error: no key')",
+             "Tell them which key is missing and how to provide it.",
+             Lesson("errors-say-what-and-fix", "Use for exceptions and CLI failures.",
+                    "Failure text has two parts: the cause (ACME_API_KEY is not set) and the remedy (export it, "
+                    "or pass --api-key). Exit with a non-zero status after printing it to stderr.")),
+    Teaching(24, "errors", "Validate the upload form so it rejects files over the size limit.",
+             "return 'Invalid file'",
+             "Which limit, how big was the file, what should they do instead?",
+             Lesson("failure-text-cause-and-remedy",
+                    "Use when code rejects input, fails a check or refuses an operation, so that whoever sees "
+                    "the message can put it right without reading the source.",
+                    "A rejection states the rule that failed and the value that broke it, then the way out: "
+                    "'photo.png is 14 megabytes; the limit is 10 megabytes: resize it or upload a PDF'.")),
+    # ---- names: surname, given name ----
+    Teaching(6, "names", "Who attended the quarterly planning session? Put it in the minutes.",
+             "Attendees: Anna Berg, Tom Okafor, Priya Nair.",
+             "In reports people go surname first: Berg, Anna; Nair, Priya; Okafor, Tom.",
+             Lesson("surname-comma-given-name", "Use when listing people in minutes, reports or rosters.",
+                    "Write each person as 'Surname, Given name' (Berg, Anna) and sort by surname, in minutes, "
+                    "reports, tables and lists of attendees.")),
+    Teaching(19, "names", "Write up who is on call next month.",
+             "Week 1: Priya Nair, week 2: Tom Okafor ...",
+             "Surname, given name, as in the minutes.",
+             Lesson("people-listed-family-name-first",
+                    "Use when a document names colleagues: a rota, an org chart, an attendance list or a handover "
+                    "note that other teams will file and search by family name.",
+                    "Family name first, then a comma and the given name: 'Nair, Priya'. This holds in rotas "
+                    "and handovers as much as in formal reports.")),
+    # ---- secrets: never repeat a secret, mask it ----
+    Teaching(7, "secrets", "Why can't the deploy script reach the registry? Output pasted below (token=ghp_x81...).",
+             "Your token ghp_x81Qe2...Lm9 has expired; create a new one.",
+             "Don't repeat the token back to me. Mask secrets: ghp_****Lm9 at most.",
+             Lesson("mask-secrets", "Use when a reply would contain a password, token or API key.",
+                    "Never reproduce a secret in a reply, a file or a log line. Refer to it by kind and at most "
+                    "its last four characters (ghp_****1Lm9), even when the user pasted it first.")),
+    Teaching(16, "secrets", "Set up the .env file for the staging server.",
+             "DATABASE_PASSWORD=St4ging!2026\nSTRIPE_KEY=sk_test_51H...",
+             "Real credentials don't belong in an answer. Placeholders, and say where the value lives.",
+             Lesson("credentials-as-placeholders",
+                    "Use when writing config files, environment files or connection strings.",
+                    "Write credentials as placeholders (DATABASE_PASSWORD=<from the vault: staging/db>) and "
+                    "name where the real value is kept; a real password or key never appears in the text.")),
+    Teaching(27, "secrets", "Give me the curl command that calls the billing API, as I ran it yesterday.",
+             "curl -H 'Authorization: Bearer sk_live_9dK2...' https://billing/api/v2/invoices",
+             "The key was in there in full. Mask it.",
+             Lesson("redact-keys-in-commands", "Sensitive values.",
+                    "In commands, headers and URLs replace the secret part with $TOKEN or ****, e.g. "
+                    "`-H \"Authorization: Bearer $BILLING_TOKEN\"`.")),
+    # ---- timezones: state the UTC offset with a time ----
+    Teaching(3, "timezones", "When is the release call with the Singapore team?",
+             "Thursday at 9:00.",
+             "9:00 where? Give the UTC offset with times: 09:00 UTC+08:00.",
+             Lesson("times-with-utc-offset", "Use when an answer states a time of day.",
+                    "Give every clock time with its UTC offset, 09:00 UTC+08:00, and when two places are "
+                    "involved, both; zone abbreviations such as CET or EST alone are ambiguous.")),
+    Teaching(11, "timezones", "At what time did the nightly backup run?",
+             "At 2 am.",
+             "Offset, please: 02:00 UTC+00:00.",
+             Lesson("clock-times-need-offset", "Schedules and timestamps.",
+                    "A time without an offset is incomplete: write 02:00 UTC+00:00, 14:30 UTC+01:00.")),
+    Teaching(17, "timezones", "Book a slot for the interview with the candidate in Toronto.",
+             "Booked Tuesday 15:00.",
+             "Whose 15:00? Write the offset.",
+             Lesson("state-offset-for-meetings",
+                    "Use when arranging meetings, calls or deadlines with people in other places.",
+                    "For meetings across places, give the time with its offset for each side: 15:00 UTC+01:00 "
+                    "(10:00 UTC-04:00 in Toronto).")),
+    Teaching(25, "timezones", "When did the outage start, going by the alerts?",
+             "It started at 14:32.",
+             "With the offset: 14:32 UTC+01:00.",
+             Lesson("timestamps-utc-offset",
+                    "Use when reporting when something happened, such as incidents, deploys, alerts and log "
+                    "entries, whose times are otherwise read in the reader's own zone and misplace the event "
+                    "by hours.",
+                    "Event times carry the offset they were recorded in (14:32 UTC+01:00); for an incident "
+                    "timeline, keep one offset throughout and say which.")),
+    # ---- spelling: British English, a standing preference that no description calls one ----
+    Teaching(9, "spelling", "Draft a note to the team about the new office layout.",
+             "We've reorganized the floor so the color-coded zones center on the kitchen ...",
+             "British spelling: reorganised, colour, centre. That is how we write here.",
+             Lesson("british-spelling", "This user writes British English.",
+                    "Spell the British way: colour, organise, centre, licence (noun), catalogue, travelling, "
+                    "grey, programme (but computer program).")),
+    Teaching(14, "spelling", "Explain the difference between a thread and a process.",
+             "A process has its own memory; threads share it, which makes the behavior harder to optimize ...",
+             "Behaviour, optimise. British English, please, and not only in letters.",
+             Lesson("uk-english-conventions", "Spelling convention of this team.",
+                    "-our, -ise and -re endings (behaviour, optimise, metre), 'licence' as the noun and "
+                    "'license' as the verb, doubled l in modelled and cancelled.")),
+    Teaching(22, "spelling", "What should I pack for the hiking trip?",
+             "A gray fleece, your favorite boots, and a flashlight ...",
+             "Grey, favourite, torch. I keep asking for British English, whatever we talk about.",
+             Lesson("spell-like-oxford",
+                    "Use when writing English prose, comments or documentation for this user, in the spelling "
+                    "and vocabulary of the United Kingdom.",
+                    "UK spelling and words: grey, favourite, torch, holiday, autumn, flat; -ise verbs; dates "
+                    "and measures in British style.")),
+]
+
+# Measured rounds: (day, request, rules it needs). British spelling applies to every answer once
+# taught; the others only where the work is of their kind. Most requests do not name their rule.
+ROUNDS_B = [
+    (4, "What time does Monday's stand-up start for the colleague joining from Auckland?", {"timezones"}),
+    (4, "Write a function that reads sensor readings and returns the mean per sensor.", {"typing"}),
+    (5, "How long is the drive from Leeds to York?", {"units"}),
+    (5, "Add a helper that parses the config file.", {"typing", "logging"}),
+    (6, "Recommend a board game for four players.", set()),
+    (6, "The cron job runs twice on some nights; add something that shows us when it starts.", {"logging"}),
+    (7, "The importer crashes on an empty file; make it fail properly instead.", {"errors"}),
+    (7, "Who came to the design review yesterday? Add them to the notes.", {"names"}),
+    (8, "My request returns 401. This is the header I sent: Authorization: Bearer a81f9c2e77d4. What is wrong?",
+     {"secrets"}),
+    (8, "The spec sheet says the server room ceiling is 10 ft. Will a 2.1 m rack fit on a 30 cm plinth?", {"units"}),
+    (9, "Suggest a name for the new meeting room.", set()),
+    (10, "Add a function that converts the thermostat's readings before they are stored.", {"typing", "units"}),
+    (10, "When does the maintenance window in Frankfurt begin for the team in Chicago?", {"timezones"}),
+    (11, "The payment client just says 'failed' when a card is declined; improve that.", {"errors"}),
+    (11, "List this month's new starters for the welcome email.", {"names"}),
+    (12, "Write the check that a new password meets the policy.", {"typing", "errors"}),
+    (12, "What does the worker do between jobs? I want to see it in production.", {"logging"}),
+    (13, "Here is my kubeconfig; why does kubectl pick the wrong cluster?", {"secrets"}),
+    (13, "Explain what a race condition is to a new joiner.", set()),
+    (14, "How much does the new monitor weigh, and how wide is it?", {"units"}),
+    (14, "Write a script that removes old Docker images and reports what it removed.", {"typing", "logging"}),
+    (15, "When does the Sydney office open, in our terms?", {"timezones"}),
+    (15, "Prepare the attendance record for the fire drill.", {"names"}),
+    (16, "The deploy failed; here is the full environment dump from the runner. What happened?", {"secrets"}),
+    (16, "Make the scheduler turn down jobs whose start date is in the past.", {"errors"}),
+    (17, "Write a class that caches exchange rates for an hour.", {"typing"}),
+    (17, "What time is the San Francisco webinar for us in Madrid?", {"timezones"}),
+    (18, "How fast was I cycling if I did 20 miles in an hour and a quarter?", {"units"}),
+    (18, "Summarise the retrospective for the wiki, with who raised each point.", {"names"}),
+    (19, "The email worker sometimes hangs; add what we need to find out where.", {"logging"}),
+    (19, "Draft a birthday message for my sister.", set()),
+    (20, "Write the validation for postcodes in the signup form.", {"typing", "errors"}),
+    (20, "Send the new contractor the database connection details so they can start.", {"secrets"}),
+    (21, "The all-hands is at 10:00 in New York. When do I join from Berlin?", {"timezones"}),
+    (21, "How much luggage can I take on the flight to Edinburgh?", {"units"}),
+    (22, "Add timing around each database query in the report service.", {"logging"}),
+    (22, "Who is on the interview panel for the backend role?", {"names"}),
+    (23, "Rewrite what the parser says when a line has too many columns.", {"errors"}),
+    (23, "Add a command-line tool that renames photos by the day they were taken.", {"typing", "logging"}),
+    (24, "Here is the .npmrc from my laptop; why does npm install fail behind the proxy?", {"secrets"}),
+    (24, "Write the dashboard tiles that show today's temperature and wind in the car park.", {"units"}),
+    (25, "Record when the nightly sync starts and finishes, so operations can see it.", {"logging", "timezones"}),
+    (25, "Plan a weekend in Bath for two.", set()),
+    (26, "Write the handover note for the person covering my on-call shift.", {"names", "timezones"}),
+    (26, "Add a function that returns how much disk a folder takes up.", {"typing", "units"}),
+    (27, "The login endpoint answers 500 when the email field is missing; fix the response.", {"errors"}),
+    (27, "The tracker says the delivery van drove 340 miles this week. Is that more than last week's 500 km?",
+     {"units"}),
+    (28, "Give me the command to test the SMTP login: user ops, password Tr0ub4dor&3.", {"secrets"}),
+    (28, "Write up the incident timeline for the postmortem, with who did what.", {"timezones", "names"}),
+    (29, "Add a retry loop around the S3 upload that tells us about each attempt.", {"typing", "logging"}),
+    (29, "Which colleagues have birthdays in March? Make a list for the card.", {"names"}),
+    (29, "What is the difference between latency and throughput?", set()),
+    (30, "The discount on the train tickets ends at midnight Paris time. When is that for me in London?",
+     {"timezones"}),
+    (30, "Make the upload endpoint refuse files that are too big.", {"errors"}),
+    (30, "How much water should I carry on a 15 km hike in summer?", {"units"}),
+    (30, "Write a function that merges two sorted lists.", {"typing"}),
+    (30, "What was in the .env file you found in the old repository?", {"secrets"}),
+]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    description: str
+    rules: tuple[str, ...]
+    teaching: list[Teaching]
+    rounds: list[tuple[int, str, set[str]]]
+    standing: tuple[str, ...]    # rules needed in every round after they were first taught
+
+
+SCENARIOS = {
+    "a": Scenario("a month of office work: dates, money, CSV files, backups, sources, commits; "
+                  "a summary line on top of every answer", RULES, TEACHING, ROUNDS, ("summary",)),
+    "b": Scenario("a software team's assistant and its lead's personal admin: type hints, logging, SI units, "
+                  "error messages, names, secrets, UTC offsets; British spelling throughout",
+                  RULES_B, TEACHING_B, ROUNDS_B, ("spelling",)),
+}
+
+
+def needed_rules(scenario: Scenario, day: int, rules: set[str]) -> set[str]:
+    """A round's needed rules: its own, plus each standing rule of the scenario once it has been taught."""
+    return set(rules) | {r for r in scenario.standing if day > min(t.day for t in scenario.teaching if t.rule == r)}
+
+
+def check(scenario: Scenario) -> None:
+    """Each round needs only rules taught by its day (teaching comes first on a shared day)."""
+    first = {r: min(t.day for t in scenario.teaching if t.rule == r) for r in scenario.rules}
+    assert {t.rule for t in scenario.teaching} == set(scenario.rules), "a rule is never taught"
+    for day, request, rules in scenario.rounds:
+        assert all(first[r] <= day for r in rules), f"day {day}: {request!r} needs a rule not yet taught"
 
 
 def count_tokens_fn():  # noqa: ANN201 - returns a callable
@@ -324,7 +614,7 @@ async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any
     return result.structured_content or {}
 
 
-async def replay(env: dict[str, str], verbose: bool) -> dict[str, Score]:
+async def replay(scenario: Scenario, env: dict[str, str], verbose: bool) -> dict[str, Score]:
     tokens = count_tokens_fn()
     home = tempfile.mkdtemp(prefix="lessons-")
     server_env = {k: v for k, v in os.environ.items() if not k.startswith(("METACLAW_", "TINKER_"))}
@@ -334,7 +624,8 @@ async def replay(env: dict[str, str], verbose: bool) -> dict[str, Score]:
     scores = {"default": Score(), "bm25 (lessons only)": Score(), "inject everything": Score()}
     skill_rule: dict[str, str] = {}          # slug of a skill made or revised from a lesson -> its rule
     written: list[tuple[str, Lesson]] = []   # every lesson written, as (rule, lesson)
-    events: list[tuple[int, int, Any]] = [(t.day, 0, t) for t in TEACHING] + [(d, 1, (d, q, r)) for d, q, r in ROUNDS]
+    events: list[tuple[int, int, Any]] = ([(t.day, 0, t) for t in scenario.teaching]
+                                          + [(d, 1, (d, q, r)) for d, q, r in scenario.rounds])
     events.sort(key=lambda e: (e[0], e[1]))
     async with Client(params, read_timeout_seconds=120) as client:
         for n, (day, kind, item) in enumerate(events):
@@ -356,7 +647,7 @@ async def replay(env: dict[str, str], verbose: bool) -> dict[str, Score]:
                 written.append((t.rule, t.lesson))
                 continue
             _, request, own = item
-            need = needed_rules(day, own)
+            need = needed_rules(scenario, day, own)
             session = f"day-{day}-round-{n}"
             out = await call(client, "fetch_skills", {"query": request, "k": 5, "session_id": session})
             got = returned_slugs(out, set(skill_rule))
@@ -398,12 +689,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="server environment (repeatable), e.g. METACLAW_RETRIEVAL_MODE=lexical")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="a",
+                        help="a: office work, summary line on top (default); b: a software team and personal "
+                             "admin, British spelling throughout")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     env = dict(kv.split("=", 1) for kv in args.env)
-    scores = anyio.run(replay, env, args.verbose)
+    scenario = SCENARIOS[args.scenario]
+    check(scenario)
+    scores = anyio.run(replay, scenario, env, args.verbose)
     n = len(scores["default"].full)
-    print(f"\n{len(TEACHING)} lessons taught ({len(RULES)} rules x 3 days), {n} measured rounds"
+    days = sorted({sum(t.rule == r for t in scenario.teaching) for r in scenario.rules})
+    taught = f"{days[0]}" if len(days) == 1 else f"{days[0]}-{days[-1]}"
+    print(f"\nscenario {args.scenario}: {scenario.description}")
+    print(f"{len(scenario.teaching)} lessons taught ({len(scenario.rules)} rules x {taught} days), "
+          f"{n} measured rounds"
           + (f", server env {env}" if env else ""))
     print(f"{'system':<22} {'full recall':>11} {'any recall':>10} {'precision':>10} {'injected tokens':>16}")
     for name, score in scores.items():
