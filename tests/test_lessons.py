@@ -245,3 +245,49 @@ def test_a_taught_lesson_is_promoted_when_later_turns_that_used_it_went_well():
     assert decide("candidate", good, policy, baseline_n=10) is None         # a guess needs more
     poor = Credit(uses=3, rated=3, mean=-0.3, uplift=-0.1, se=0.3, usefulness=0.0, posterior_sd=0.2)
     assert decide("candidate", poor, policy, baseline_n=10, taught=True) is None
+
+
+async def test_a_correction_that_names_a_lesson_teaches_where_it_applies(lexapp):
+    """"You forgot the ... rule again" on a turn that did not get the lesson: that request needed it,
+    so requests like it get it from then on; a correction about something else links nothing."""
+    slug = TEACH[0][0]
+    await teach(lexapp, *TEACH[0])
+
+    async def corrected(request: str, feedback: str) -> None:
+        found = await lexapp.fetch_skills(request, session_id="s")
+        assert slug not in shown(found, [slug])
+        turn = await lexapp.report_turn(session_id="s", messages=[Message(role="user", content=request)],
+                                        response="About 800 francs.", retrieval_id=found.retrieval_id)
+        await lexapp.rate_turn(turn.turn_id, -1.0, "user", feedback)
+
+    await corrected("What did the Zurich team spend on hotels?", "Wrong hotel, that was the Geneva one.")
+    later = await lexapp.fetch_skills("What did the Zurich team spend on hotels last week?", k=5)
+    assert slug not in shown(later, [slug])
+    await corrected("What did the Bern team spend on hotels?",
+                    "You forgot the invoice amounts rule again: two decimals and the currency code.")
+    later = await lexapp.fetch_skills("What did the Zurich team spend on hotels last week?", k=5)
+    assert slug in shown(later, [slug])
+    assert [s.why for s in later.skills if s.slug == slug] == ["usefulness"]
+
+
+async def test_a_preference_corrected_on_unrelated_requests_becomes_standing(lexapp):
+    """A rule whose description does not say it is for every answer becomes standing from the
+    evidence: corrections on requests of every kind that name it."""
+    slug = "british-spelling"
+    await teach(lexapp, slug, "This user writes British English.",
+                "Spell the British way: colour, organise, centre, licence (noun), travelled.",
+                "Draft the release notes.", "We optimized the color picker.", "Colour and optimised, please.")
+    requests = ["Explain what a race condition is.", "Plan a weekend in Lisbon.", "Summarise the board minutes.",
+                "Write a haiku about rain.", "Describe how the cache works.", "Compare two laptops for me."]
+    standing_from = None
+    for i, request in enumerate(requests):
+        out = await lexapp.fetch_skills(request, session_id=f"r{i}")
+        if standing_from is None and slug in {s.slug for s in out.skills if s.why == "standing"}:
+            standing_from = i
+        turn = await lexapp.report_turn(session_id=f"r{i}", messages=[Message(role="user", content=request)],
+                                        response="...", retrieval_id=out.retrieval_id)
+        await lexapp.rate_turn(turn.turn_id, -1.0, "user", "You forgot the British spelling rule again.")
+    # taught once, it is a topic lesson; corrected on ALWAYS_MIN_NEEDED - 1 more requests, it is standing
+    assert standing_from == 4
+    out = await lexapp.fetch_skills("Translate this paragraph into German", k=3)
+    assert [s.why for s in out.skills if s.slug == slug] == ["standing"]

@@ -20,7 +20,8 @@ import anyio
 
 from .credit import Candidate, Credit, CreditPolicy, Decision, RewardStats, credit, exploit_score, rank
 from .experience import line_shape
-from .lessons import TaughtIndex, learned_always
+from .dense import skill_text
+from .lessons import TaughtIndex, learned_always, reminded
 from .lexical import MIN_TERMS, MIN_TERMS_HYBRID, LexicalSearch
 from .library import SELECT_SKILL, SkillLibrary, SkillRecord, record_from_row
 from .mirror import RETRIEVABLE, Mirror, NamespaceState, SkillMeta
@@ -40,6 +41,7 @@ log = logging.getLogger("metaclaw_mcp.retrieval")
 
 SIGNATURE_CACHE = 20_000  # word sets of skill versions kept for near-duplicate checks
 RECORD_CACHE = 4_096      # skill records (text included) kept for the pools of recent fetches
+CORRECTIONS_READ = 1_000  # corrections linked to lessons per experience refresh (the rest at the next)
 INLINE_EMBED_MAX = 16     # missing vectors a fetch computes in memory; more are left to the background
 # A lesson (a skill whose version cites the turns it was taught from) is a rule the agent will
 # apply: it is shown only where its relevance is at least this share of the best match's (on the
@@ -321,9 +323,10 @@ class Retriever:
             return self.config.experience_min_similarity
         return EXPERIENCE_SIMILARITY.get(self.config.embedding_encoder, 0.6)
 
-    async def _learn_scopes(self, namespace: str, lessons: Sequence[SkillMeta]) -> None:
+    async def _learn_scopes(self, namespace: str, lessons: Sequence[SkillMeta], state: NamespaceState) -> None:
         """Mark as standing (scope `always`) the lessons most of the namespace's turns needed
-        (`lessons.learned_always`)."""
+        (`lessons.learned_always`): the turns they were taught from, the rated turns that used them
+        and were not rated down, and the turns whose correction named them (`_read_corrections`)."""
         if not lessons:
             return
         marks = ",".join("?" * len(lessons))
@@ -336,7 +339,8 @@ class Retriever:
                 "SELECT COUNT(*) FROM turns WHERE namespace = ? AND reward IS NOT NULL AND created_at >= ?",
                 (namespace, m.lesson.since)) or 0)
             taught = len(m.lesson.requests)
-            if learned_always(named.get(m.id, 0) + taught, turns + taught):
+            reminded_by = len(state.reminders.get(m.id, ()))   # rated turns since it was taught: in `turns`
+            if learned_always(named.get(m.id, 0) + taught + reminded_by, turns + taught):
                 m.lesson.scope = "always"
 
     async def refresh_taught(self, namespace: str, state: NamespaceState) -> None:
@@ -347,15 +351,16 @@ class Retriever:
             return
         encoder = self.experience_encoder
         lessons = [m for m in map(state.metas.__getitem__, state.lessons)
-                   if m.status in RETRIEVABLE and m.taught and m.lesson.requests]
-        todo = {t: text for m in lessons for t, text in m.lesson.requests if t not in state.taught_vectors}
+                   if m.status in RETRIEVABLE and m.taught and (m.lesson.requests or m.id in state.reminders)]
+        needed = {m.id: list(m.lesson.requests) + list(state.reminders.get(m.id, {}).items()) for m in lessons}
+        todo = {t: text for m in lessons for t, text in needed[m.id] if t not in state.taught_vectors}
         if todo:
             texts = [state.boilerplate.strip(text) for text in todo.values()]
             vectors_ND = (encoder.encode(texts) if encoder.fast and len(texts) <= 64
                           else await anyio.to_thread.run_sync(encoder.encode, texts))
             state.taught_vectors.update(zip(todo, vectors_ND, strict=True))
-        rows = [(m.id, state.taught_vectors[t]) for m in lessons for t, _ in m.lesson.requests]
-        await self._learn_scopes(namespace, [m for m in lessons if m.lesson.scope == "topic"])
+        rows = [(m.id, state.taught_vectors[t]) for m in lessons for t, _ in needed[m.id]]
+        await self._learn_scopes(namespace, [m for m in lessons if m.lesson.scope == "topic"], state)
         index = TaughtIndex(encoder.dim)
         index.build(rows)
         state.taught = index
@@ -484,7 +489,44 @@ class Retriever:
                 state.taught_vectors.clear()      # teaching requests are stripped the same way
                 state.taught_stale = True
             state.experience_since = max(state.experience_since, rows[0]["rated_at"])
+        await self._read_corrections(namespace, state)
         state.experience_stats = stats_gen
+
+    async def _read_corrections(self, namespace: str, state: NamespaceState) -> None:
+        """Link the corrections rated since the last read to the taught lessons they name
+        (`lessons.reminded`): "you forgot the money rule again", from the user or the environment, on
+        a turn that did not use the money lesson, makes that turn's request one the lesson is needed
+        for. A lesson is named only by corrections made after it was taught (so a restart, which
+        reads them all again, links the same ones)."""
+        rows = await self.db.fetchall(
+            "SELECT t.id, t.request, t.rated_at, r.feedback, r.created_at, (SELECT group_concat(u.skill_id) "
+            "FROM skill_uses u WHERE u.turn_id = t.id AND u.named = 1) AS named FROM turns t "
+            "JOIN ratings r ON r.turn_id = t.id WHERE t.namespace = ? AND t.reward IS NOT NULL AND t.rated_at > ? "
+            "AND r.source IN ('user', 'env') AND r.score < 0 AND r.feedback IS NOT NULL AND r.feedback != '' "
+            "ORDER BY t.rated_at LIMIT ?", (namespace, state.corrections_since, CORRECTIONS_READ))
+        if not rows:
+            return
+        state.corrections_since = max(r["rated_at"] for r in rows)
+        lessons = [m for m in map(state.metas.__getitem__, state.lessons)
+                   if m.status in RETRIEVABLE and m.taught and m.lesson is not None]
+        if not lessons:
+            return
+        records = await self._records(state, [m.id for m in lessons])
+        todo = [m for m in lessons if m.id in records and (m.id, m.version) not in state.lesson_vectors]
+        texts = [skill_text(m.slug, records[m.id].description) for m in todo] + [r["feedback"] for r in rows]
+        encoder = self.experience_encoder
+        vectors_ND = (encoder.encode(texts) if encoder.fast and len(texts) <= 64
+                      else await anyio.to_thread.run_sync(encoder.encode, texts))
+        for m, vector_D in zip(todo, vectors_ND[:len(todo)], strict=True):
+            state.lesson_vectors[(m.id, m.version)] = vector_D
+        for r, feedback_D in zip(rows, vectors_ND[len(todo):], strict=True):
+            named = {int(x) for x in (r["named"] or "").split(",") if x}
+            open_ = {m.id: state.lesson_vectors[(m.id, m.version)] for m in lessons
+                     if (m.id, m.version) in state.lesson_vectors and m.id not in named
+                     and m.lesson.since <= r["created_at"] and all(t != r["id"] for t, _ in m.lesson.requests)}
+            for sid in reminded(feedback_D, open_, self.experience_min_similarity):
+                state.reminders.setdefault(sid, {})[r["id"]] = r["request"] or ""
+                state.taught_stale = True
 
     async def search(self, query: RetrievalQuery, namespace: str = "default", k: int = 5,
                      categories: Sequence[str] | None = None, explore: bool = True,

@@ -15,12 +15,16 @@ Two more things the evidence says:
   experience votes for the skills of rated turns: a money-format lesson taught on "What did the
   Oslo team spend on hotels?" comes back for "What did the Oslo team spend on travel?" although
   neither names the rule.
+- **Where it was needed but missing.** A later correction from the user or the environment that
+  names the lesson ("you forgot the money rule again", on a turn that did not use it: `reminded`)
+  adds that turn's request to the ones it was taught from, as if the agent had written the
+  lesson again for it.
 - **Whether it applies whatever the topic** (`scope`). A standing preference ("start every answer
   with a summary line") is needed by requests that share nothing with its text. Its scope is
   `always` when the proposal says so (`scope: "always"`), when its description says it is for
   every answer, reply, task or request, or when most of the namespace's turns needed it
-  (`learned_always`); an `always` lesson is injected on every fetch, compactly. Everything else
-  is `topic`: retrieved by relevance.
+  (`learned_always`; corrections that named it count as turns that needed it); an `always`
+  lesson is injected on every fetch, compactly. Everything else is `topic`: retrieved by relevance.
 """
 from __future__ import annotations
 
@@ -116,6 +120,27 @@ class TaughtIndex:
         return out
 
 
+REMINDED_MAX = 3   # lessons one correction can name ("you forgot the csv and money rules")
+
+
+def reminded(feedback_D: np.ndarray, lessons: Mapping[int, np.ndarray], min_similarity: float,
+             limit: int = REMINDED_MAX) -> list[int]:
+    """The lessons a correction names: ids whose text's vector (`lessons`: id -> [D], unit length)
+    has a cosine with the feedback's (`feedback_D`, [D]) of at least `min_similarity` (the
+    encoder's, from which two requests count as alike), best first, at most `limit`.
+
+    "You forgot the money rule again" on a turn that did not use the money lesson says that its
+    request needed the lesson: the request then counts as one it was taught from (it votes for
+    the lesson on requests like it, and counts towards `learned_always`), as if the agent had
+    written the lesson again for that turn."""
+    if not lessons:
+        return []
+    ids = list(lessons)
+    sims_N = np.stack([np.asarray(lessons[i], dtype=np.float32) for i in ids]) @ np.asarray(feedback_D, dtype=np.float32)
+    order = np.argsort(-sims_N)[:limit]
+    return [ids[i] for i in order if sims_N[i] >= min_similarity]
+
+
 def merge_descriptions(old: str, new: str, limit: int = 1024) -> str:
     """The description of a consolidated version: the new one, then the old one's sentence when it
     names situations the new one does not (so the skill keeps every trigger it was taught for),
@@ -134,5 +159,5 @@ def merge_provenance(*lists: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(x for items in lists for x in items))
 
 
-__all__ = ["ALWAYS_DESCRIPTION", "Lesson", "SCOPES", "TEACHING_SOURCES", "TaughtIndex", "declared_scope",
-           "learned_always", "merge_descriptions", "merge_provenance"]
+__all__ = ["ALWAYS_DESCRIPTION", "Lesson", "REMINDED_MAX", "SCOPES", "TEACHING_SOURCES", "TaughtIndex",
+           "declared_scope", "learned_always", "merge_descriptions", "merge_provenance", "reminded"]

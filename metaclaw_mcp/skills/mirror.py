@@ -74,6 +74,10 @@ class NamespaceState:
     taught_background: int = 0                       # experience turns when `taught` was built
     boilerplate: Boilerplate = field(default_factory=Boilerplate)  # lines most requests share
     requests: dict[str, str] = field(default_factory=dict)  # turn id -> request, for turns in `experience`
+    # lesson id -> {turn id: request} of the turns whose correction named it (`lessons.reminded`)
+    reminders: dict[int, dict[str, str]] = field(default_factory=dict)
+    corrections_since: str = ""                      # created_at of the newest correction read
+    lesson_vectors: dict[tuple[int, int], Any] = field(default_factory=dict)  # (id, version) -> text's vector
 
 
 
