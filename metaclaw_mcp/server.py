@@ -8,14 +8,16 @@ import typing
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
+from mcp import MCPError
 from mcp.server import MCPServer
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, Resolve, Sample
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ResourceUpdated
-from mcp_types import CallToolResult, CreateMessageResult, InputRequiredResult, SamplingMessage, TextContent
+from mcp_types import METHOD_NOT_FOUND, CallToolResult, CreateMessageResult, InputRequiredResult, SamplingMessage, TextContent
 from mcp_types import Resource as MCPResource
 from mcp_types import ToolAnnotations
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
@@ -238,6 +240,25 @@ class MetaClawServer(MCPServer):
         return listed
 
 
+# MCPServer hands the low-level server a prompts/list handler whatever it holds, and the low-level server
+# advertises a capability for every method it has a handler for: an empty `prompts` capability, which
+# invites clients to list prompts there are none of. The SDK's middleware (public `MCPServer.middleware`)
+# is where the answers to `initialize` and `server/discover` can be rewritten.
+PROMPT_METHODS = frozenset({"prompts/list", "prompts/get"})
+CAPABILITY_METHODS = frozenset({"initialize", "server/discover"})
+
+
+async def without_prompts(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """Server middleware: no `prompts` capability in `initialize` and `server/discover` answers, and the
+    prompt methods answered METHOD_NOT_FOUND (-32601), as for any method a server does not serve."""
+    if ctx.method in PROMPT_METHODS:
+        raise MCPError(code=METHOD_NOT_FOUND, message="Method not found", data=ctx.method)
+    result = await call_next(ctx)
+    if ctx.method in CAPABILITY_METHODS and isinstance(result, dict) and isinstance(result.get("capabilities"), dict):
+        result = {**result, "capabilities": {k: v for k, v in result["capabilities"].items() if k != "prompts"}}
+    return result
+
+
 # Where the HTTP transport's bearer check leaves the caller (transport.BearerAuth), in the request's scope.
 PRINCIPAL_KEY = "metaclaw_principal"
 
@@ -379,7 +400,8 @@ def build_server(app: App) -> MetaClawServer:
 
     bus = InMemorySubscriptionBus()   # resource updates for clients listening (`subscriptions/listen`)
     mcp = MetaClawServer(app, name="metaclaw-mcp", title="MetaClaw skills", version=__version__,
-                         instructions=INSTRUCTIONS, log_level=app.config.log_level, tools=tools, subscriptions=bus)
+                         instructions=INSTRUCTIONS, log_level=app.config.log_level, tools=tools, subscriptions=bus,
+                         middleware=[without_prompts])
 
     # Status and checkpoints span every namespace, and the SDK tells a static resource nothing of its
     # caller: with tokens bound to namespaces they are not served over MCP (the CLI and an admin's
