@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import types
 import typing
@@ -187,8 +188,10 @@ def argument_errors(exc: ValidationError, limit: int = 3) -> str:
 
 
 def contract_tool(fn: Callable[..., Any], **kwargs: Any) -> Tool:
-    """`Tool.from_function(fn, **kwargs)` with StrictArguments and self-contained input and output schemas."""
-    tool = Tool.from_function(fn, **kwargs)
+    """`Tool.from_function(fn, **kwargs)` with StrictArguments, self-contained input and output schemas, and
+    the docstring dedented as the description (unless `kwargs` gives one)."""
+    # a docstring's indentation is not part of the description a client shows
+    tool = Tool.from_function(fn, **{"description": inspect.cleandoc(fn.__doc__ or ""), **kwargs})
     meta = tool.fn_metadata
     # the SDK's argument model, refusing arguments it does not name (a misspelt idempotency key is not ignored)
     args = type(meta.arg_model.__name__, (meta.arg_model,),
@@ -314,7 +317,8 @@ def build_server(app: App) -> MetaClawServer:
     async def fetch_skills(
         query: Annotated[str, Field(description="The task in a sentence or two.")],
         k: Annotated[int, Field(ge=1, le=50, description="How many skills at most.")] = app.config.skill_top_k,
-        session_id: Annotated[str | None, Field(max_length=256)] = None,
+        session_id: Annotated[str | None, Field(max_length=256, description="The conversation's id, the same you "
+                                                "will pass to report_turn; recorded with what was fetched.")] = None,
         namespace: Namespace = "default",
         categories: Annotated[list[Category] | None, Field(description="Only these categories.")] = None,
         token_budget: Annotated[int | None, Field(ge=50, le=200_000,
@@ -343,9 +347,12 @@ def build_server(app: App) -> MetaClawServer:
                                                            description="The skills (ids or slugs) you actually used, "
                                                            "fetched or not. Without it every fetched skill "
                                                            "counts as possibly used.")] = None,
-        model: Annotated[str | None, Field(max_length=256)] = None,
+        model: Annotated[str | None, Field(max_length=256, description="The model that wrote the response, "
+                                                                   "e.g. claude-sonnet-4.")] = None,
         tokens: Annotated[TokenData | None, Field(description="Sampler tokens, for RL.")] = None,
-        metadata: dict[str, Any] | None = None,
+        metadata: Annotated[dict[str, Any] | None, Field(description="Anything else worth keeping with the turn "
+                                                         "(task id, tool versions), as a JSON object; secrets are "
+                                                         "redacted before it is stored.")] = None,
         idempotency_key: Annotated[str | None, Field(min_length=1, max_length=256,
                                                      description="Same key, same turn: safe to retry.")] = None,
         namespace: Namespace = "default",
@@ -359,9 +366,11 @@ def build_server(app: App) -> MetaClawServer:
                           idempotent_hint=False, open_world_hint=False))
     @tool_errors
     async def rate_turn(
-        turn_id: Annotated[str, Field(min_length=1, max_length=128)],
+        turn_id: Annotated[str, Field(min_length=1, max_length=128, description="From report_turn.")],
         score: Score,
-        source: RatingSource = "user",
+        source: Annotated[RatingSource, Field(description="Who judged: user (the person), env (a test, a tool, "
+                                                          "a checker), agent (you) or judge (an LLM judge). A user "
+                                                          "rating outranks env, which outranks agent, then judge.")] = "user",
         feedback: Annotated[str | None, Field(max_length=8000, description="Why, in a line.")] = None,
         ctx: Context | None = None,
     ) -> RateResult:
@@ -374,8 +383,11 @@ def build_server(app: App) -> MetaClawServer:
     async def evolve_skills(
         namespace: Namespace = "default",
         max_new: Annotated[int | None, Field(ge=0, le=20, description="Most skills to add.")] = None,
-        proposals: Annotated[list[SkillProposal] | None, Field(max_length=50)] = None,
-        dry_run: bool = False,
+        proposals: Annotated[list[SkillProposal] | None, Field(
+            max_length=50, description="Skills you wrote from the digest a call without proposals returns; each is "
+                                       "screened and stored as a candidate.")] = None,
+        dry_run: Annotated[bool, Field(description="Answer what would be accepted and rejected, writing nothing "
+                                                   "(no skill, no record of the run).")] = False,
         sampled: Annotated[CreateMessageResult | None, Resolve(ask_client_model)] = None,
         ctx: Context | None = None,
     ) -> EvolveResult:
