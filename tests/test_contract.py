@@ -123,7 +123,7 @@ async def test_argument_errors_are_one_line_naming_the_argument(app, client):
     await assert_one_line_refusal(app, client, "report_turn", {
         "session_id": "s", "messages": [{"role": "robot", "content": "x"}], "response": "r"}, "messages.0.role")
     await assert_one_line_refusal(app, client, "rate_turn", {"turn_id": "t", "score": 1.5},
-                                  "score", "less than or equal to 1")
+                                  "score: must be ≤ 1 (got 1.5)")
 
 
 # ---- token ids are bounded ----

@@ -42,3 +42,66 @@ async def test_every_tool_and_parameter_is_described_without_docstring_indentati
             for line in text.splitlines():
                 assert line == line.lstrip(), f"{where}: a line starts with whitespace: {line!r}"
             assert text == text.strip(), where
+
+
+# ---- argument errors: one line naming the field, for every tool and every kind of mistake ----
+
+USER = [{"role": "user", "content": "What is 2 + 2?"}]
+TURN = {"session_id": "s1", "messages": USER, "response": "4"}
+PROPOSAL = {"name": "check-the-offset", "description": "Use when writing a timestamp.", "body": "1. Add +00:00." * 3}
+ARGUMENT_ERRORS = [
+    # missing
+    ("fetch_skills", {}, "query: required"),
+    ("report_turn", {"messages": USER, "response": "4"}, "session_id: required"),
+    ("rate_turn", {"score": 1}, "turn_id: required"),
+    ("evolve_skills", {"proposals": [{"name": "x-y", "body": "b" * 40}]}, "proposals.0.description: required"),
+    # wrong type
+    ("fetch_skills", {"query": 3}, "query: must be a string (got integer)"),
+    ("report_turn", {**TURN, "metadata": "x"}, "metadata: must be an object (got string)"),
+    ("rate_turn", {"turn_id": "t", "score": "-1"}, "score: must be a number (got string)"),
+    ("evolve_skills", {"proposals": {"name": "x"}}, "proposals: must be an array (got object)"),
+    # a boolean where a number goes
+    ("fetch_skills", {"query": "q", "k": True}, "k: must be an integer (got boolean)"),
+    ("report_turn", {**TURN, "tokens": {"prompt_ids": [1, True], "completion_ids": [3]}},
+     "tokens.prompt_ids.1: must be an integer (got boolean)"),
+    ("rate_turn", {"turn_id": "t", "score": False}, "score: must be a number (got boolean)"),
+    ("evolve_skills", {"max_new": True}, "max_new: must be an integer (got boolean)"),
+    # out of range
+    ("fetch_skills", {"query": "q", "k": 0}, "k: must be ≥ 1 (got 0)"),
+    ("report_turn", {**TURN, "tokens": {"prompt_ids": [-1], "completion_ids": [3]}},
+     "tokens.prompt_ids.0: must be ≥ 0 (got -1)"),
+    ("rate_turn", {"turn_id": "t", "score": 2}, "score: must be ≤ 1 (got 2)"),
+    ("rate_turn", {"turn_id": "t", "score": -1.5}, "score: must be ≥ -1 (got -1.5)"),
+    ("evolve_skills", {"max_new": 21}, "max_new: must be ≤ 20 (got 21)"),
+    # too long, too short
+    ("fetch_skills", {"query": "q", "session_id": "s" * 300}, "session_id: must be at most 256 characters (got 300)"),
+    ("report_turn", {**TURN, "messages": []}, "messages: must have at least 1 item (got 0)"),
+    ("rate_turn", {"turn_id": "t" * 129, "score": 1}, "turn_id: must be at most 128 characters (got 129)"),
+    ("evolve_skills", {"proposals": [{**PROPOSAL, "description": "d" * 1025}]},
+     "proposals.0.description: must be at most 1024 characters (got 1025)"),
+    # not one of the allowed values
+    ("rate_turn", {"turn_id": "t", "score": 1, "source": "boss"},
+     "source: must be one of 'user', 'env', 'agent' or 'judge' (got 'boss')"),
+    ("report_turn", {**TURN, "messages": [{"role": "robot", "content": "x"}]},
+     "messages.0.role: must be one of 'system', 'developer', 'user', 'assistant' or 'tool' (got 'robot')"),
+    # an unknown argument or field
+    ("fetch_skills", {"query": "q", "top_k": 3}, "top_k: unknown argument"),
+    ("report_turn", {**TURN, "idempotencyKey": "k"}, "idempotencyKey: unknown argument"),
+    ("rate_turn", {"turn_id": "t", "score": 1, "comment": "x"}, "comment: unknown argument"),
+    ("evolve_skills", {"proposals": [{**PROPOSAL, "title": "x"}]}, "proposals.0.title: unknown field"),
+]
+
+
+@pytest.mark.anyio
+async def test_every_argument_error_is_one_concise_line(app):
+    async with Client(build_server(app)) as client:
+        for tool, args, expected in ARGUMENT_ERRORS:
+            result = await client.call_tool(tool, args)
+            text = result.content[0].text
+            assert result.is_error, f"{tool} {args} was accepted"
+            assert text == f"Error executing tool {tool}: {expected}", text
+        # several mistakes at once: each named, still one line
+        result = await client.call_tool("fetch_skills", {"query": "q", "k": 0, "token_budget": 1, "x": 1, "y": 2})
+        assert result.is_error and "\n" not in result.content[0].text
+        assert result.content[0].text.endswith("k: must be ≥ 1 (got 0); token_budget: must be ≥ 50 (got 1); "
+                                               "x: unknown argument; and 1 more")
