@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .config import MetaClawConfig, load_config
-from .errors import ConfigError, MetaClawError
+from .errors import ConfigError, InvalidInput, MetaClawError
 
 T = TypeVar("T")
 out = Console()
@@ -82,6 +82,41 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+# ---- ids that can be typed: a unique prefix names a turn or a skill ----
+
+MATCHES_SHOWN = 5  # an ambiguous prefix lists this many of its matches
+
+
+def _one_match(ref: str, matches: list[str], what: str) -> str:
+    """The one match of prefix `ref`; `ref` itself when nothing matches (the lookup then says it is not
+    found); InvalidInput listing a few matches when several do."""
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        return ref
+    shown = ", ".join(matches[:MATCHES_SHOWN]) + (", ..." if len(matches) > MATCHES_SHOWN else "")
+    raise InvalidInput(f"{ref!r} is the start of more than one {what} ({shown}); give more of it")
+
+
+async def full_turn_id(app: Any, ref: str) -> str:
+    """The turn id `ref` names: itself when a turn has it, else the one turn id it begins."""
+    if not ref or await app.db.scalar("SELECT 1 FROM turns WHERE id = ?", (ref,)):
+        return ref
+    rows = await app.db.fetchall("SELECT id FROM turns WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                                 (ref, ref + "\U0010ffff", MATCHES_SHOWN + 1))  # a range the primary key serves
+    return _one_match(ref, [r["id"] for r in rows], "turn id")
+
+
+async def full_skill_ref(app: Any, namespace: str, ref: str) -> str:
+    """The skill `ref` names in `namespace`: an id (digits) or a slug as given, else the one slug it begins."""
+    if not ref or (ref.isascii() and ref.isdigit()) or await app.db.scalar(
+            "SELECT 1 FROM skills WHERE namespace = ? AND slug = ?", (namespace, ref)):
+        return ref
+    rows = await app.db.fetchall("SELECT slug FROM skills WHERE namespace = ? AND slug >= ? AND slug < ? "
+                                 "ORDER BY slug LIMIT ?", (namespace, ref, ref + "\U0010ffff", MATCHES_SHOWN + 1))
+    return _one_match(ref, [r["slug"] for r in rows], f"skill slug in namespace {namespace!r}")
+
+
 # ---- serve ----
 
 @cli.command()
@@ -143,6 +178,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 
 # ---- skills ----
 
+SKILL_REF = "Slug, id, or the start of a slug."
+
 @skills_cli.command("list")
 def skills_list(
     namespace: str = typer.Option("default", "--namespace", "-n"),
@@ -155,7 +192,13 @@ def skills_list(
     if as_json:
         _print_json([s.as_dict() for s in skills])
         return
-    t = Table("id", "slug", "v", "status", "category", "description")
+    t = Table()
+    t.add_column("id", no_wrap=True)
+    # slugs are typed back (`skills show`): whole, on one line; the description wraps instead
+    t.add_column("slug", no_wrap=True, min_width=max((len(s.slug) for s in skills), default=4))
+    for name in ("v", "status", "category"):
+        t.add_column(name, overflow="fold")
+    t.add_column("description", ratio=1, overflow="fold")
     for s in skills:
         t.add_row(str(s.id), s.slug, str(s.version), s.status, s.category,
                   s.description[:80] + ("…" if len(s.description) > 80 else ""))
@@ -163,12 +206,12 @@ def skills_list(
 
 
 @skills_cli.command("show")
-def skills_show(ref: str = typer.Argument(..., help="Slug or id."),
+def skills_show(ref: str = typer.Argument(..., help="Slug, id, or the start of a slug."),
                 namespace: str = typer.Option("default", "--namespace", "-n"),
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """Show a skill and its versions."""
     async def get(app: Any) -> dict[str, Any]:
-        skill = await app.library.get(namespace, ref)
+        skill = await app.library.get(namespace, await full_skill_ref(app, namespace, ref))
         return skill.as_dict() | {"versions": await app.library.versions(skill.id)}
     data = _run(get)
     if as_json:
@@ -233,38 +276,49 @@ def skills_export(path: Path = typer.Argument(..., help="Folder to write <slug>/
 
 
 @skills_cli.command("retire")
-def skills_retire(ref: str, reason: str = typer.Option("retired by hand", "--reason"),
+def skills_retire(ref: str = typer.Argument(..., help=SKILL_REF), reason: str = typer.Option("retired by hand", "--reason"),
                   namespace: str = typer.Option("default", "--namespace", "-n")) -> None:
     """Stop showing a skill (its versions stay, for rollback)."""
-    s = _run(lambda app: app.library.set_status(namespace, ref, "retired", reason))
+    async def retire(app: Any) -> Any:
+        return await app.library.set_status(namespace, await full_skill_ref(app, namespace, ref), "retired", reason)
+    s = _run(retire)
     out.print(f"{s.slug} is retired", highlight=False)
 
 
 @skills_cli.command("activate")
-def skills_activate(ref: str, namespace: str = typer.Option("default", "--namespace", "-n")) -> None:
+def skills_activate(ref: str = typer.Argument(..., help=SKILL_REF), namespace: str = typer.Option("default", "--namespace", "-n")) -> None:
     """Make a candidate or retired skill active."""
-    s = _run(lambda app: app.library.set_status(namespace, ref, "active", "activated by hand"))
+    async def activate(app: Any) -> Any:
+        return await app.library.set_status(namespace, await full_skill_ref(app, namespace, ref), "active",
+                                            "activated by hand")
+    s = _run(activate)
     out.print(f"{s.slug} is active", highlight=False)
 
 
 @skills_cli.command("rollback")
-def skills_rollback(ref: str, version: Optional[int] = typer.Option(None, "--version", help="Default: the previous one."),
+def skills_rollback(ref: str = typer.Argument(..., help=SKILL_REF), version: Optional[int] = typer.Option(None, "--version", help="Default: the previous one."),
                     namespace: str = typer.Option("default", "--namespace", "-n")) -> None:
     """Point a skill at an older version."""
-    s = _run(lambda app: app.library.rollback(namespace, ref, version))
+    async def rollback(app: Any) -> Any:
+        return await app.library.rollback(namespace, await full_skill_ref(app, namespace, ref), version)
+    s = _run(rollback)
     out.print(f"{s.slug} is now at version {s.version}", highlight=False)
 
 
 @skills_cli.command("merge")
-def skills_merge(keep: str = typer.Argument(..., help="The skill that stays (id or slug)."),
-                 other: str = typer.Argument(..., help="The skill folded into it, then retired (id or slug)."),
+def skills_merge(keep: str = typer.Argument(..., help="The skill that stays (id, slug or the start of one)."),
+                 other: str = typer.Argument(..., help="The skill folded into it, then retired (id, slug or "
+                                                        "the start of one)."),
                  namespace: str = typer.Option("default", "--namespace", "-n")) -> None:
     """Fold one skill into another that teaches the same rule: KEEP gets a new version with both
     descriptions' situations and both provenances, OTHER is retired with the reason. Nothing is
     deleted (`rollback` and `activate` undo it).
 
     Example: metaclaw-mcp skills merge iso-8601-dates dates-year-month-day"""
-    s = _run(lambda app: app.library.merge(namespace, keep, other))
+    async def merge(app: Any) -> Any:
+        return await app.library.merge(namespace, await full_skill_ref(app, namespace, keep),
+                                       await full_skill_ref(app, namespace, other))
+    s = _run(merge)
     out.print(f"merged {other} into {s.slug} (now version {s.version})", highlight=False)
 
 
@@ -281,17 +335,24 @@ def turns_list(namespace: Optional[str] = typer.Option("default", "--namespace",
     if as_json:
         _print_json(rows)
         return
-    t = Table("turn", "session", "reward", "state", "created", "response")
+    t = Table()
+    # turn ids are typed back (`turns show`): whole, on one line; the other columns wrap instead
+    t.add_column("turn", no_wrap=True, min_width=max((len(r["id"]) for r in rows), default=4))
+    for name in ("session", "reward", "state", "created"):
+        t.add_column(name, overflow="fold")
+    t.add_column("response", ratio=1, overflow="fold")
     for r in rows:
         t.add_row(r["id"], r["session_id"], "" if r["reward"] is None else f"{r['reward']:+.2f}", r["train_state"],
-                  r["created_at"][:19], (r["response"] or "").replace("\n", " ")[:60])
+                  r["created_at"][:16].replace("T", " "), (r["response"] or "").replace("\n", " ")[:60])
     out.print(t)
 
 
 @turns_cli.command("show")
-def turns_show(turn_id: str) -> None:
+def turns_show(turn_id: str = typer.Argument(..., help="A turn id, or its start (unique).")) -> None:
     """Show one turn with its ratings and the skills injected into it (JSON)."""
-    _print_json(_run(lambda app: app.turns.get(turn_id)))
+    async def show(app: Any) -> dict[str, Any]:
+        return await app.turns.get(await full_turn_id(app, turn_id))
+    _print_json(_run(show))
 
 
 @turns_cli.command("export")

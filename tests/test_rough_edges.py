@@ -3,10 +3,53 @@
 its own SQLite home under tmp_path)."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
 import pytest
 from mcp import Client, MCPError
 
+from metaclaw_mcp.app import open_app
+from metaclaw_mcp.config import load_config
+from metaclaw_mcp.models import Message
 from metaclaw_mcp.server import build_server
+
+CLI = Path(sys.executable).parent / "metaclaw-mcp"
+
+
+def cli(home: Path, *args: str, columns: int | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed console script on `home`, with no METACLAW_/TINKER_ variable of this process."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("METACLAW_", "TINKER_"))}
+    environ |= {"METACLAW_HOME": str(home), **({"COLUMNS": str(columns)} if columns else {}), **env}
+    return subprocess.run([str(CLI), *args], env=environ, capture_output=True, text=True, timeout=120)
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def report_turns(home: Path, n: int) -> list[str]:
+    """`n` turns reported through the application on `home` (the CLI's database)."""
+    async def go() -> list[str]:
+        async with open_app(load_config(home=home)) as app:
+            return [(await app.report_turn(f"session-{i}", [Message(role="user", content=f"question {i}")],
+                                           f"answer {i}")).turn_id for i in range(n)]
+    return anyio.run(go)
+
+
+def shortest_unique_prefix(value: str, others: list[str]) -> str:
+    for n in range(1, len(value) + 1):
+        if not any(o != value and o.startswith(value[:n]) for o in others):
+            return value[:n]
+    return value
 
 
 # ---- capabilities: nothing advertised that is not served ----
@@ -105,3 +148,50 @@ async def test_every_argument_error_is_one_concise_line(app):
         assert result.is_error and "\n" not in result.content[0].text
         assert result.content[0].text.endswith("k: must be ≥ 1 (got 0); token_budget: must be ≥ 50 (got 1); "
                                                "x: unknown argument; and 1 more")
+
+
+# ---- ids that can be typed ----
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_turns_list_shows_whole_ids_and_every_command_takes_a_unique_prefix(tmp_path, columns):
+    home = tmp_path / "home"
+    ids = report_turns(home, 3)
+    listed = cli(home, "turns", "list", columns=columns)
+    assert listed.returncode == 0 and "…" not in listed.stdout, listed.stdout
+    for turn_id in ids:
+        assert turn_id in listed.stdout, f"{turn_id} is not whole in:\n{listed.stdout}"
+    assert max(len(line) for line in listed.stdout.splitlines()) <= columns
+
+    for turn_id in ids:
+        prefix = shortest_unique_prefix(turn_id, ids)
+        shown = cli(home, "turns", "show", prefix)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["id"] == turn_id
+    common = os.path.commonprefix(ids)
+    ambiguous = one_line_error(cli(home, "turns", "show", common))
+    assert f"'{common}' is the start of more than one turn id" in ambiguous
+    assert all(turn_id in ambiguous for turn_id in ids)
+    assert "no turn 't-nope'" in one_line_error(cli(home, "turns", "show", "t-nope"))
+
+
+def test_skills_list_shows_whole_slugs_and_skill_commands_take_a_unique_prefix(tmp_path):
+    home = tmp_path / "home"
+    slugs = [s["slug"] for s in json.loads(cli(home, "skills", "list", "--json").stdout)]
+    for columns in (80, 100):
+        table = cli(home, "skills", "list", columns=columns).stdout
+        cells = {cell.strip() for line in table.splitlines() for cell in line.split("│")}
+        assert set(slugs) <= cells, f"cut slugs at {columns} columns: {set(slugs) - cells}"
+
+    slug = "debug-failing-test"
+    prefix = shortest_unique_prefix(slug, slugs)
+    assert json.loads(cli(home, "skills", "show", prefix, "--json").stdout)["slug"] == slug
+    assert f"{slug} is retired" in cli(home, "skills", "retire", prefix).stdout
+    assert f"{slug} is active" in cli(home, "skills", "activate", prefix).stdout
+    assert json.loads(cli(home, "skills", "show", "8", "--json").stdout)["id"] == 8  # an id stays an id
+
+    shared = next(s[:3] for s in slugs if sum(o.startswith(s[:3]) for o in slugs) > 1)
+    for command in (["show", shared], ["retire", shared], ["activate", shared], ["rollback", shared],
+                    ["merge", prefix, shared]):
+        line = one_line_error(cli(home, "skills", *command))
+        assert f"'{shared}' is the start of more than one skill slug" in line, line
+    assert "no skill 'zz-nothing'" in one_line_error(cli(home, "skills", "show", "zz-nothing"))
