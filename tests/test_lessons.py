@@ -291,3 +291,19 @@ async def test_a_preference_corrected_on_unrelated_requests_becomes_standing(lex
     assert standing_from == 4
     out = await lexapp.fetch_skills("Translate this paragraph into German", k=3)
     assert [s.why for s in out.skills if s.slug == slug] == ["standing"]
+
+
+async def test_a_lesson_written_for_a_correction_that_names_another_is_its_new_version(lexapp):
+    """"Again you did not archive ..." names the archive lesson taught before: the lesson the agent
+    writes for that failure, in other words, becomes that lesson's next version (each rule in one
+    place); written for a correction that names no lesson, it is a skill of its own."""
+    first = await teach(lexapp, *TEACH[2])
+    again = await teach(lexapp, "keep-previous-copy", "Use when replacing a data file someone maintains.",
+                        "Save the previous file under a dated name first, then write the new one.",
+                        "Replace the price list with the new one.", "Replaced it.",
+                        "Again you did not archive before you overwrite the report.")
+    assert (again["slug"], again["version"]) == (first["slug"], 2)
+    other = await teach(lexapp, "check-row-totals", "Use when a table's rows must add up to its total line.",
+                        "Sum the rows yourself and compare them with the total line before answering.",
+                        "Fill in the quarterly table.", "Done.", "Wrong numbers in the table.")
+    assert (other["slug"], other["version"]) == ("check-row-totals", 1)

@@ -27,10 +27,10 @@ from .prompts import SYSTEM, build_prompt, content_words, parse_proposals
 DIGEST_TEXT_CHARS = 600
 NEAR_DUPLICATE = 0.5  # word-set overlap (Jaccard) above which a proposal revises a skill instead of joining it
 
-# (namespace, text) -> [(skill id, similarity)] of the namespace's lessons that teach what `text`
-# teaches (same rule, other words), best first: the retriever's judgement by meaning
-# (`Retriever.same_rule`); [] where it cannot judge (no vectors).
-MeaningMatch = Callable[[str, str], Awaitable[list[tuple[int, float]]]]
+# (namespace, text, corrections) -> [(skill id, similarity)] of the namespace's lessons that teach
+# what `text` teaches (same rule, other words) or that the corrections name, best first: the
+# retriever's judgement by meaning (`Retriever.same_rule`); [] where it cannot judge (no vectors).
+MeaningMatch = Callable[[str, str, Sequence[str]], Awaitable[list[tuple[int, float]]]]
 
 PROPOSAL_INSTRUCTIONS = f"""\
 These turns failed (low reward or negative feedback). Write at most {{max_new}} skills that would
@@ -201,12 +201,23 @@ class Evolution:
             if jaccard(words, content_words(f"{cand.description} {cand.body}")) >= NEAR_DUPLICATE:
                 return cand
         if self.same_rule is not None:
-            for skill_id, _ in await self.same_rule(namespace, f"{p.description}\n{p.body}"):
+            corrections = await self.corrections(namespace, p.addresses) if p.addresses else []
+            for skill_id, _ in await self.same_rule(namespace, f"{p.description}\n{p.body}", corrections):
                 try:
                     return await self.library.get(namespace, skill_id)
                 except NotFound:  # deleted since
                     continue
         return None
+
+    async def corrections(self, namespace: str, turn_ids: Sequence[str]) -> list[str]:
+        """The feedback of the user's and the environment's negative ratings of `turn_ids` (what the
+        corrections that taught a proposal said), oldest first."""
+        marks = ",".join("?" * len(turn_ids))
+        rows = await self.db.fetchall(
+            "SELECT r.feedback FROM ratings r JOIN turns t ON t.id = r.turn_id WHERE t.namespace = ? "
+            f"AND r.turn_id IN ({marks}) AND r.source IN ('user', 'env') AND r.score < 0 "
+            "AND r.feedback IS NOT NULL AND r.feedback != '' ORDER BY r.id", [namespace, *turn_ids])
+        return [r[0] for r in rows]
 
     async def _add_version(self, db: Any, target: SkillRecord, doc: SkillDoc, source: str,
                            provenance: list[str], principal: str | None = None) -> int:

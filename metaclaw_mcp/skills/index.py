@@ -21,10 +21,10 @@ import anyio
 from .credit import Candidate, Credit, CreditPolicy, Decision, RewardStats, credit, exploit_score, rank
 from .experience import line_shape
 from .dense import skill_text
-from .lessons import TaughtIndex, learned_always, reminded
+from .lessons import TaughtIndex, learned_always, reminded, situations
 from .lexical import MIN_TERMS, MIN_TERMS_HYBRID, LexicalSearch
 from .library import SELECT_SKILL, SkillLibrary, SkillRecord, record_from_row
-from .mirror import RETRIEVABLE, Mirror, NamespaceState, SkillMeta
+from .mirror import RETRIEVABLE, Correction, Mirror, NamespaceState, SkillMeta
 from .retrieval import RetrievalQuery, bucket_mask, drop_near_duplicates, shingles
 from .review import CreditReview, credit_of, credit_policy
 from .scoring import score_relevance
@@ -42,6 +42,7 @@ log = logging.getLogger("metaclaw_mcp.retrieval")
 SIGNATURE_CACHE = 20_000  # word sets of skill versions kept for near-duplicate checks
 RECORD_CACHE = 4_096      # skill records (text included) kept for the pools of recent fetches
 CORRECTIONS_READ = 1_000  # corrections linked to lessons per experience refresh (the rest at the next)
+CORRECTIONS_KEPT = 5_000  # corrections kept in memory (with their feedback's vector) to link again
 INLINE_EMBED_MAX = 16     # missing vectors a fetch computes in memory; more are left to the background
 # A lesson (a skill whose version cites the turns it was taught from) is a rule the agent will
 # apply: it is shown only where its relevance is at least this share of the best match's (on the
@@ -323,6 +324,33 @@ class Retriever:
             return self.config.experience_min_similarity
         return EXPERIENCE_SIMILARITY.get(self.config.embedding_encoder, 0.6)
 
+    async def encode_requests(self, texts: Sequence[str]) -> Any:
+        """[N, D] vectors of `texts` by the experience encoder: here when it is fast and they are few,
+        else in a worker thread."""
+        encoder = self.experience_encoder
+        if encoder.fast and len(texts) <= 64:
+            return encoder.encode(texts)
+        return await anyio.to_thread.run_sync(encoder.encode, texts)
+
+    async def taught_lesson_vectors(self, state: NamespaceState) -> dict[int, Any]:
+        """id -> [S, D] vectors (experience encoder) of the name with each situation its description
+        names (`lessons.situations`), for each retrievable taught lesson, computed once per version:
+        what corrections are compared with (`lessons.reminded`)."""
+        lessons = [m for m in map(state.metas.__getitem__, state.lessons)
+                   if m.status in RETRIEVABLE and m.taught and m.lesson is not None]
+        todo = [m for m in lessons if (m.id, m.version) not in state.lesson_vectors]
+        if todo:
+            records = await self._records(state, [m.id for m in todo])
+            todo = [m for m in todo if m.id in records]
+            texts = {m.id: [skill_text(m.slug, d) for d in situations(records[m.id].description)] for m in todo}
+            vectors_ND = await self.encode_requests([t for m in todo for t in texts[m.id]])
+            at = 0
+            for m in todo:
+                state.lesson_vectors[(m.id, m.version)] = vectors_ND[at:at + len(texts[m.id])]
+                at += len(texts[m.id])
+        return {m.id: state.lesson_vectors[(m.id, m.version)] for m in lessons
+                if (m.id, m.version) in state.lesson_vectors}
+
     async def _learn_scopes(self, namespace: str, lessons: Sequence[SkillMeta], state: NamespaceState) -> None:
         """Mark as standing (scope `always`) the lessons most of the namespace's turns needed
         (`lessons.learned_always`): the turns they were taught from, the rated turns that used them
@@ -350,14 +378,14 @@ class Retriever:
         if not state.taught_stale and not grown:   # scopes are relearned as the namespace's requests grow
             return
         encoder = self.experience_encoder
+        if state.corrections:
+            await self._link_corrections(state)   # again, when a lesson's text changed
         lessons = [m for m in map(state.metas.__getitem__, state.lessons)
                    if m.status in RETRIEVABLE and m.taught and (m.lesson.requests or m.id in state.reminders)]
         needed = {m.id: list(m.lesson.requests) + list(state.reminders.get(m.id, {}).items()) for m in lessons}
         todo = {t: text for m in lessons for t, text in needed[m.id] if t not in state.taught_vectors}
         if todo:
-            texts = [state.boilerplate.strip(text) for text in todo.values()]
-            vectors_ND = (encoder.encode(texts) if encoder.fast and len(texts) <= 64
-                          else await anyio.to_thread.run_sync(encoder.encode, texts))
+            vectors_ND = await self.encode_requests([state.boilerplate.strip(text) for text in todo.values()])
             state.taught_vectors.update(zip(todo, vectors_ND, strict=True))
         rows = [(m.id, state.taught_vectors[t]) for m in lessons for t, _ in needed[m.id]]
         await self._learn_scopes(namespace, [m for m in lessons if m.lesson.scope == "topic"], state)
@@ -388,13 +416,31 @@ class Retriever:
                  and (wanted is None or m.category in wanted) and m.id not in hidden]
         return [m.id for m in sorted(found, key=lambda m: (not m.taught, m.id))]
 
-    async def same_rule(self, namespace: str, text: str) -> list[tuple[int, float]]:
-        """(skill id, cosine) of the namespace's lessons (skills written by evolution) whose text, in
-        any of their versions, says what `text` says: cosine of the encoder's vectors of description
-        and body at least `consolidate_min_similarity` (by default the encoder's `SAME_RULE_SIMILARITY`).
-        Best first. [] on a server without vectors, or while its encoder is still loading."""
-        if not self.uses_dense:
-            return []
+    async def same_rule(self, namespace: str, text: str, corrections: Sequence[str] = ()) -> list[tuple[int, float]]:
+        """(skill id, similarity) of the namespace's lessons that teach what `text` says, best first:
+
+        - lessons (skills written by evolution) whose text, in any of their versions, has a cosine
+          of at least `consolidate_min_similarity` with `text` (by the encoder's vectors of
+          description and body; default: the encoder's `SAME_RULE_SIMILARITY`);
+        - then the taught lessons that one of `corrections` names (`lessons.reminded`: the
+          feedback of the failures the proposal cites; "no backup again" names the backup lesson
+          taught before, so the proposal written for it restates that lesson).
+
+        [] on a server without vectors or word vectors, or while its encoder is still loading."""
+        found = await self._same_text(namespace, text) if self.uses_dense else []
+        if corrections and (self.terms_experience or (self.uses_dense and self.embedder.ready)):
+            state = await self.state(namespace)
+            vectors = await self.taught_lesson_vectors(state)
+            if vectors:
+                seen = {sid for sid, _ in found}
+                named: dict[int, float] = {}
+                for feedback_D in await self.encode_requests(list(corrections)):
+                    for sid, similarity in reminded(feedback_D, vectors, self.experience_min_similarity):
+                        named[sid] = max(named.get(sid, -1.0), similarity)
+                found += sorted(((sid, c) for sid, c in named.items() if sid not in seen), key=lambda x: -x[1])
+        return found
+
+    async def _same_text(self, namespace: str, text: str) -> list[tuple[int, float]]:
         if not self.embedder.ready:
             if not self.embedder.cheap_to_load:
                 return []
@@ -493,11 +539,9 @@ class Retriever:
         state.experience_stats = stats_gen
 
     async def _read_corrections(self, namespace: str, state: NamespaceState) -> None:
-        """Link the corrections rated since the last read to the taught lessons they name
-        (`lessons.reminded`): "you forgot the money rule again", from the user or the environment, on
-        a turn that did not use the money lesson, makes that turn's request one the lesson is needed
-        for. A lesson is named only by corrections made after it was taught (so a restart, which
-        reads them all again, links the same ones)."""
+        """Read the corrections rated since the last read (the user's or the environment's negative
+        ratings with feedback), keep them with their feedback's vector (`state.corrections`, the
+        newest `CORRECTIONS_KEPT`), and link them to the lessons they name (`_link_corrections`)."""
         rows = await self.db.fetchall(
             "SELECT t.id, t.request, t.rated_at, r.feedback, r.created_at, (SELECT group_concat(u.skill_id) "
             "FROM skill_uses u WHERE u.turn_id = t.id AND u.named = 1) AS named FROM turns t "
@@ -507,25 +551,38 @@ class Retriever:
         if not rows:
             return
         state.corrections_since = max(r["rated_at"] for r in rows)
-        lessons = [m for m in map(state.metas.__getitem__, state.lessons)
-                   if m.status in RETRIEVABLE and m.taught and m.lesson is not None]
-        if not lessons:
-            return
-        records = await self._records(state, [m.id for m in lessons])
-        todo = [m for m in lessons if m.id in records and (m.id, m.version) not in state.lesson_vectors]
-        texts = [skill_text(m.slug, records[m.id].description) for m in todo] + [r["feedback"] for r in rows]
-        encoder = self.experience_encoder
-        vectors_ND = (encoder.encode(texts) if encoder.fast and len(texts) <= 64
-                      else await anyio.to_thread.run_sync(encoder.encode, texts))
-        for m, vector_D in zip(todo, vectors_ND[:len(todo)], strict=True):
-            state.lesson_vectors[(m.id, m.version)] = vector_D
-        for r, feedback_D in zip(rows, vectors_ND[len(todo):], strict=True):
-            named = {int(x) for x in (r["named"] or "").split(",") if x}
-            open_ = {m.id: state.lesson_vectors[(m.id, m.version)] for m in lessons
-                     if (m.id, m.version) in state.lesson_vectors and m.id not in named
-                     and m.lesson.since <= r["created_at"] and all(t != r["id"] for t, _ in m.lesson.requests)}
-            for sid in reminded(feedback_D, open_, self.experience_min_similarity):
-                state.reminders.setdefault(sid, {})[r["id"]] = r["request"] or ""
+        feedback_ND = await self.encode_requests([r["feedback"] for r in rows])
+        fresh = []
+        for r, feedback_D in zip(rows, feedback_ND, strict=True):
+            named = frozenset(int(x) for x in (r["named"] or "").split(",") if x)
+            state.corrections.pop(r["id"], None)
+            state.corrections[r["id"]] = Correction(r["request"] or "", r["created_at"], named, feedback_D)
+            fresh.append(r["id"])
+        while len(state.corrections) > CORRECTIONS_KEPT:
+            del state.corrections[next(iter(state.corrections))]
+        await self._link_corrections(state, fresh)
+
+    async def _link_corrections(self, state: NamespaceState, fresh: Sequence[str] = ()) -> None:
+        """Link corrections to the taught lessons they name (`lessons.reminded`): "you forgot the money
+        rule again", on a turn that did not use the money lesson, makes that turn's request one the
+        lesson is needed for. A lesson is named only by corrections made after it was taught. When a
+        lesson's text changed (a new version names more situations), every kept correction is
+        linked again; else only `fresh` (turn ids just read)."""
+        vectors = await self.taught_lesson_vectors(state)
+        key = frozenset((sid, state.metas[sid].version) for sid in vectors)
+        if key != state.reminders_key:
+            state.reminders_key = key
+            state.reminders = {}
+            todo: Sequence[str] = list(state.corrections)
+        else:
+            todo = [t for t in fresh if t in state.corrections]
+        for turn_id in todo:
+            c = state.corrections[turn_id]
+            open_ = {sid: v for sid, v in vectors.items()
+                     if sid not in c.named and (lesson := state.metas[sid].lesson) is not None
+                     and lesson.since <= c.created_at and all(t != turn_id for t, _ in lesson.requests)}
+            for sid, _ in reminded(c.feedback_D, open_, self.experience_min_similarity):
+                state.reminders.setdefault(sid, {})[turn_id] = c.request
                 state.taught_stale = True
 
     async def search(self, query: RetrievalQuery, namespace: str = "default", k: int = 5,

@@ -124,21 +124,30 @@ REMINDED_MAX = 3   # lessons one correction can name ("you forgot the csv and mo
 
 
 def reminded(feedback_D: np.ndarray, lessons: Mapping[int, np.ndarray], min_similarity: float,
-             limit: int = REMINDED_MAX) -> list[int]:
-    """The lessons a correction names: ids whose text's vector (`lessons`: id -> [D], unit length)
-    has a cosine with the feedback's (`feedback_D`, [D]) of at least `min_similarity` (the
-    encoder's, from which two requests count as alike), best first, at most `limit`.
+             limit: int = REMINDED_MAX) -> list[tuple[int, float]]:
+    """The lessons a correction names, as (id, cosine): those whose texts' vectors (`lessons`: id -> [S, D] or [D], unit
+    length; a consolidated lesson has one row per situation its description names) have a best
+    cosine with the feedback's (`feedback_D`, [D]) of at least `min_similarity` (the encoder's,
+    from which two requests count as alike), best first, at most `limit`.
 
     "You forgot the money rule again" on a turn that did not use the money lesson says that its
     request needed the lesson: the request then counts as one it was taught from (it votes for
     the lesson on requests like it, and counts towards `learned_always`), as if the agent had
     written the lesson again for that turn."""
-    if not lessons:
-        return []
-    ids = list(lessons)
-    sims_N = np.stack([np.asarray(lessons[i], dtype=np.float32) for i in ids]) @ np.asarray(feedback_D, dtype=np.float32)
-    order = np.argsort(-sims_N)[:limit]
-    return [ids[i] for i in order if sims_N[i] >= min_similarity]
+    query_D = np.asarray(feedback_D, dtype=np.float32)
+    best = {sid: float(np.max(np.atleast_2d(np.asarray(v, dtype=np.float32)) @ query_D)) for sid, v in lessons.items()}
+    order = sorted(best, key=best.__getitem__, reverse=True)[:limit]
+    return [(sid, best[sid]) for sid in order if best[sid] >= min_similarity]
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def situations(description: str) -> list[str]:
+    """The situations a lesson's description names, one per sentence (a consolidated lesson's
+    description is its versions' descriptions joined: `merge_descriptions`); the whole first."""
+    parts = [p.strip() for p in SENTENCE_END.split(description or "") if p.strip()]
+    return list(dict.fromkeys([description.strip(), *parts])) if len(parts) > 1 else [description.strip()]
 
 
 def merge_descriptions(old: str, new: str, limit: int = 1024) -> str:
@@ -160,4 +169,4 @@ def merge_provenance(*lists: Sequence[str]) -> list[str]:
 
 
 __all__ = ["ALWAYS_DESCRIPTION", "Lesson", "REMINDED_MAX", "SCOPES", "TEACHING_SOURCES", "TaughtIndex",
-           "declared_scope", "learned_always", "merge_descriptions", "merge_provenance", "reminded"]
+           "declared_scope", "learned_always", "merge_descriptions", "merge_provenance", "reminded", "situations"]

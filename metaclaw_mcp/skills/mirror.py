@@ -51,6 +51,16 @@ class SkillMeta:
         return self.lesson.scope if self.lesson is not None else "topic"
 
 
+@dataclass(frozen=True)
+class Correction:
+    """A turn's negative rating with feedback, from the user or the environment: its request, when
+    it was rated, the skills the turn named as used, and the feedback's vector ([D])."""
+    request: str
+    created_at: str
+    named: frozenset[int]
+    feedback_D: Any
+
+
 @dataclass
 class NamespaceState:
     """One namespace's in-memory mirror: skill metas, lesson ids, per-version reward sums, the dense index,
@@ -76,7 +86,9 @@ class NamespaceState:
     requests: dict[str, str] = field(default_factory=dict)  # turn id -> request, for turns in `experience`
     # lesson id -> {turn id: request} of the turns whose correction named it (`lessons.reminded`)
     reminders: dict[int, dict[str, str]] = field(default_factory=dict)
-    corrections_since: str = ""                      # created_at of the newest correction read
+    reminders_key: frozenset[tuple[int, int]] = frozenset()   # the (lesson, version)s they were linked with
+    corrections: dict[str, Correction] = field(default_factory=dict)   # turn id -> its correction, oldest first
+    corrections_since: str = ""                      # rated_at of the newest correction read
     lesson_vectors: dict[tuple[int, int], Any] = field(default_factory=dict)  # (id, version) -> text's vector
 
 
