@@ -56,7 +56,8 @@ class App:
         self.turns = TurnLog(self.db, max_turn_bytes=config.max_turn_bytes, redact=config.redact_secrets)
         self.evolution = Evolution(self.db, self.library, self.turns, config.failure_threshold,
                                    config.digest_max_failures,
-                                   same_rule=lambda namespace, text, corrections: self.retriever.same_rule(namespace, text, corrections))
+                                   same_rule=lambda namespace, text, corrections:
+                                       self.retriever.same_rule(namespace, text, corrections))
         self.started_at = utcnow()
         self.llm = make_chat_model(config, self.db)  # None unless a server-side LLM is configured
         self.judge = self._make_judge()
