@@ -4,10 +4,12 @@ Each command is a thin layer over the same App methods the MCP tools use.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+import typing
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
@@ -16,22 +18,53 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from .config import MetaClawConfig, load_config
 from .errors import ConfigError, InvalidInput, MetaClawError
+from .models import SkillStatus
 
 T = TypeVar("T")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # never fold paths and commands in messages
 
-cli = typer.Typer(help="metaclaw-mcp: continuous learning for any MCP agent.", no_args_is_help=True,
+
+
+def untyped_flags(params: Iterable[Any]) -> list[Any]:
+    """The same parameters, each flag given an empty metavar, so that help lists `--json` and `--help`
+    alone instead of `--json <bool>` (what typer's help shows for a flag with no metavar)."""
+    params = list(params)
+    for param in params:
+        if getattr(param, "is_flag", False) and getattr(param, "metavar", "") is None:
+            param.metavar = ""
+    return params
+
+
+class Commands(TyperGroup):
+    """The command groups' class: flags in help without a value type (`untyped_flags`), for the group's
+    own options and for those of each command it hands out."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        """The group's parameters (its --help included), flags untyped."""
+        return untyped_flags(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        """The command `cmd_name`, its flags untyped (None when there is none)."""
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            untyped_flags(command.get_params(ctx))
+        return command
+
+
+cli = typer.Typer(cls=Commands, help="metaclaw-mcp: continuous learning for any MCP agent.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
-skills_cli = typer.Typer(help="Browse and manage learned skills.", no_args_is_help=True)
-turns_cli = typer.Typer(help="Browse and export the turn log.", no_args_is_help=True)
-config_cli = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
-tokens_cli = typer.Typer(help="Bearer tokens for HTTP and SSE clients, each bound to namespaces and a role.",
-                         no_args_is_help=True)
-train_cli = typer.Typer(help="The background trainer: status, pause, resume, one step now.", no_args_is_help=True)
+skills_cli = typer.Typer(cls=Commands, help="Browse and manage learned skills.", no_args_is_help=True)
+turns_cli = typer.Typer(cls=Commands, help="Browse and export the turn log.", no_args_is_help=True)
+config_cli = typer.Typer(cls=Commands, help="Show the effective configuration.", no_args_is_help=True)
+tokens_cli = typer.Typer(cls=Commands, help="Bearer tokens for HTTP and SSE clients, each bound to namespaces and "
+                         "a role.", no_args_is_help=True)
+train_cli = typer.Typer(cls=Commands, help="The background trainer: status, pause, resume, one step now.",
+                        no_args_is_help=True)
 cli.add_typer(skills_cli, name="skills")
 cli.add_typer(turns_cli, name="turns")
 cli.add_typer(config_cli, name="config")
@@ -57,6 +90,23 @@ def _config(**overrides: Any) -> MetaClawConfig:
 def _fail(message: str, code: int = 1) -> None:
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True)  # the message is not markup
     raise typer.Exit(code)
+
+
+def one_of(option: str, value: str | None, allowed: Sequence[str]) -> None:
+    """Exit 2 with one line naming the allowed values (and the closest, when one is close) unless `value`
+    is None or one of `allowed`."""
+    if value is None or value in allowed:
+        return
+    close = difflib.get_close_matches(value, allowed, n=1)
+    _fail(f"{option} must be one of {', '.join(allowed)} (got {value!r})"
+          + (f": did you mean {close[0]}?" if close else ""), code=2)
+
+
+def existing(path: Path) -> Path:
+    """`path`, or exit 1 with one line saying that it does not exist."""
+    if not path.exists() and not path.is_symlink():
+        _fail(f"{path} does not exist")
+    return path
 
 
 def _run(fn: Callable[[Any], Awaitable[T]], **overrides: Any) -> T:
@@ -119,6 +169,8 @@ async def full_skill_ref(app: Any, namespace: str, ref: str) -> str:
 
 # ---- serve ----
 
+TRANSPORTS = typing.get_args(MetaClawConfig.model_fields["transport"].annotation)
+
 @cli.command()
 def serve(
     transport: str = typer.Option("stdio", "--transport", "-t", help="stdio, http (streamable HTTP at /mcp) or sse."),
@@ -132,6 +184,7 @@ def serve(
     """Run the MCP server (stdio by default)."""
     from .transport import run
 
+    one_of("--transport", transport, TRANSPORTS)
     try:
         config = _config(transport=transport if transport != "stdio" else None, host=host, port=port,
                          auth_token=auth_token, tokens_file=tokens_file)
@@ -179,6 +232,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 # ---- skills ----
 
 SKILL_REF = "Slug, id, or the start of a slug."
+SKILL_STATUSES = typing.get_args(SkillStatus)
 
 @skills_cli.command("list")
 def skills_list(
@@ -188,6 +242,7 @@ def skills_list(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List skills (current versions)."""
+    one_of("--status", status_, SKILL_STATUSES)
     skills = _run(lambda app: app.library.list(namespace, status=status_, category=category))
     if as_json:
         _print_json([s.as_dict() for s in skills])
@@ -232,13 +287,16 @@ def skills_show(ref: str = typer.Argument(..., help="Slug, id, or the start of a
 @skills_cli.command("import")
 def skills_import(path: Path = typer.Argument(..., help="A SKILL.md file, a folder of skill folders, or a .jsonl file."),
                   namespace: str = typer.Option("default", "--namespace", "-n"),
-                  status_: str = typer.Option("active", "--status", help="Status of new skills.")) -> None:
+                  status_: str = typer.Option("active", "--status", help="Status of new skills: candidate, "
+                                              "active or retired.")) -> None:
     """Import SKILL.md folders (agentskills.io format) or JSONL. Bad files are reported and skipped;
     the rest lands in one transaction, or nothing does; then their vectors are computed (with the
     [embeddings] extra), so a server starts ready. Exits 1 when nothing was imported and something
     was skipped for a reason other than being unchanged."""
     from rich.progress import Progress
 
+    one_of("--status", status_, SKILL_STATUSES)
+    existing(path)
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task(f"importing {path.name}", total=None)
         vectors = bar.add_task("computing vectors", total=None, visible=False)
@@ -262,11 +320,13 @@ def skills_import(path: Path = typer.Argument(..., help="A SKILL.md file, a fold
 @skills_cli.command("export")
 def skills_export(path: Path = typer.Argument(..., help="Folder to write <slug>/SKILL.md into, or a .jsonl file."),
                   namespace: str = typer.Option("default", "--namespace", "-n"),
-                  status_: Optional[str] = typer.Option(None, "--status"),
+                  status_: Optional[str] = typer.Option(None, "--status", help="Only skills with this status: "
+                                                        "candidate, active or retired."),
                   force: bool = typer.Option(False, "--force", help="Write into a non-empty folder, or replace "
                                              "an existing .jsonl file (links are never followed).")) -> None:
     """Export skills as SKILL.md folders, or as one JSONL file when PATH ends in .jsonl. Each file is
     written whole (a temporary file, then renamed)."""
+    one_of("--status", status_, SKILL_STATUSES)
     if path.suffix == ".jsonl":
         count = _run(lambda app: app.library.export_jsonl(path, namespace, status=status_, force=force))
         out.print(f"wrote {count} skill(s) to {path}", highlight=False, markup=False)
@@ -331,6 +391,9 @@ def turns_list(namespace: Optional[str] = typer.Option("default", "--namespace",
                limit: int = typer.Option(20, "--limit"),
                as_json: bool = typer.Option(False, "--json")) -> None:
     """List recent turns, newest first."""
+    from .metrics import TRAIN_STATES
+
+    one_of("--state", state, TRAIN_STATES)
     rows = _run(lambda app: app.turns.list(namespace, session, state, limit))
     if as_json:
         _print_json(rows)
@@ -432,8 +495,9 @@ def tokens_add(name: str = typer.Argument(..., help="A name for logs (who or wha
 
     Serve with the file: METACLAW_TOKENS_FILE=~/.metaclaw/tokens.toml metaclaw-mcp serve --transport http.
     A client then sends `Authorization: Bearer <token>`."""
-    from .access import TokenTable, new_token, token_entry
+    from .access import ROLES, TokenTable, new_token, token_entry
 
+    one_of("--role", role, ROLES)
     try:
         config = _config()
         path = (file or config.tokens_file or config.home / "tokens.toml").expanduser()

@@ -7,8 +7,11 @@ where they exist.
 """
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import logging
 import os
+from collections.abc import Mapping
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
@@ -293,24 +296,62 @@ def load_config(config_file: str | Path | None = None, **overrides: Any) -> Meta
     if config_file and not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     _TOML_FILE["path"] = path if path.is_file() else None
+    for line in unknown_environment(os.environ):
+        logging.getLogger("metaclaw_mcp").warning("%s", line)
     try:
         return MetaClawConfig(**overrides)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source=str(path) if _TOML_FILE["path"] else None)) from None
+        raise ConfigError(format_validation_error(exc, source=path if _TOML_FILE["path"] else None)) from None
     except (ValueError, OSError) as exc:  # a TOML syntax error arrives here
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     finally:
         _TOML_FILE["path"] = None
 
 
-def format_validation_error(exc: ValidationError, source: str | None = None) -> str:
-    """A multi-line message: one line per bad field, with what it allows, the value given (never for
-    tokens and keys), and where to set it; `source` names the TOML file read, if any."""
-    lines = ["invalid configuration" + (f" (file {source})" if source else "") + ":"]
+def closest_setting(name: str) -> str | None:
+    """The setting whose name is closest to `name` (difflib's ratio, at least 0.6), or None."""
+    close = difflib.get_close_matches(name.lower(), list(MetaClawConfig.model_fields), n=1)
+    return close[0] if close else None
+
+
+def unknown_setting(name: str, source: Path | None = None) -> str:
+    """One line for a key no setting has: `unknown setting 'skill_top_kk' in config.toml: did you mean
+    skill_top_k?` (`source`: the TOML file it came from, None for explicit values)."""
+    close = closest_setting(name)
+    return (f"unknown setting {name!r}" + (f" in {source.name}" if source is not None else "")
+            + (f": did you mean {close}?" if close else "; `metaclaw-mcp config show` lists the settings"))
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """A line for each `METACLAW_*` variable that names no setting but is close to one (a typo). Such a
+    variable is ignored, not refused: other tools (test harnesses, scripts) use the prefix too."""
+    fields = set(MetaClawConfig.model_fields)
+    lines = []
+    for key in sorted(environ):
+        if not key.startswith("METACLAW_") or key[len("METACLAW_"):].lower() in fields:
+            continue
+        close = difflib.get_close_matches(key[len("METACLAW_"):].lower(), list(fields), n=1, cutoff=0.8)
+        if close:
+            lines.append(f"{key} is not a setting and is ignored: did you mean METACLAW_{close[0].upper()}?")
+    return lines
+
+
+def format_validation_error(exc: ValidationError, source: str | Path | None = None) -> str:
+    """One line per bad field, with what it allows, the value given (never for tokens and keys), and where
+    to set it, under a heading; `source` names the TOML file read, if any. A key no setting has is
+    `unknown_setting`'s line, with the closest name; a message of such lines alone has no heading."""
+    source = Path(source) if source is not None else None
+    unknown, lines = [], []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            unknown.append(unknown_setting(field, source))
+            continue
         got = err.get("input")
         secret = any(w in field for w in ("token", "key"))
         got_text = "" if isinstance(got, dict) or secret else f" (got {got!r})"
         lines.append(f"  {field}: {err['msg']}{got_text}; set METACLAW_{field.upper()} or '{field}' in config.toml")
-    return "\n".join(lines)
+    if not lines:
+        return "\n".join(unknown)
+    heading = "invalid configuration" + (f" (file {source})" if source else "") + ":"
+    return "\n".join([heading, *(f"  {u}" for u in unknown), *lines])

@@ -80,7 +80,7 @@ def test_skills_show_missing(home):
     # text in square brackets is part of the message, not console markup
     proc = run_cli(home, "skills", "import", str(home / "[wip]" / "nothing"), check=False)
     assert proc.returncode == 1
-    assert f"nothing to import at {home / '[wip]' / 'nothing'}" in proc.stderr
+    assert f"error: {home / '[wip]' / 'nothing'} does not exist" in proc.stderr
 
 
 def test_skills_import_good_and_bad(home, tmp_path):

@@ -187,3 +187,26 @@ def test_tinker_key_from_metaclaw_prefixed_env(home, monkeypatch):
     cfg = load_config(home=home)
     assert cfg.tinker_api_key.get_secret_value() == "tml-prefixed"
     assert cfg.effective_backend == "tinker"
+
+
+def test_unknown_key_in_toml_names_the_closest_setting(home):
+    write_toml(home / "config.toml", "skill_top_kk = 3\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(home=home)
+    assert str(exc.value) == "unknown setting 'skill_top_kk' in config.toml: did you mean skill_top_k?"
+    # beside an invalid value, under the heading that names the file
+    path = write_toml(home / "config.toml", "skill_top_kk = 3\nlora_rank = 0\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(home=home)
+    lines = str(exc.value).splitlines()
+    assert lines[0] == f"invalid configuration (file {path}):"
+    assert lines[1] == "  unknown setting 'skill_top_kk' in config.toml: did you mean skill_top_k?"
+    assert lines[2].startswith("  lora_rank: ")
+
+
+def test_unknown_environment_variables_close_to_a_setting_are_named():
+    from metaclaw_mcp.config import unknown_environment
+
+    assert unknown_environment({"METACLAW_LORA_RNAK": "8", "METACLAW_LORA_RANK": "8", "METACLAW_SKIP_SKYRL": "1",
+                                "PATH": "/bin"}) == [
+        "METACLAW_LORA_RNAK is not a setting and is ignored: did you mean METACLAW_LORA_RANK?"]

@@ -195,3 +195,71 @@ def test_skills_list_shows_whole_slugs_and_skill_commands_take_a_unique_prefix(t
         line = one_line_error(cli(home, "skills", *command))
         assert f"'{shared}' is the start of more than one skill slug" in line, line
     assert "no skill 'zz-nothing'" in one_line_error(cli(home, "skills", "show", "zz-nothing"))
+
+
+# ---- command-line argument errors: one line, what is allowed, the closest name ----
+
+@pytest.mark.parametrize("args,expected", [
+    (["skills", "list", "--status", "bogus"], "--status must be one of candidate, active, retired (got 'bogus')"),
+    (["skills", "list", "--status", "activ"],
+     "--status must be one of candidate, active, retired (got 'activ'): did you mean active?"),
+    (["skills", "export", "TMP/out", "--status", "old"], "--status must be one of candidate, active, retired (got 'old')"),
+    (["skills", "import", ".", "--status", "new"], "--status must be one of candidate, active, retired (got 'new')"),
+    (["turns", "list", "--state", "rate"],
+     "--state must be one of pending, rated, claimed, trained, skipped (got 'rate'): did you mean rated?"),
+    (["tokens", "add", "ops", "-n", "*", "--role", "root"], "--role must be one of agent, admin (got 'root')"),
+    (["serve", "--transport", "htp"], "--transport must be one of stdio, sse, http (got 'htp'): did you mean http?"),
+])
+def test_a_value_outside_an_options_choices_is_a_one_line_error(tmp_path, args, expected):
+    proc = cli(tmp_path / "home", *(a.replace("TMP", str(tmp_path)) for a in args))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert one_line_error(proc) == f"error: {expected}"
+
+
+def test_importing_a_path_that_does_not_exist_says_so(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    proc = cli(tmp_path / "home", "skills", "import", str(missing))
+    assert one_line_error(proc) == f"error: {missing} does not exist" and proc.returncode == 1
+
+
+def test_a_typo_in_config_toml_names_the_closest_setting(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text("skill_top_kk = 3\n", encoding="utf-8")
+    for command in (["config", "show"], ["status"], ["skills", "list"]):
+        proc = cli(home, *command)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert one_line_error(proc) == "error: unknown setting 'skill_top_kk' in config.toml: did you mean skill_top_k?"
+    (home / "config.toml").write_text("zzqq = 3\n", encoding="utf-8")
+    assert one_line_error(cli(home, "config", "show")).startswith("error: unknown setting 'zzqq' in config.toml;")
+
+
+def test_a_typo_in_an_environment_variable_is_pointed_out_and_ignored(tmp_path):
+    proc = cli(tmp_path / "home", "config", "show", "--json", METACLAW_SKILL_TOP_KK="3", METACLAW_SKYRL_VENV="/x")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["skill_top_k"] == 5
+    assert proc.stderr.strip() == ("METACLAW_SKILL_TOP_KK is not a setting and is ignored: "
+                                   "did you mean METACLAW_SKILL_TOP_K?")
+
+
+def command_paths(command, path=()):
+    """Every command and group under a click command, as argument paths."""
+    yield path
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield from command_paths(sub, (*path, name))
+
+
+def test_help_shows_flags_without_a_value_type():
+    import typer
+    from typer.testing import CliRunner
+
+    from metaclaw_mcp.cli import cli as app
+
+    paths = list(command_paths(typer.main.get_command(app)))
+    assert ("skills", "list") in paths and ("turns", "show") in paths
+    runner = CliRunner()
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "120"})
+        assert result.exit_code == 0, (path, result.output)
+        assert "--help" in result.output and "<bool>" not in result.output, (path, result.output)
+    listed = runner.invoke(app, ["skills", "list", "--help"], env={"COLUMNS": "120"}).output
+    assert "--json " in listed and "<str>" in listed  # options that take a value keep their type
