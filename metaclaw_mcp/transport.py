@@ -34,7 +34,11 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 class BearerAuth:
     """ASGI middleware: every HTTP request must carry `Authorization: Bearer <token>` of a token in
     `tokens`; the request then goes on with the token's principal in its scope's state (where the
-    tools read who is calling: `server.caller`). Anything else gets 401 before the app sees it."""
+    tools read who is calling: `server.caller`). Anything else gets 401 before the app sees it, except
+    under `SELF_CHECKED`: the dashboard, which browsers reach with its login cookie (they cannot send
+    the header), checks the caller itself against the same tokens."""
+
+    SELF_CHECKED = ("/dashboard",)
 
     def __init__(self, app: Any, tokens: TokenTable):
         self.app = app
@@ -45,6 +49,10 @@ class BearerAuth:
             header = dict(scope.get("headers") or []).get(b"authorization", b"")
             scheme, _, supplied = header.partition(b" ")
             principal = self.tokens.lookup(supplied.strip()) if scheme.lower() == b"bearer" else None
+            path = scope.get("path", "")
+            if principal is None and any(path == p or path.startswith(p + "/") for p in self.SELF_CHECKED):
+                await self.app(scope, receive, send)
+                return
             if principal is None:
                 body = (b'{"error": {"message": "send Authorization: Bearer <token>", "type": "authentication_error", '
                         b'"param": null, "code": "unauthorized"}}' if scope.get("path", "").startswith("/v1")
@@ -411,6 +419,8 @@ async def _serve_http(server: MetaClawServer, app: App, config: MetaClawConfig, 
         asgi = PathRouter(asgi, PolicyApi(app, security).asgi())
     from .metrics import PATH, metrics_app   # GET /metrics: Prometheus text, admin callers only
     asgi = PathRouter(asgi, metrics_app(app, security, PRINCIPAL_KEY), prefix=PATH)
+    from .dashboard.routes import PATH as DASHBOARD, dashboard_app   # /dashboard: pages for people
+    asgi = PathRouter(asgi, dashboard_app(app, security, tokens, PRINCIPAL_KEY), prefix=DASHBOARD)
     asgi = CompleteResponses(asgi)
     if tokens is not None:
         asgi = BearerAuth(asgi, tokens)
