@@ -60,7 +60,8 @@ cli = typer.Typer(cls=Commands, help="metaclaw-mcp: continuous learning for any 
                   add_completion=False, pretty_exceptions_enable=False)
 skills_cli = typer.Typer(cls=Commands, help="Browse and manage learned skills.", no_args_is_help=True)
 turns_cli = typer.Typer(cls=Commands, help="Browse and export the turn log.", no_args_is_help=True)
-config_cli = typer.Typer(cls=Commands, help="Show the effective configuration.", no_args_is_help=True)
+config_cli = typer.Typer(cls=Commands, help="Show the effective configuration, or every setting.",
+                         no_args_is_help=True)
 tokens_cli = typer.Typer(cls=Commands, help="Bearer tokens for HTTP and SSE clients, each bound to namespaces and "
                          "a role.", no_args_is_help=True)
 train_cli = typer.Typer(cls=Commands, help="The background trainer: status, pause, resume, one step now.",
@@ -537,6 +538,29 @@ def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
     for k, v in shown.items():
         t.add_row(k, "" if v is None else str(v))
     out.print(t)
+
+
+@config_cli.command("table")
+def config_table(readme: Optional[Path] = typer.Option(None, "--readme", help="Rewrite the table in this file "
+                                                       "(between its markers) instead of printing it.")) -> None:
+    """Every setting with its default and meaning, as a markdown table (from MetaClawConfig itself).
+
+    Example: metaclaw-mcp config table --readme README.md"""
+    from .config import settings_table, with_settings_table
+
+    if readme is None:
+        sys.stdout.write(settings_table())
+        return
+    try:
+        text = existing(readme).read_text(encoding="utf-8")
+        updated = with_settings_table(text)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot update {readme}: {exc}")
+        return
+    if updated != text:
+        readme.write_text(updated, encoding="utf-8")
+    err.print(f"{readme}: settings table {'updated' if updated != text else 'already up to date'}",
+              highlight=False, markup=False)
 
 
 def utf8_output() -> None:

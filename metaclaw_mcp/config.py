@@ -46,18 +46,23 @@ class MetaClawConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="METACLAW_", extra="forbid", validate_default=True)
 
     # where data lives
-    home: Path = Field(default_factory=default_home, description="Data folder: database, exports, config.toml.")
+    home: Path = Field(default_factory=default_home, description="Data folder: database, exports, config.toml.",
+                       json_schema_extra={"shown_default": "`~/.metaclaw` (`METACLAW_HOME`)"})
     db_path: Path | None = Field(None, description="SQLite file; default $METACLAW_HOME/metaclaw.db.")
 
     # transport
-    transport: Literal["stdio", "sse", "http"] = "stdio"
-    host: str = "127.0.0.1"
-    port: int = Field(8765, ge=1, le=65535)
+    transport: Literal["stdio", "sse", "http"] = Field(
+        "stdio", description="How clients connect: `stdio` (the client starts the server), `http` (streamable "
+                             "HTTP at /mcp) or `sse` (server-sent events at /sse).")
+    host: str = Field("127.0.0.1", description="Bind address for http and sse; an address off loopback needs "
+                      "a token (auth_token or tokens_file).")
+    port: int = Field(8765, ge=1, le=65535, description="Port for http and sse.")
     auth_token: SecretStr | None = Field(None, description="Bearer token HTTP and SSE clients must send "
                                          "(one shared token: admin on every namespace).")
     tokens_file: Path | None = Field(None, description="TOML file of bearer tokens, each bound to namespaces and a "
                                      "role (agent or admin); see `metaclaw-mcp tokens add`. Replaces auth_token.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="`DEBUG`, `INFO`, `WARNING` or `ERROR`; logs go to stderr.")
     http_request_timeout_seconds: float = Field(10.0, gt=0, description="HTTP/SSE: seconds a request's headers "
                                                 "and body may take to arrive, from its first byte (from connecting, "
                                                 "for a connection's first request); slower connections are closed.")
@@ -65,21 +70,29 @@ class MetaClawConfig(BaseSettings):
                                              "new request gets 503. None: no limit.")
 
     # skills
-    skill_top_k: int = Field(5, ge=1, le=50)
-    max_new_skills: int = Field(3, ge=0, le=50)
-    load_starter_skills: bool = True
-    max_skill_body_chars: int = Field(8000, ge=200, le=100_000)
+    skill_top_k: int = Field(5, ge=1, le=50, description="Default `k` of fetch_skills: the most ranked skills "
+                             "one fetch returns.")
+    max_new_skills: int = Field(3, ge=0, le=50, description="Default `max_new` of evolve_skills: the most skills "
+                                "one run adds.")
+    load_starter_skills: bool = Field(True, description="Load the bundled starter skills into namespace "
+                                      "`default` on first start.")
+    max_skill_body_chars: int = Field(8000, ge=200, le=100_000, description="Cap on a skill's body, in characters.")
     injection_token_budget: int | None = Field(1200, ge=50, description="Cap on an injection's size in tokens "
                                                "(fetch_skills' token_budget overrides it per call).")
     injection_full_skills: int = Field(2, ge=0, le=50, description="Top skills shown with their whole body; "
                                        "the next relevant ones get a one-line entry (short bodies are always whole).")
     max_active_skills: int | None = Field(10_000, ge=1, description="Per namespace; past it the least useful "
-                                          "active skills are retired (nothing is deleted).")
+                                          "active skills are retired (nothing is deleted). Retrieval takes a "
+                                          "few ms at this size (bench/retrieval.py); raise it for bigger libraries.")
 
     # retrieval and credit
     retrieval_mode: Literal["auto", "hybrid", "lexical", "dense"] = Field(
-        "auto", description="auto: hybrid when the [embeddings] extra is installed, else lexical.")
-    fusion: Literal["blend", "rrf"] = Field("blend", description="How lexical and dense relevance combine.")
+        "auto", description="`auto`: `hybrid` when the [embeddings] extra is installed, else `lexical`; "
+                            "`hybrid`: FTS5 BM25 fused with dense vectors; `lexical`: BM25 alone; `dense`: "
+                            "vectors alone.")
+    fusion: Literal["blend", "rrf"] = Field("blend", description="How lexical and dense relevance combine: "
+                                            "`blend` (each min-max scaled, then weighted) or `rrf` (reciprocal "
+                                            "rank fusion with the same weights).")
     fusion_lexical_weight: float = Field(0.4, ge=0.0, le=1.0, description="Lexical share of fused relevance.")
     retrieval_candidates: int = Field(50, ge=5, le=1000, description="Candidates each retriever hands to fusion.")
     consolidate_min_similarity: float | None = Field(None, ge=-1.0, le=1.0, description="Cosine (of description "
@@ -91,9 +104,10 @@ class MetaClawConfig(BaseSettings):
                                               "default: the all-MiniLM-L6-v2 bundled with the extra.")
     embedding_encoder: Literal["onnx", "static", "transformer"] = Field(
         default_factory=lambda: "onnx" if find_spec("onnxruntime") is not None else "static",
-        description="onnx (the default with onnxruntime installed): the model exported once to ONNX with int8 "
-        "weights, a query in a few ms; static: token vectors distilled from the model once (well under 1 ms, "
-        "less accurate; the fallback without onnxruntime or the means to export); transformer: the full model "
+        json_schema_extra={"shown_default": "`onnx` with onnxruntime, else `static`"},
+        description="`onnx` (the default with onnxruntime installed): the model exported once to ONNX with int8 "
+        "weights, a query in a few ms; `static`: token vectors distilled from the model once (well under 1 ms, "
+        "less accurate; the fallback without onnxruntime or the means to export); `transformer`: the full model "
         "per query (25-30 ms on a 2-core CPU).")
     embedding_cache_dir: Path | None = Field(None, description="Where the static token table is cached "
                                              "(default: $XDG_CACHE_HOME/metaclaw-mcp).")
@@ -130,7 +144,7 @@ class MetaClawConfig(BaseSettings):
     credit_review_seconds: float = Field(10.0, gt=0.0, description="How often promotions and retirements are applied.")
 
     # input limits
-    max_query_chars: int = Field(32_000, ge=100)
+    max_query_chars: int = Field(32_000, ge=100, description="Cap on a fetch_skills query, in characters.")
     max_turn_bytes: int = Field(2_000_000, ge=1_000, description="Cap on a turn's messages + response, in UTF-8 bytes.")
     max_namespaces: int | None = Field(1000, ge=1, description="Namespaces a server keeps (with skills or turns); "
                                        "a tool call naming a new one past this is refused. None: no limit.")
@@ -138,16 +152,18 @@ class MetaClawConfig(BaseSettings):
     retrieval_log_max_rows: int = Field(50_000, ge=100, description="Most rows of that log kept (the newest).")
     redact_secrets: bool = Field(True, description="Replace secrets (API keys, private keys, passwords, URL "
                                  "credentials, high-entropy strings) in reported turns and rating feedback by "
-                                 "[REDACTED:<kind>] before they are stored; a turn that had one keeps no token ids.")
+                                 "`[REDACTED:<kind>]` before they are stored; a turn that had one keeps no token ids.")
 
     # rewards and evolution
     failure_threshold: float = Field(0.0, ge=-1.0, le=1.0, description="A turn whose reward is below this is a failure.")
-    digest_max_failures: int = Field(20, ge=1, le=500)
+    digest_max_failures: int = Field(20, ge=1, le=500, description="Most failures in one evolve_skills digest.")
 
     # LLM for the judge and evolution
     llm_provider: Literal["none", "sampling", "openai", "tinker"] = Field(
-        "sampling", description="none; sampling: the connected client's model, when it can sample; "
-                                "openai: the OpenAI-compatible API at llm_base_url (also runs the background judge).")
+        "sampling", description="Who writes skills (evolve_skills) and judges turns: `sampling`: the connected "
+                                "client's model, when it can sample; `openai`: the OpenAI-compatible API at "
+                                "llm_base_url (also runs the background judge); `tinker`: the newest sampler "
+                                "checkpoint of training; `none`: nobody.")
     llm_base_url: str | None = Field(None, description="OpenAI-compatible API root, e.g. https://api.openai.com/v1.")
     llm_api_key: SecretStr | None = Field(None, description="Bearer key for llm_base_url (none for local servers).")
     llm_model: str | None = Field(None, min_length=1, description="Model name sent to llm_base_url.")
@@ -172,18 +188,25 @@ class MetaClawConfig(BaseSettings):
         return v
 
     # training (MetaClaw's names)
-    backend: Literal["auto", "tinker", "local", "export"] = "auto"
-    model_name: str = "moonshotai/Kimi-K2.5"
-    lora_rank: int = Field(32, ge=1, le=512)
-    learning_rate: float = Field(1e-4, gt=0, lt=1)
-    batch_size: int = Field(32, ge=1, le=4096)
-    max_steps: int = Field(1000, ge=0)
-    loss_fn: Literal["importance_sampling", "ppo", "cispo"] = "importance_sampling"
-    clip_low_threshold: float = Field(0.8, gt=0, le=1)
-    clip_high_threshold: float = Field(1.2, ge=1)
-    save_every: int = Field(10, ge=1)
-    distill_threshold: float = Field(0.5, ge=-1.0, le=1.0)
-    max_seq_len: int = Field(8192, ge=16)
+    backend: Literal["auto", "tinker", "local", "export"] = Field(
+        "auto", description="Where training runs: `auto` (`tinker` with an API key, else `export`), `tinker`, "
+                            "`local` (torch and peft on this machine, extra [local]) or `export` (Tinker-ready "
+                            "JSONL files under exports/).")
+    model_name: str = Field("moonshotai/Kimi-K2.5", description="Base model for LoRA training.")
+    lora_rank: int = Field(32, ge=1, le=512, description="LoRA rank.")
+    learning_rate: float = Field(1e-4, gt=0, lt=1, description="Adam learning rate.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Rated turns per training step.")
+    max_steps: int = Field(1000, ge=0, description="Training stops after this many steps.")
+    loss_fn: Literal["importance_sampling", "ppo", "cispo"] = Field(
+        "importance_sampling", description="The RL loss: `importance_sampling`, `ppo` or `cispo`.")
+    clip_low_threshold: float = Field(0.8, gt=0, le=1, description="Lower clip of the probability ratio "
+                                      "(ppo, cispo).")
+    clip_high_threshold: float = Field(1.2, ge=1, description="Upper clip of the probability ratio (ppo, cispo).")
+    save_every: int = Field(10, ge=1, description="Steps between sampler checkpoints.")
+    distill_threshold: float = Field(0.5, ge=-1.0, le=1.0, description="A text-only turn rated at least this "
+                                     "is distilled (imitated); lower-rated ones feed skill evolution.")
+    max_seq_len: int = Field(8192, ge=16, description="Longest training sequence in tokens (the prompt is cut "
+                             "from the left, never the reply).")
     tokenizer_path: str | None = Field(None, description="Tokenizer folder (or hub id) of the base model, for "
                                        "distillation and the /v1 endpoint; default: local_model_path's, else "
                                        "model_name's from the local Hugging Face cache.")
@@ -191,11 +214,13 @@ class MetaClawConfig(BaseSettings):
                                   "downloaded from the Hugging Face Hub; off, nothing waits on the network.")
     local_model_path: str | None = Field(None, description="Model folder for the local backend; default: packaged SmolLM2-135M.")
     min_batch_size: int = Field(2, ge=1, description="After batch_max_wait_seconds, train a batch this small.")
-    batch_max_wait_seconds: float = Field(600.0, ge=0)
+    batch_max_wait_seconds: float = Field(600.0, ge=0, description="After this long, a batch as small as "
+                                          "min_batch_size is trained.")
     max_batch_attempts: int = Field(3, ge=1, description="A batch failing this often has its turns skipped.")
     batch_retry_base_seconds: float = Field(1.0, ge=0, description="Backoff before replaying a failed batch: "
                                             "this times 2^attempts, at most 60 s.")
-    train_poll_seconds: float = Field(5.0, gt=0)
+    train_poll_seconds: float = Field(5.0, gt=0, description="How often the trainer looks for work when no "
+                                      "rating wakes it.")
     teacher_model: str | None = Field(None, description="On-policy distillation: a Tinker base model, a tinker:// "
                                       "sampler path or a local model folder whose per-token logprobs on each RL "
                                       "turn's sampled tokens add teacher_kl_coef * (teacher - sampler) to its advantages.")
@@ -213,8 +238,8 @@ class MetaClawConfig(BaseSettings):
         return v
     # the trained policy, served at /v1 on the HTTP transports
     policy: Literal["auto", "off", "local", "tinker"] = Field("auto", description="Which model /v1 serves: "
-                                                           "auto: the training backend's (local or tinker; "
-                                                           "none for export); off: no /v1 endpoint.")
+                                                           "`auto`: the training backend's (`local` or `tinker`; "
+                                                           "none for export); `off`: no /v1 endpoint.")
     policy_inject_skills: bool = Field(True, description="Add the skills fetched for each /v1 request to its "
                                        "system prompt.")
     policy_max_tokens: int = Field(2048, ge=1, description="Most tokens one /v1 completion may ask for "
@@ -223,9 +248,11 @@ class MetaClawConfig(BaseSettings):
     policy_warm_up: bool = Field(True, description="Load the policy's model when an HTTP or SSE server starts, "
                                  "not on the first /v1 request.")
     tinker_api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("tinker_api_key", "METACLAW_TINKER_API_KEY", "TINKER_API_KEY"))
+        None, validation_alias=AliasChoices("tinker_api_key", "METACLAW_TINKER_API_KEY", "TINKER_API_KEY"),
+        description="Tinker API key (also read from TINKER_API_KEY); masked in `config show`.")
     tinker_base_url: str | None = Field(
-        None, validation_alias=AliasChoices("tinker_base_url", "METACLAW_TINKER_BASE_URL", "TINKER_BASE_URL"))
+        None, validation_alias=AliasChoices("tinker_base_url", "METACLAW_TINKER_BASE_URL", "TINKER_BASE_URL"),
+        description="A self-hosted Tinker-API server (also read from TINKER_BASE_URL); default: Tinker's own.")
 
     @field_validator("home", mode="after")
     @classmethod
@@ -306,6 +333,43 @@ def load_config(config_file: str | Path | None = None, **overrides: Any) -> Meta
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     finally:
         _TOML_FILE["path"] = None
+
+
+# The README's settings table lies between these lines, written by `settings_table` (`metaclaw-mcp config table`).
+TABLE_START = "<!-- settings table: written by `metaclaw-mcp config table --readme README.md` from MetaClawConfig -->"
+TABLE_END = "<!-- end of settings table -->"
+
+
+def shown_default(name: str) -> str:
+    """A setting's default as the README shows it: TOML in backticks (`8765`, `true`, `"auto"` as `auto`),
+    `none` for no value, or the words a field gives as `json_schema_extra["shown_default"]` where the
+    default depends on the machine."""
+    field = MetaClawConfig.model_fields[name]
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and "shown_default" in extra:
+        return str(extra["shown_default"])
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return "none"
+    return f"`{str(value).lower() if isinstance(value, bool) else value}`"
+
+
+def settings_table() -> str:
+    """Every setting of MetaClawConfig as a markdown table (setting, default, meaning), in the model's order."""
+    rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
+    for name, field in MetaClawConfig.model_fields.items():
+        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `{name}` | {shown_default(name)} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def with_settings_table(readme: str) -> str:
+    """`readme` with the text between TABLE_START and TABLE_END replaced by `settings_table()`;
+    ValueError when the markers are missing."""
+    start, end = readme.find(TABLE_START), readme.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"no settings table markers ({TABLE_START!r} ... {TABLE_END!r})")
+    return readme[:start + len(TABLE_START)] + "\n" + settings_table() + readme[end:]
 
 
 def closest_setting(name: str) -> str | None:

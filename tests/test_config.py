@@ -210,3 +210,37 @@ def test_unknown_environment_variables_close_to_a_setting_are_named():
     assert unknown_environment({"METACLAW_LORA_RNAK": "8", "METACLAW_LORA_RANK": "8", "METACLAW_SKIP_SKYRL": "1",
                                 "PATH": "/bin"}) == [
         "METACLAW_LORA_RNAK is not a setting and is ignored: did you mean METACLAW_LORA_RANK?"]
+
+
+# ---- the README's settings table is the model's ----
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_settings_table_is_generated_from_the_model():
+    from metaclaw_mcp.config import TABLE_END, TABLE_START, settings_table, with_settings_table
+
+    text = README.read_text(encoding="utf-8")
+    assert text.count(TABLE_START) == 1 and text.count(TABLE_END) == 1
+    shown = text[text.index(TABLE_START) + len(TABLE_START):text.index(TABLE_END)].strip("\n") + "\n"
+    assert shown == settings_table(), "README.md's settings table is stale: run `metaclaw-mcp config table --readme README.md`"
+    assert with_settings_table(text) == text
+
+
+def test_settings_table_has_every_setting_with_its_default_and_a_meaning(home):
+    import typing
+
+    from metaclaw_mcp.config import MetaClawConfig, settings_table, shown_default
+
+    rows = {line.split(" | ")[0].strip("| `"): line.split(" | ") for line in settings_table().splitlines()[2:]}
+    assert list(rows) == list(MetaClawConfig.model_fields)
+    shown = load_config(home=home).shown()   # what `config show` prints with nothing set
+    for name, field in MetaClawConfig.model_fields.items():
+        assert field.description, f"{name} has no description"
+        if typing.get_origin(field.annotation) is typing.Literal:  # each choice is explained
+            assert all(f"`{v}`" in field.description for v in typing.get_args(field.annotation)), name
+        if not (isinstance(field.json_schema_extra, dict) and "shown_default" in field.json_schema_extra):
+            value = shown[name]
+            assert shown_default(name) == ("none" if value is None else
+                                           f"`{str(value).lower() if isinstance(value, bool) else value}`"), name
+    assert rows["credit_retire_min_uses"][1] == f"`{MetaClawConfig.model_fields['credit_retire_min_uses'].default}`"

@@ -263,3 +263,20 @@ def test_help_shows_flags_without_a_value_type():
         assert "--help" in result.output and "<bool>" not in result.output, (path, result.output)
     listed = runner.invoke(app, ["skills", "list", "--help"], env={"COLUMNS": "120"}).output
     assert "--json " in listed and "<str>" in listed  # options that take a value keep their type
+
+
+# ---- the settings table ----
+
+def test_config_table_prints_and_rewrites_the_readme_section(tmp_path):
+    from metaclaw_mcp.config import TABLE_END, TABLE_START, settings_table
+
+    home = tmp_path / "home"
+    printed = cli(home, "config", "table")
+    assert printed.returncode == 0 and printed.stdout == settings_table()
+    assert "| `credit_retire_min_uses` | `5` |" in printed.stdout
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{TABLE_START}\n| old | table |\n{TABLE_END}\nafter\n", encoding="utf-8")
+    assert cli(home, "config", "table", "--readme", str(readme)).returncode == 0
+    assert readme.read_text(encoding="utf-8") == f"# x\n\n{TABLE_START}\n{settings_table()}{TABLE_END}\nafter\n"
+    readme.write_text("no markers\n", encoding="utf-8")
+    assert "no settings table markers" in one_line_error(cli(home, "config", "table", "--readme", str(readme)))
