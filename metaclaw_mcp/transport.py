@@ -167,6 +167,30 @@ def check_bind(config: MetaClawConfig) -> TokenTable | None:
     return token_table(config) if config.transport != "stdio" else None
 
 
+def check_port(config: MetaClawConfig) -> None:
+    """ConfigError, one line, when `config.host`:`config.port` cannot be listened on (the port in use, an
+    address not of this machine, no permission), found by binding each of its addresses as the server
+    will, before the app starts or anything says it is serving (uvicorn would log the failure after
+    its start-up and exit through a traceback)."""
+    import socket
+
+    where = f"{config.host}:{config.port}"
+    try:
+        addresses = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {where}: {str(exc.strerror or exc).lower()}") from None
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                if os.name != "nt":  # as asyncio's create_server: a port left in TIME_WAIT is free
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {where}: {str(exc.strerror or exc).lower()}") from None
+
+
 def setup_logging(level: str) -> None:
     """Logs to stderr (stdout belongs to the protocol on stdio), at `level` (a logging level name)."""
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -354,6 +378,8 @@ async def serve(config: MetaClawConfig) -> None:
     closed) and this returns, so the process exits 0; a second signal stops without the grace period.
     """
     tokens = check_bind(config)
+    if config.transport != "stdio":
+        check_port(config)
     with anyio.CancelScope() as scope:
         shutdown = Shutdown(scope)
         if not OWN_SIGNALS:

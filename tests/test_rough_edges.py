@@ -280,3 +280,29 @@ def test_config_table_prints_and_rewrites_the_readme_section(tmp_path):
     assert readme.read_text(encoding="utf-8") == f"# x\n\n{TABLE_START}\n{settings_table()}{TABLE_END}\nafter\n"
     readme.write_text("no markers\n", encoding="utf-8")
     assert "no settings table markers" in one_line_error(cli(home, "config", "table", "--readme", str(readme)))
+
+
+# ---- a port in use ----
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+def test_serving_on_a_port_in_use_is_one_line_and_claims_nothing(tmp_path, transport):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = cli(tmp_path / "home", "serve", "--transport", transport, "--port", str(port))
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr == f"error: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    assert not (tmp_path / "home" / "metaclaw.db").exists()  # nothing was started
+
+
+def test_a_free_port_is_still_served(tmp_path):
+    from mcp_servers import served
+
+    home = tmp_path / "home"
+    with served(home, "http") as (port, proc):
+        assert proc.poll() is None
+    log = (tmp_path / f"serve-http-{port}.log").read_text()
+    assert f"serving http on http://127.0.0.1:{port}/mcp" in log and "Traceback" not in log
