@@ -306,3 +306,81 @@ def test_a_free_port_is_still_served(tmp_path):
         assert proc.poll() is None
     log = (tmp_path / f"serve-http-{port}.log").read_text()
     assert f"serving http on http://127.0.0.1:{port}/mcp" in log and "Traceback" not in log
+
+
+# ---- HTTP clients with the bearer header ----
+
+CLIENTS = Path(__file__).resolve().parent.parent / "examples" / "clients"
+
+
+def server_entry(path: Path) -> dict:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    servers = data.get("mcpServers") or data["servers"]
+    assert list(servers) == ["metaclaw"], path.name
+    return servers["metaclaw"]
+
+
+@pytest.mark.parametrize("name,token", [("claude_code.mcp.json", "${METACLAW_TOKEN}"),
+                                        ("cursor_mcp.json", "${env:METACLAW_TOKEN}"),
+                                        ("vscode_mcp.json", "${input:metaclaw-token}")])
+def test_http_client_configs_send_the_bearer_header(name, token):
+    entry = server_entry(CLIENTS / name)
+    assert entry["url"] == "http://127.0.0.1:8765/mcp"
+    assert entry["headers"] == {"Authorization": f"Bearer {token}"}
+    if name == "vscode_mcp.json":
+        inputs = json.loads((CLIENTS / name).read_text(encoding="utf-8"))["inputs"]
+        assert inputs[0]["id"] == "metaclaw-token" and inputs[0]["password"] is True
+
+
+def test_claude_desktop_config_carries_the_header_through_mcp_remote():
+    entry = server_entry(CLIENTS / "claude_desktop_config.json")
+    args = entry["args"]
+    assert entry["command"] == "npx" and "mcp-remote" in args and "http://127.0.0.1:8765/mcp" in args
+    assert args[args.index("--header") + 1] == "Authorization:${METACLAW_AUTH_HEADER}"
+    assert entry["env"]["METACLAW_AUTH_HEADER"].startswith("Bearer ")
+
+
+def test_python_and_curl_examples_reach_a_server_that_wants_a_token(tmp_path):
+    import shutil
+
+    from mcp_servers import served
+
+    token = "example-token-123"
+    with served(tmp_path / "home", "http", "--auth-token", token) as (port, _):
+        script = [sys.executable, str(CLIENTS / "python_client.py"), "--url", f"http://127.0.0.1:{port}/mcp"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("METACLAW_")}
+        ok = subprocess.run(script, env={**env, "METACLAW_TOKEN": token}, capture_output=True, text=True, timeout=120)
+        assert ok.returncode == 0, ok.stderr
+        assert "tools fetch_skills, report_turn, rate_turn, evolve_skills" in ok.stdout
+        assert "- debug-failing-test v1" in ok.stdout
+        refused = subprocess.run(script, env={**env, "METACLAW_TOKEN": "wrong"}, capture_output=True, text=True,
+                                 timeout=120)
+        assert refused.returncode == 1
+        assert refused.stderr.strip().startswith(f"error: cannot use http://127.0.0.1:{port}/mcp: the server refused "
+                                                 "the token (401)")
+        if shutil.which("curl") is None:
+            pytest.skip("curl is not installed")
+        curl = ["bash", str(CLIENTS / "curl_v1.sh"), "models"]
+        env["METACLAW_URL"] = f"http://127.0.0.1:{port}"
+        models = subprocess.run(curl, env={**env, "METACLAW_TOKEN": token}, capture_output=True, text=True, timeout=60)
+        assert models.returncode == 0 and json.loads(models.stdout)["object"] == "list", models.stderr
+        denied = subprocess.run(curl, env={**env, "METACLAW_TOKEN": "wrong"}, capture_output=True, text=True,
+                                timeout=60)
+        assert denied.returncode != 0 and "authentication_error" in denied.stdout
+
+
+def test_a_token_server_publishes_no_oauth_metadata(tmp_path):
+    import httpx2
+
+    from mcp_servers import served
+
+    with served(tmp_path / "home", "http", "--auth-token", "tok-abc") as (port, _):
+        base = f"http://127.0.0.1:{port}"
+        with httpx2.Client(timeout=30) as http:
+            refused = http.post(f"{base}/mcp", json={})
+            assert refused.status_code == 401
+            assert refused.headers["www-authenticate"] == 'Bearer realm="metaclaw-mcp"'  # no resource_metadata
+            for path in ("/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp",
+                         "/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+                assert http.get(base + path).status_code in (401, 404)  # never metadata to start OAuth with
+                assert http.get(base + path, headers={"Authorization": "Bearer tok-abc"}).status_code == 404
