@@ -225,7 +225,7 @@ async def test_overview_counts_equal_the_database(home):
         ov = await queries.overview(app, "default", 30)
         with ro(home) as con:
             ratings = Counter({(d, s): n for d, s, n in con.execute(
-                "SELECT substr(g.created_at, 1, 10), g.source, COUNT(*) FROM ratings g JOIN turns t ON t.id = g.turn_id "
+                "SELECT substr(t.created_at, 1, 10), g.source, COUNT(*) FROM ratings g JOIN turns t ON t.id = g.turn_id "
                 "WHERE t.namespace = 'default' GROUP BY 1, 2")})
             library = dict(con.execute("SELECT status, COUNT(*) FROM skills WHERE namespace = 'default' GROUP BY status"))
         assert Counter({(d.day, s): n for d in ov.days for s, n in d.ratings.items()}) == ratings

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from ..app import App
 
 SOURCES = ("user", "env", "agent", "judge")
-EXPLICIT = ("user", "env")        # the ratings a judge is compared with (a user outranks an environment)
 STATUSES = ("active", "candidate", "retired")
 Z95 = 1.96                        # half-width of a 95% normal interval, in standard errors
 PAGE_SIZE = 100                   # rows of the skills table per page
@@ -34,11 +33,9 @@ SCATTER_POINTS = 400              # judge/explicit pairs drawn (the agreement fi
 
 
 def cutoff(days: int, now: datetime | None = None) -> str:
-    """The ISO timestamp `days` days before `now` (UTC), at midnight: the start of a window of
-    `days` whole days ending today. Comparable with stored `created_at` strings."""
+    """The first day (`YYYY-MM-DD`, UTC) of a window of `days` whole days ending today."""
     now = now or datetime.now(timezone.utc)
-    start = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return start.isoformat(timespec="microseconds")
+    return (now - timedelta(days=days - 1)).date().isoformat()
 
 
 def day_range(first: str, last: str) -> list[str]:
@@ -50,18 +47,27 @@ def day_range(first: str, last: str) -> list[str]:
 
 # ---- namespaces ----
 
+# The distinct namespaces of a table by seeks along an index that leads with the namespace (one seek per
+# namespace rather than a scan of every row).
+DISTINCT_NAMESPACES = ("WITH RECURSIVE ns(name) AS (SELECT MIN(namespace) FROM {table} UNION ALL "
+                       "SELECT (SELECT MIN(namespace) FROM {table} WHERE namespace > ns.name) FROM ns "
+                       "WHERE ns.name IS NOT NULL) SELECT name FROM ns WHERE name IS NOT NULL")
+
+
 async def namespaces(app: App) -> list[str]:
     """Every namespace with skills or turns, sorted ("default" always among them)."""
-    rows = await app.db.fetchall("SELECT DISTINCT namespace FROM skills UNION SELECT DISTINCT namespace FROM turns")
-    return sorted({r[0] for r in rows} | {"default"})
+    found = {"default"}
+    for table in ("skills", "turns"):
+        found |= {r[0] for r in await app.db.fetchall(DISTINCT_NAMESPACES.format(table=table))}
+    return sorted(found)
 
 
 # ---- overview ----
 
 @dataclass
 class Day:
-    """One day of a namespace's activity: turns reported, of those rated, their mean fused reward,
-    and ratings given that day by source (count and mean score)."""
+    """One day of a namespace's activity: the turns reported that day, of those rated, their mean
+    fused reward, and the ratings those turns got by source (count and mean score)."""
     day: str
     turns: int = 0
     rated: int = 0
@@ -71,16 +77,17 @@ class Day:
 
     @property
     def ratings_total(self) -> int:
-        """Ratings given that day, every source together."""
+        """Ratings of that day's turns, every source together."""
         return sum(self.ratings.values())
 
 
 @dataclass
 class Agreement:
-    """How the LLM judge's scores compare with explicit ones (user, else environment) on the turns
-    both rated: `n` such turns; `sign` the share where both are good (>= 0) or both bad; `mean_abs`
-    the mean absolute difference of the scores (0 to 2); `correlation` Pearson's r (None under 3
-    pairs or without spread); `pairs` up to SCATTER_POINTS (judge, explicit) points to draw."""
+    """How the LLM judge's scores compare with explicit ones (user, else environment) on the latest
+    turns both rated (at most AGREEMENT_TURNS): `n` such turns; `sign` the share where both are good
+    (>= 0) or both bad; `mean_abs` the mean absolute difference of the scores (0 to 2); `correlation`
+    Pearson's r (None under 3 pairs or without spread); `pairs` up to SCATTER_POINTS (judge,
+    explicit) points to draw."""
     n: int = 0
     sign: float | None = None
     mean_abs: float | None = None
@@ -91,16 +98,40 @@ class Agreement:
 @dataclass
 class Overview:
     """The overview page: the window's days, the judge's agreement, the library by status (current
-    counts) and the library's size at the end of each day, and the namespace's totals."""
+    counts) and its size at the end of each day the library grew, and the namespace's rated turns and
+    their mean reward over all time."""
     namespace: str
     days: list[Day]
     agreement: Agreement
     library: dict[str, int]
     library_growth: list[tuple[str, int]]
-    turns_total: int
     rated_total: int
     reward_mean: float | None
     window_days: int
+
+    @property
+    def turns(self) -> int:
+        """Turns reported in the window."""
+        return sum(d.turns for d in self.days)
+
+    @property
+    def rated(self) -> int:
+        """Turns of the window that are rated."""
+        return sum(d.rated for d in self.days)
+
+    @property
+    def reward(self) -> float | None:
+        """The mean fused reward of the window's rated turns."""
+        total = sum(d.reward * d.rated for d in self.days if d.reward is not None)
+        return total / self.rated if self.rated else None
+
+
+# Ratings of the window's turns per day and source, in one pass in day order (index turns_day, then
+# ratings_turn_source for each turn: no sort, no table row read).
+RATINGS_BY_DAY = ("SELECT substr(t.created_at, 1, 10) AS day, "
+                  + ", ".join(f"SUM(g.source = '{s}'), AVG(CASE WHEN g.source = '{s}' THEN g.score END)" for s in SOURCES)
+                  + " FROM turns t JOIN ratings g ON g.turn_id = t.id "
+                    "WHERE t.namespace = ? AND substr(t.created_at, 1, 10) >= ? GROUP BY substr(t.created_at, 1, 10)")
 
 
 async def overview(app: App, namespace: str, window_days: int = 90, now: datetime | None = None) -> Overview:
@@ -109,15 +140,14 @@ async def overview(app: App, namespace: str, window_days: int = 90, now: datetim
     by_day: dict[str, Day] = {}
     for r in await app.db.fetchall(
             "SELECT substr(created_at, 1, 10) AS day, COUNT(*), COUNT(reward), AVG(reward) FROM turns "
-            "WHERE namespace = ? AND created_at >= ? GROUP BY day", (namespace, since)):
+            "WHERE namespace = ? AND substr(created_at, 1, 10) >= ? GROUP BY substr(created_at, 1, 10)",
+            (namespace, since)):
         by_day[r[0]] = Day(r[0], int(r[1]), int(r[2]), r[3])
-    for r in await app.db.fetchall(
-            "SELECT substr(g.created_at, 1, 10) AS day, g.source, COUNT(*), AVG(g.score) "
-            "FROM turns t JOIN ratings g ON g.turn_id = t.id "
-            "WHERE t.namespace = ? AND t.created_at >= ? AND g.created_at >= ? GROUP BY day, g.source",
-            (namespace, since, since)):
+    for r in await app.db.fetchall(RATINGS_BY_DAY, (namespace, since)):
         d = by_day.setdefault(r[0], Day(r[0]))
-        d.ratings[r[1]], d.scores[r[1]] = int(r[2]), float(r[3])
+        for i, source in enumerate(SOURCES):
+            if r[1 + 2 * i]:
+                d.ratings[source], d.scores[source] = int(r[1 + 2 * i]), float(r[2 + 2 * i])
     today = (now or datetime.now(timezone.utc)).date().isoformat()
     days = []
     if by_day:
@@ -132,32 +162,34 @@ async def overview(app: App, namespace: str, window_days: int = 90, now: datetim
                                    (namespace,)):
         total += int(r[1])
         growth.append((r[0], total))
-    turns_total = int(await app.db.scalar("SELECT COUNT(*) FROM turns WHERE namespace = ?", (namespace,)) or 0)
     totals = await app.db.fetchone("SELECT rated, reward_sum FROM reward_totals WHERE namespace = ?", (namespace,))
     rated = int(totals[0]) if totals else 0
     return Overview(namespace=namespace, days=days, agreement=await agreement(app, namespace, since),
-                    library=library, library_growth=growth, turns_total=turns_total, rated_total=rated,
+                    library=library, library_growth=growth, rated_total=rated,
                     reward_mean=float(totals[1]) / rated if rated else None, window_days=window_days)
 
 
+AGREEMENT_TURNS = 1000   # the latest judge-rated turns compared (a share's standard error is then at most 1.6%)
+
+
 async def agreement(app: App, namespace: str, since: str = "") -> Agreement:
-    """The judge's agreement with explicit ratings on the turns of `namespace` reported since
-    `since` (an ISO timestamp; "" for all) that a judge and a user or environment both rated. Each
-    side is its latest rating; the explicit side is the user's when there is one (as fusion ranks them)."""
+    """The judge's agreement with explicit ratings on the latest AGREEMENT_TURNS turns of `namespace`
+    reported since day `since` ("" for all) that a judge and a user or environment both rated. Each
+    side is its latest rating; the explicit side is the user's when there is one (as fusion ranks them).
+    The judge's ratings are read newest first (index ratings_source), so the cost is bounded."""
     rows = await app.db.fetchall(
-        "SELECT g.turn_id, g.source, g.score FROM ratings j JOIN turns t ON t.id = j.turn_id "
-        "JOIN ratings g ON g.turn_id = j.turn_id "
-        "WHERE j.source = 'judge' AND t.namespace = ? AND t.created_at >= ? AND g.source IN ('judge', 'user', 'env') "
-        "GROUP BY g.id ORDER BY g.id", (namespace, since))
-    latest: dict[str, dict[str, float]] = {}
-    for turn_id, source, score in rows:   # in id order: the last one of a source wins
-        latest.setdefault(turn_id, {})[source] = float(score)
-    pairs = []
-    for scores in latest.values():
-        explicit = scores.get("user", scores.get("env"))
-        if "judge" in scores and explicit is not None:
-            pairs.append((scores["judge"], explicit))
-    return agreement_of(pairs)
+        "SELECT j.turn_id, j.score, e.source, e.score, e.rowid FROM ratings j JOIN turns t ON t.id = j.turn_id "
+        "JOIN ratings e ON e.turn_id = j.turn_id AND e.source IN ('user', 'env') "
+        "WHERE j.source = 'judge' AND t.namespace = ? AND substr(t.created_at, 1, 10) >= ? "
+        "ORDER BY j.rowid DESC LIMIT ?", (namespace, since, 2 * AGREEMENT_TURNS))
+    judged: dict[str, float] = {}
+    explicit: dict[tuple[str, str], tuple[int, float]] = {}
+    for turn_id, judge, source, score, at in rows:   # the judge's newest first: its first score wins
+        judged.setdefault(turn_id, float(judge))
+        if at > explicit.get((turn_id, source), (-1, 0.0))[0]:
+            explicit[(turn_id, source)] = (at, float(score))
+    pairs = [(j, (explicit.get((t, "user")) or explicit[(t, "env")])[1]) for t, j in judged.items()]
+    return agreement_of(pairs[:AGREEMENT_TURNS])
 
 
 def agreement_of(pairs: Sequence[tuple[float, float]]) -> Agreement:
@@ -226,23 +258,38 @@ class SkillTable:
     descending: bool
 
 
+CHEAP_KEYS = ("slug", "status", "version", "versions", "uses")   # sorted by without computing every credit
+
+
+def _row(app: App, state: Any, meta: Any, reason: str | None, versions: int) -> SkillRow:
+    c = app.retriever.credit_of(state, meta.id, meta.version)
+    return SkillRow(id=meta.id, slug=meta.slug, status=meta.status, reason=reason, version=meta.version,
+                    versions=versions, category=meta.category, uses=c.uses, rated=c.rated, mean_reward=c.mean,
+                    uplift=c.uplift, se=None if math.isinf(c.se) else c.se, usefulness=c.usefulness)
+
+
+async def _extras(app: App, namespace: str, ids: Sequence[int] | None) -> dict[int, tuple[str | None, int]]:
+    """skill id -> (status reason, number of versions), for `ids` (None: every skill of `namespace`);
+    read from the skills table and the versions' primary key (no version's text)."""
+    sql = ("SELECT s.id, s.status_reason, (SELECT COUNT(*) FROM skill_versions x WHERE x.skill_id = s.id) "
+           "FROM skills s WHERE s.namespace = ? AND s.current_version > 0")
+    if ids is None:
+        rows = await app.db.fetchall(sql, (namespace,))
+    else:
+        rows = []
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            rows += await app.db.fetchall(sql + f" AND s.id IN ({','.join('?' * len(chunk))})", (namespace, *chunk))
+    return {r[0]: (r[1], int(r[2])) for r in rows}
+
+
 async def skill_rows(app: App, namespace: str) -> list[SkillRow]:
-    """Every skill of `namespace` at its current version, with its credit, in id order."""
-    credit = {c["id"]: c for c in await app.retriever.credit_report(namespace)}
-    rows = await app.db.fetchall(
-        "SELECT s.id, s.slug, s.status, s.status_reason, s.current_version, v.category, "
-        "(SELECT COUNT(*) FROM skill_versions x WHERE x.skill_id = s.id) AS versions "
-        "FROM skills s JOIN skill_versions v ON v.skill_id = s.id AND v.version = s.current_version "
-        "WHERE s.namespace = ? ORDER BY s.id", (namespace,))
-    out = []
-    for r in rows:
-        c = credit.get(r["id"], {})
-        out.append(SkillRow(id=r["id"], slug=r["slug"], status=r["status"], reason=r["status_reason"],
-                            version=r["current_version"], versions=int(r["versions"]), category=r["category"],
-                            uses=int(c.get("uses", 0)), rated=int(c.get("rated", 0)), mean_reward=c.get("mean_reward"),
-                            uplift=float(c.get("uplift", 0.0)), se=c.get("se"),
-                            usefulness=float(c.get("usefulness", 0.0))))
-    return out
+    """Every skill of `namespace` at its current version, with its credit (`Retriever.credit_of`, what
+    `credit_report` gives) and status reason, in no particular order. Slug, status, version and
+    category come from the retriever's in-memory state, as the credit does."""
+    state = await app.retriever.state(namespace)
+    extra = await _extras(app, namespace, None)
+    return [_row(app, state, m, *extra.get(m.id, (None, 1))) for m in state.metas.values()]
 
 
 def sort_rows(rows: Iterable[SkillRow], sort: str = "uses", descending: bool = True) -> list[SkillRow]:
@@ -259,18 +306,38 @@ def sort_rows(rows: Iterable[SkillRow], sort: str = "uses", descending: bool = T
 async def skill_table(app: App, namespace: str, sort: str = "uses", descending: bool = True, page: int = 1,
                       status: str | None = None, query: str | None = None) -> SkillTable:
     """One page (PAGE_SIZE rows, `page` from 1, clamped) of the skills of `namespace`, filtered by
-    `status` and by `query` (a part of the slug, any case), in the order `sort_rows` gives."""
-    rows = await skill_rows(app, namespace)
+    `status` and by `query` (a part of the slug, any case), in the order `sort_rows` gives. Sorted by
+    slug, status, version, versions or uses, only the page's rows get their credit computed."""
+    sort = sort if sort in SORT_KEYS else "uses"
+    state = await app.retriever.state(namespace)
+    metas = list(state.metas.values())
     if status in STATUSES:
-        rows = [r for r in rows if r.status == status]
+        metas = [m for m in metas if m.status == status]
     if query:
         q = query.lower()
-        rows = [r for r in rows if q in r.slug.lower()]
-    ordered = sort_rows(rows, sort, descending)
-    pages = max(1, math.ceil(len(ordered) / PAGE_SIZE))
+        metas = [m for m in metas if q in m.slug.lower()]
+    pages = max(1, math.ceil(len(metas) / PAGE_SIZE))
     page = min(max(1, page), pages)
-    return SkillTable(ordered[(page - 1) * PAGE_SIZE:page * PAGE_SIZE], len(ordered), page, pages,
-                      sort if sort in SORT_KEYS else "uses", descending)
+    window = slice((page - 1) * PAGE_SIZE, page * PAGE_SIZE)
+    if sort in CHEAP_KEYS:
+        extra = await _extras(app, namespace, None) if sort == "versions" else {}
+
+        def key(m: Any) -> Any:
+            if sort == "uses":
+                return state.stats.get((m.id, m.version), (0,))[0]
+            if sort == "versions":
+                return extra.get(m.id, (None, 1))[1]
+            return getattr(m, sort)
+        metas.sort(key=lambda m: m.slug)
+        metas.sort(key=key, reverse=descending)
+        chosen = metas[window]
+        if sort != "versions":
+            extra = await _extras(app, namespace, [m.id for m in chosen])
+        rows = [_row(app, state, m, *extra.get(m.id, (None, 1))) for m in chosen]
+    else:
+        extra = await _extras(app, namespace, None)
+        rows = sort_rows([_row(app, state, m, *extra.get(m.id, (None, 1))) for m in metas], sort, descending)[window]
+    return SkillTable(rows, len(metas), page, pages, sort, descending)
 
 
 @dataclass

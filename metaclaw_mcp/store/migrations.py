@@ -510,3 +510,17 @@ def m0008_principals(db: sqlite3.Connection) -> None:
     ALTER TABLE ratings ADD COLUMN principal TEXT;
     ALTER TABLE skill_versions ADD COLUMN principal TEXT;
     """)
+
+
+@migration(9)
+def m0009_dashboard_indexes(db: sqlite3.Connection) -> None:
+    """Indexes for the dashboard's reads (`dashboard/queries.py`), each covering its query so a page
+    reads no table rows (bench/dashboard.py: 100k turns, 10k skills): turns per namespace and UTC day
+    in day order (turns, rated turns and reward per day, without a sort; with the id the ratings join
+    needs); ratings by turn with their source and score (ratings per day by source); and ratings by
+    source (the judge's latest ratings first, for its agreement with users and environments)."""
+    run_script(db, """
+    CREATE INDEX turns_day ON turns(namespace, substr(created_at, 1, 10), reward, id, created_at);
+    CREATE INDEX ratings_turn_source ON ratings(turn_id, source, score);
+    CREATE INDEX ratings_source ON ratings(source);
+    """)
