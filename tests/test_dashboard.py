@@ -13,11 +13,12 @@ import sys
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import anyio
 import httpx
 import pytest
+import typer
 
 from metaclaw_mcp.access import LOCAL, Principal, TokenTable, new_token, token_entry
 from metaclaw_mcp.app import App, open_app
@@ -485,6 +486,26 @@ async def test_serve_dashboard_alone_on_loopback(home):
     from metaclaw_mcp.errors import ConfigError
     with pytest.raises(ConfigError, match="loopback"):
         await run_dashboard(config, "0.0.0.0", port)
+
+
+def test_the_dashboard_command_reads_the_main_commands_options():
+    """Registered as the main CLI registers it, the command takes --home and --config from the root."""
+    from typer.testing import CliRunner
+
+    from metaclaw_mcp.dashboard.cli import dashboard as dashboard_command
+
+    root = typer.Typer()
+    seen: dict[str, Any] = {}
+
+    @root.callback()
+    def options(config: Optional[Path] = typer.Option(None, "--config"),
+                home: Optional[Path] = typer.Option(None, "--home")) -> None:
+        seen.update(config=config, home=home)
+    root.command("dashboard")(dashboard_command)
+    missing = CliRunner().invoke(root, ["--config", "/nonexistent/config.toml", "dashboard"])
+    assert missing.exit_code == 2 and "config file not found: /nonexistent/config.toml" in missing.output
+    public = CliRunner().invoke(root, ["dashboard", "--host", "0.0.0.0"])
+    assert public.exit_code == 2 and "only on a loopback address" in public.output
 
 
 def test_the_dashboard_command_serves_until_stopped(home):
