@@ -21,6 +21,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from .config import MetaClawConfig, load_config
+from .dashboard.cli import dashboard as dashboard_command
 from .errors import ConfigError, InvalidInput, MetaClawError
 from .models import SkillStatus
 
@@ -71,6 +72,7 @@ cli.add_typer(turns_cli, name="turns")
 cli.add_typer(config_cli, name="config")
 cli.add_typer(train_cli, name="train")
 cli.add_typer(tokens_cli, name="tokens")
+cli.command("dashboard")(dashboard_command)
 
 _globals: dict[str, Any] = {}
 

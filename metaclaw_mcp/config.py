@@ -68,6 +68,12 @@ class MetaClawConfig(BaseSettings):
                                                 "for a connection's first request); slower connections are closed.")
     http_max_connections: int | None = Field(500, ge=1, description="HTTP/SSE: open connections past which a "
                                              "new request gets 503. None: no limit.")
+    http_rate_limit: float | None = Field(100.0, gt=0, description="HTTP/SSE with tokens: requests per second "
+                                          "one bearer token may make (requests without one: per client address), "
+                                          "in bursts of up to http_rate_burst; past it, 429 with Retry-After. "
+                                          "A loopback server without tokens (one user) is not limited. None: no limit.")
+    http_rate_burst: int = Field(200, ge=1, description="HTTP/SSE: requests one caller may make at once before "
+                                 "http_rate_limit applies.")
 
     # skills
     skill_top_k: int = Field(5, ge=1, le=50, description="Default `k` of fetch_skills: the most ranked skills "

@@ -449,6 +449,9 @@ async def _serve_http(server: MetaClawServer, app: App, config: MetaClawConfig, 
     asgi = PathRouter(asgi, dashboard_app(app, security, tokens, PRINCIPAL_KEY), prefix=DASHBOARD)
     asgi = CompleteResponses(asgi)
     if tokens is not None:
+        if config.http_rate_limit is not None:   # inside the bearer check: one bucket per token
+            from .ratelimit import RateLimit, TokenBuckets
+            asgi = RateLimit(asgi, TokenBuckets(config.http_rate_limit, config.http_rate_burst), PRINCIPAL_KEY)
         asgi = BearerAuth(asgi, tokens)
     uv_config = uvicorn.Config(asgi, host=config.host, port=config.port, log_config=None, access_log=False,
                                lifespan="on", log_level=config.log_level.lower(),

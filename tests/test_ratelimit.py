@@ -85,3 +85,25 @@ async def test_without_tokens_each_client_address_has_its_own_bucket():
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             assert [(await c.post("/mcp", json={})).status_code for _ in range(3)] == [200, 200, 429]
     assert calls["n"] == 4
+
+
+async def test_a_served_token_over_its_rate_gets_429_then_works_again(tmp_path):
+    """Through `metaclaw-mcp serve --transport http --auth-token`: past the burst a token's requests
+    get 429 with Retry-After (a wrong token still gets 401); after a moment a real MCP client works."""
+    import anyio
+
+    from mcp_servers import call, connect, served
+
+    with served(tmp_path / "home", "http", "--auth-token", "tok-1", METACLAW_HTTP_RATE_LIMIT="5",
+                METACLAW_HTTP_RATE_BURST="5") as (port, _):
+        url = f"http://127.0.0.1:{port}/metrics"
+        async with httpx.AsyncClient() as http:
+            codes = [(await http.get(url, headers={"Authorization": "Bearer tok-1"})).status_code for _ in range(6)]
+            assert codes == [200] * 5 + [429]
+            limited = await http.get(url, headers={"Authorization": "Bearer tok-1"})
+            assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+            assert (await http.get(url, headers={"Authorization": "Bearer wrong"})).status_code == 401
+        await anyio.sleep(1.2)
+        async with connect("http", tmp_path / "home", port, "auto", token="tok-1") as client:
+            is_error, out = await call(client, "fetch_skills", {"query": "parse a date"})
+            assert not is_error and out["skills"]
