@@ -53,6 +53,15 @@ class BearerAuth:
             if principal is None and any(path == p or path.startswith(p + "/") for p in self.SELF_CHECKED):
                 await self.app(scope, receive, send)
                 return
+            if principal is None and path.startswith("/.well-known/"):
+                # Nothing is published there: a 404 (not a 401) tells an OAuth-capable client (the
+                # Inspector) that there is no authorization server to discover, so it sends the header.
+                body = (b'{"error": "not_found", "detail": "no OAuth here: this server takes bearer tokens; '
+                        b'send Authorization: Bearer <token>"}')
+                await send({"type": "http.response.start", "status": 404, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
             if principal is None:
                 body = (b'{"error": {"message": "send Authorization: Bearer <token>", "type": "authentication_error", '
                         b'"param": null, "code": "unauthorized"}}' if scope.get("path", "").startswith("/v1")

@@ -382,5 +382,5 @@ def test_a_token_server_publishes_no_oauth_metadata(tmp_path):
             assert refused.headers["www-authenticate"] == 'Bearer realm="metaclaw-mcp"'  # no resource_metadata
             for path in ("/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp",
                          "/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
-                assert http.get(base + path).status_code in (401, 404)  # never metadata to start OAuth with
+                assert http.get(base + path).status_code == 404  # no metadata to start OAuth with, even without a token
                 assert http.get(base + path, headers={"Authorization": "Bearer tok-abc"}).status_code == 404
