@@ -32,6 +32,7 @@ from .metrics import metrics_for
 from .models import (Category, EvolveResult, FetchResult, Message, Namespace, RateResult, RatingSource,
                      ReportResult, Score, SkillProposal, TokenData)
 from .skills.skillmd import render_skill_md
+from .skills_extension import SkillsExtension
 
 INSTRUCTIONS = """\
 metaclaw-mcp lets you learn from your own work across conversations. Around each reply:
@@ -459,9 +460,11 @@ def build_server(app: App) -> MetaClawServer:
         return result
 
     bus = InMemorySubscriptionBus()   # resource updates for clients listening (`subscriptions/listen`)
+    skills_extension = SkillsExtension(app, PRINCIPAL_KEY)   # the MCP Skills extension (skills/list, skills/get)
     mcp = MetaClawServer(app, name="metaclaw-mcp", title="MetaClaw skills", version=__version__,
                          instructions=INSTRUCTIONS, log_level=app.config.log_level, tools=tools, subscriptions=bus,
-                         middleware=[without_prompts])
+                         middleware=[without_prompts], extensions=[skills_extension])
+    skills_extension.attach(mcp)
 
     # Status and checkpoints span every namespace, and the SDK tells a static resource nothing of its
     # caller: with tokens bound to namespaces they are not served over MCP (the CLI and an admin's
