@@ -544,15 +544,22 @@ class Retriever:
         """Read the corrections rated since the last read (the user's or the environment's negative
         ratings with feedback), keep them with their feedback's vector (`state.corrections`, the
         newest `CORRECTIONS_KEPT`), and link them to the lessons they name (`_link_corrections`)."""
+        newest = await self.db.scalar("SELECT MAX(rated_at) FROM turns WHERE namespace = ? AND reward IS NOT NULL",
+                                      (namespace,))
+        if newest is None or newest <= state.corrections_since:
+            return
         rows = await self.db.fetchall(
             "SELECT t.id, t.request, t.rated_at, r.feedback, r.created_at, (SELECT group_concat(u.skill_id) "
             "FROM skill_uses u WHERE u.turn_id = t.id AND u.named = 1) AS named FROM turns t "
             "JOIN ratings r ON r.turn_id = t.id WHERE t.namespace = ? AND t.reward IS NOT NULL AND t.rated_at > ? "
-            "AND r.source IN ('user', 'env') AND r.score < 0 AND r.feedback IS NOT NULL AND r.feedback != '' "
-            "ORDER BY t.rated_at LIMIT ?", (namespace, state.corrections_since, CORRECTIONS_READ))
+            "AND t.rated_at <= ? AND r.source IN ('user', 'env') AND r.score < 0 AND r.feedback IS NOT NULL "
+            "AND r.feedback != '' ORDER BY t.rated_at LIMIT ?",
+            (namespace, state.corrections_since, newest, CORRECTIONS_READ))
+        # Read up to `newest` (or, past the limit, up to the last row read): the next read starts there,
+        # so a namespace without corrections is not scanned again.
+        state.corrections_since = newest if len(rows) < CORRECTIONS_READ else rows[-1]["rated_at"]
         if not rows:
             return
-        state.corrections_since = max(r["rated_at"] for r in rows)
         feedback_ND = await self.encode_requests([r["feedback"] for r in rows])
         fresh = []
         for r, feedback_D in zip(rows, feedback_ND, strict=True):
