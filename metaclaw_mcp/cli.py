@@ -153,21 +153,15 @@ def _one_match(ref: str, matches: list[str], what: str) -> str:
 
 async def full_turn_id(app: Any, ref: str) -> str:
     """The turn id `ref` names: itself when a turn has it, else the one turn id it begins."""
-    if not ref or await app.db.scalar("SELECT 1 FROM turns WHERE id = ?", (ref,)):
-        return ref
-    rows = await app.db.fetchall("SELECT id FROM turns WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
-                                 (ref, ref + "\U0010ffff", MATCHES_SHOWN + 1))  # a range the primary key serves
-    return _one_match(ref, [r["id"] for r in rows], "turn id")
+    return _one_match(ref, await app.turns.ids_starting(ref, MATCHES_SHOWN + 1), "turn id") if ref else ref
 
 
 async def full_skill_ref(app: Any, namespace: str, ref: str) -> str:
     """The skill `ref` names in `namespace`: an id (digits) or a slug as given, else the one slug it begins."""
-    if not ref or (ref.isascii() and ref.isdigit()) or await app.db.scalar(
-            "SELECT 1 FROM skills WHERE namespace = ? AND slug = ?", (namespace, ref)):
+    if not ref or (ref.isascii() and ref.isdigit()):
         return ref
-    rows = await app.db.fetchall("SELECT slug FROM skills WHERE namespace = ? AND slug >= ? AND slug < ? "
-                                 "ORDER BY slug LIMIT ?", (namespace, ref, ref + "\U0010ffff", MATCHES_SHOWN + 1))
-    return _one_match(ref, [r["slug"] for r in rows], f"skill slug in namespace {namespace!r}")
+    return _one_match(ref, await app.library.slugs_starting(namespace, ref, MATCHES_SHOWN + 1),
+                      f"skill slug in namespace {namespace!r}")
 
 
 # ---- serve ----

@@ -237,6 +237,15 @@ class TurnLog:
 
         return await self.db.write(write)
 
+    async def ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Turn ids that begin with `prefix`, in order, at most `limit`: just `prefix` when a turn has
+        that whole id (a range scan of the primary key otherwise)."""
+        if await self.db.scalar("SELECT 1 FROM turns WHERE id = ?", (prefix,)):
+            return [prefix]
+        rows = await self.db.fetchall("SELECT id FROM turns WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                                      (prefix, prefix + "\U0010ffff", limit))
+        return [r["id"] for r in rows]
+
     async def get(self, turn_id: str) -> dict[str, Any]:
         """One turn as a dict (messages parsed, its ratings and linked skills); NotFound for an unknown id."""
         row = await self.db.fetchone("SELECT * FROM turns WHERE id = ?", (turn_id,))

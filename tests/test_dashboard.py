@@ -25,7 +25,8 @@ from metaclaw_mcp.app import App, open_app
 from metaclaw_mcp.config import load_config
 from metaclaw_mcp.dashboard import plots, queries
 from metaclaw_mcp.dashboard.routes import PATH, Dashboard, safe_next
-from metaclaw_mcp.dashboard.serve import loopback_security, run_dashboard
+from metaclaw_mcp.dashboard.serve import run_dashboard
+from metaclaw_mcp.http_security import transport_security
 from metaclaw_mcp.dashboard.session import COOKIE, Sessions
 from metaclaw_mcp.models import Message, SkillProposal
 
@@ -149,7 +150,7 @@ def lexical(home: Path, **extra: Any):
 
 def client(app: App, tokens: TokenTable | None = None, host: str = "127.0.0.1:8765") -> httpx.AsyncClient:
     """An httpx client on the dashboard's ASGI app, with the Host and Origin checks of 127.0.0.1:8765."""
-    asgi = Dashboard(app, loopback_security("127.0.0.1", 8765), tokens).asgi()
+    asgi = Dashboard(app, transport_security(load_config(host="127.0.0.1", port=8765, transport="http")), tokens).asgi()
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url=f"http://{host}",
                              headers={"accept": "text/html"})
 
@@ -186,12 +187,6 @@ def test_safe_next_keeps_logins_on_the_dashboard():
     assert safe_next("/dashboard/skills?ns=a") == "/dashboard/skills?ns=a"
     for bad in ("https://evil.example/", "//evil.example/dashboard", "/mcp", "/dashboard\\@evil", None, ""):
         assert safe_next(bad) == PATH
-
-
-def test_loopback_security_is_the_servers_rule():
-    from metaclaw_mcp.transport import transport_security
-    for host, port in (("127.0.0.1", 8766), ("::1", 80), ("localhost", 9000)):
-        assert loopback_security(host, port) == transport_security(load_config(host=host, port=port, transport="http"))
 
 
 def test_plots_are_svg_with_escaped_labels():

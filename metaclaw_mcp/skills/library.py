@@ -148,6 +148,15 @@ class SkillLibrary:
 
     # ---- reads ----
 
+    async def slugs_starting(self, namespace: str, prefix: str, limit: int) -> list[str]:
+        """Slugs of `namespace` that begin with `prefix`, in order, at most `limit`: just `prefix` when a
+        skill has that whole slug (a range scan of the (namespace, slug) index otherwise)."""
+        if await self.db.scalar("SELECT 1 FROM skills WHERE namespace = ? AND slug = ?", (namespace, prefix)):
+            return [prefix]
+        rows = await self.db.fetchall("SELECT slug FROM skills WHERE namespace = ? AND slug >= ? AND slug < ? "
+                                      "ORDER BY slug LIMIT ?", (namespace, prefix, prefix + "\U0010ffff", limit))
+        return [r["slug"] for r in rows]
+
     async def get(self, namespace: str, ref: str | int) -> SkillRecord:
         """A skill by id or slug; NotFound names what was asked for."""
         found = skill_ref(ref)
