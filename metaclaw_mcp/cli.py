@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from .config import MetaClawConfig, load_config
 from .dashboard.cli import dashboard as dashboard_command
@@ -569,10 +570,25 @@ def utf8_output() -> None:
             reconfigure(encoding="utf-8", errors="backslashreplace")
 
 
-def main() -> None:
-    """The `metaclaw-mcp` entry point: UTF-8 output, then the command line parsed and run."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """The `metaclaw-mcp` entry point: UTF-8 output, then the command line parsed and run. A mistake
+    on the command line (an unknown command or option, a value of the wrong type) is one line,
+    `error: <what was wrong> (see '<command> --help')`, and exit code 2, as every other error here."""
     utf8_output()
-    cli()
+    try:
+        code = cli(list(argv) if argv is not None else None, prog_name="metaclaw-mcp", standalone_mode=False)
+    except typer.Abort:
+        err.print("aborted", highlight=False)
+        sys.exit(130)
+    except TyperException as exc:   # click's usage errors (typer's public base of them)
+        format_message = getattr(exc, "format_message", None)
+        if format_message is None:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        err.print(f"[red]error:[/red] {escape(format_message())}{escape(hint)}", highlight=False, markup=True)
+        sys.exit(int(getattr(exc, "exit_code", 2)))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

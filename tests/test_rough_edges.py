@@ -241,6 +241,18 @@ def test_a_typo_in_an_environment_variable_is_pointed_out_and_ignored(tmp_path):
                                    "did you mean METACLAW_SKILL_TOP_K?")
 
 
+def test_any_command_line_mistake_is_one_line_with_exit_code_2(tmp_path):
+    cases = {("turns", "list", "--limit", "abc"): "error: Invalid value for '--limit'",
+             ("turns", "lst"): "error: No such command 'lst'. Did you mean 'list'?",
+             ("--bogus",): "error: No such option: --bogus",
+             ("skills", "show"): "error: Missing argument"}
+    for args, start in cases.items():
+        proc = cli(tmp_path / "home", *args)
+        assert proc.returncode == 2 and proc.stdout == "", (args, proc.stdout)
+        line = one_line_error(proc)
+        assert line.startswith(start) and line.endswith("--help')"), line
+
+
 def command_paths(command, path=()):
     """Every command and group under a click command, as argument paths."""
     yield path
