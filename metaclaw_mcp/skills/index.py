@@ -511,7 +511,6 @@ class Retriever:
             raw = [r["request"] or "" for r in reversed(rows)]
             fresh = [r["id"] not in state.requests for r in reversed(rows)]
             added = state.boilerplate.observe([t for t, f in zip(raw, fresh, strict=True) if f])
-            encoder = self.experience_encoder
             # turns stored before a line became boilerplate: encoded again without it
             stale = ([tid for tid, text in state.requests.items() if tid in state.experience.turns
                       and any(line_shape(line) in added for line in text.splitlines())] if added else [])
@@ -520,10 +519,7 @@ class Retriever:
                        for r, text in zip(reversed(rows), raw, strict=True)]
             entries += [(tid, state.requests[tid], state.experience.turns[tid][1]) for tid in stale]
             texts = [state.boilerplate.strip(text) for _, text, _ in entries]
-            if encoder.fast and len(texts) <= 64:
-                vectors_ND = encoder.encode(texts)
-            else:
-                vectors_ND = await anyio.to_thread.run_sync(encoder.encode, texts)
+            vectors_ND = await self.encode_requests(texts)
             for (turn_id, text, values), stripped, vector_D in zip(entries, texts, vectors_ND, strict=True):
                 if stripped.strip() and values:
                     state.experience.put(turn_id, vector_D, values)
