@@ -78,6 +78,11 @@ def test_onnx_vectors_agree_with_sentence_transformers(onnx):
     assert (np.sum(batch * reference, axis=1) > 0.95).all()
     assert (np.sum(queries * reference, axis=1) > 0.95).all()
     assert (np.sum(queries * batch, axis=1) > 0.98).all()     # padding in a batch changes little
+    # a single text past SINGLE_THREAD_MAX_TOKENS runs on the session of more threads: the same vector
+    from metaclaw_mcp.skills.onnx_encoder import SINGLE_THREAD_MAX_TOKENS
+    paragraph = " ".join(SENTENCES * 3)
+    assert len(paragraph.split()) > SINGLE_THREAD_MAX_TOKENS
+    assert float(onnx.encode([paragraph])[0] @ onnx.encode([paragraph, SENTENCES[0]])[0]) > 0.99
     assert onnx.encode_query(SENTENCES[0]) is onnx.encode_query(SENTENCES[0])   # cached
     # the meaning, not the words: a paraphrase is nearer than a text sharing words
     para = onnx.encode(["call off the booking of my plane trip"])[0]

@@ -30,7 +30,11 @@ from .dense import MODEL_ID, EncoderBase, read_json, default_cache_dir, model_di
 
 ONNX_VERSION = 1      # bump when the export recipe changes: a new file, and new skill vectors
 MAX_TOKENS = 256      # all-MiniLM-L6-v2's max_seq_length in sentence-transformers
-ONNX_THREADS = 2      # onnxruntime's intra-op threads for one run
+ONNX_THREADS = 2      # onnxruntime's intra-op threads for a batch, or one long text
+# Up to this many tokens a single text runs on one thread: waking a second (non-spinning) thread
+# costs more than it saves on so little work. Measured here (2 cores, int8 MiniLM, median ms of one
+# run, 1 vs 2 threads): 16 tokens 1.33 vs 1.75, 48: 3.53 vs 3.87, 64: 4.92 vs 4.76, 128: 10.2 vs 8.1.
+SINGLE_THREAD_MAX_TOKENS = 56
 EXPORT_NEEDS = ("torch", "transformers", "onnx", "onnxscript")
 
 log = logging.getLogger("metaclaw_mcp.retrieval")
@@ -212,6 +216,7 @@ class OnnxEmbedder(EncoderBase):
         self.model_id = f"{self.model_id}-onnx-int8" + ("" if ONNX_VERSION == 1 else f"-v{ONNX_VERSION}")
         self.dim = 384 if model_path is None else int(read_json(model_dir(model_path) / "config.json")["hidden_size"])
         self._session = None
+        self._session_1 = None   # one intra-op thread: short single texts (queries)
         self._tokenizer = None
         self._inputs: tuple[str, ...] = ()
 
@@ -229,13 +234,17 @@ class OnnxEmbedder(EncoderBase):
             return
         tokenizer, session, inputs = load_onnx(self.model_path, self.cache_dir, self.threads)
         self._tokenizer, self._inputs = tokenizer, inputs
+        self._session_1 = session if self.threads == 1 else load_onnx(self.model_path, self.cache_dir, 1)[1]
         self._session = session
 
     def _run(self, ids_BL: np.ndarray, mask_BL: np.ndarray) -> np.ndarray:
-        """[B, D] unit-length mean-pooled vectors of a padded batch."""
+        """[B, D] unit-length mean-pooled vectors of a padded batch (one short text: on one thread,
+        `SINGLE_THREAD_MAX_TOKENS`)."""
         assert self._session is not None
+        session = self._session_1 if ids_BL.shape[0] == 1 and ids_BL.shape[1] <= SINGLE_THREAD_MAX_TOKENS \
+            else self._session
         feed = {"input_ids": ids_BL, "attention_mask": mask_BL, "token_type_ids": np.zeros_like(ids_BL)}
-        hidden_BLD = self._session.run(None, {n: feed[n] for n in self._inputs})[0]
+        hidden_BLD = session.run(None, {n: feed[n] for n in self._inputs})[0]
         mask_BL1 = mask_BL[:, :, None].astype(np.float32)
         vectors_BD = (hidden_BLD * mask_BL1).sum(1) / np.maximum(mask_BL1.sum(1), 1.0)
         norms_B1 = np.linalg.norm(vectors_BD, axis=1, keepdims=True)
