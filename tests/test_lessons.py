@@ -293,6 +293,36 @@ async def test_a_preference_corrected_on_unrelated_requests_becomes_standing(lex
     assert [s.why for s in out.skills if s.slug == slug] == ["standing"]
 
 
+async def test_a_standing_lesson_stays_standing_when_turns_that_applied_it_fail_for_another_rule(lexapp):
+    """Turns that applied a standing lesson and were rated down for something else say nothing
+    about whether it was needed: neither they nor the lesson's next version take its scope away."""
+    slug = "british-spelling"
+    await teach(lexapp, slug, "This user writes British English.",
+                "Spell the British way: colour, organise, centre, licence (noun), travelled.",
+                "Draft the release notes.", "We optimized the color picker.", "Colour and optimised, please.")
+    for i, request in enumerate(["Explain what a race condition is.", "Plan a weekend in Lisbon.",
+                                 "Summarise the board minutes.", "Write a haiku about rain."]):
+        turn = await lexapp.report_turn(session_id=f"r{i}", messages=[Message(role="user", content=request)],
+                                        response="...")
+        await lexapp.rate_turn(turn.turn_id, -1.0, "user", "You forgot the British spelling rule again.")
+    for i, request in enumerate(["Describe how the cache works.", "Compare two laptops for me.",
+                                 "Add up the Basel invoices for June.", "Rename the photos by date.",
+                                 "Explain the difference between a thread and a process.",
+                                 "Suggest a name for the meeting room."]):
+        out = await lexapp.fetch_skills(request, session_id=f"u{i}")
+        assert [s.why for s in out.skills if s.slug == slug] == ["standing"], i
+        turn = await lexapp.report_turn(session_id=f"u{i}", messages=[Message(role="user", content=request)],
+                                        response="...", retrieval_id=out.retrieval_id, skill_ids=[slug])
+        await lexapp.rate_turn(turn.turn_id, -1.0, "user", "The figures are wrong.")   # not about spelling
+    again = await teach(lexapp, slug, "Use when writing prose for this user.",
+                        "UK spelling and words: grey, favourite, torch, holiday; -ise verbs.",
+                        "What should I pack for the hiking trip?", "Your favorite gray jacket.",
+                        "Grey and favourite: you forgot the British spelling rule again.")
+    assert (again["slug"], again["version"]) == (slug, 2)
+    out = await lexapp.fetch_skills("Translate this paragraph into German", k=3)
+    assert [s.why for s in out.skills if s.slug == slug] == ["standing"]
+
+
 async def test_a_lesson_written_for_a_correction_that_names_another_is_its_new_version(lexapp):
     """"Again you did not archive ..." names the archive lesson taught before: the lesson the agent
     writes for that failure, in other words, becomes that lesson's next version (each rule in one

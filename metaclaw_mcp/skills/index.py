@@ -360,9 +360,12 @@ class Retriever:
         if not lessons:
             return
         marks = ",".join("?" * len(lessons))
-        named = {r[0]: r[1] for r in await self.db.fetchall(
-            f"SELECT u.skill_id, COUNT(*) FROM skill_uses u JOIN turns t ON t.id = u.turn_id WHERE u.named = 1 "
-            f"AND t.reward >= 0 AND u.skill_id IN ({marks}) GROUP BY u.skill_id", [m.id for m in lessons])}
+        # Turns that named it as used: rated well, they needed it; rated down, they say nothing either
+        # way (the correction is most often about another rule), so they leave the count altogether.
+        named = {r[0]: (r[1], r[2]) for r in await self.db.fetchall(
+            f"SELECT u.skill_id, SUM(t.reward >= 0), SUM(t.reward < 0) FROM skill_uses u JOIN turns t "
+            f"ON t.id = u.turn_id WHERE u.named = 1 AND t.reward IS NOT NULL AND u.skill_id IN ({marks}) "
+            f"GROUP BY u.skill_id", [m.id for m in lessons])}
         for m in lessons:
             assert m.lesson is not None
             turns = int(await self.db.scalar(
@@ -370,7 +373,8 @@ class Retriever:
                 (namespace, m.lesson.since)) or 0)
             taught = len(m.lesson.requests)
             reminded_by = len(state.reminders.get(m.id, ()))   # rated turns since it was taught: in `turns`
-            if learned_always(named.get(m.id, 0) + taught + reminded_by, turns + taught):
+            good, unknown = named.get(m.id, (0, 0))
+            if learned_always(good + taught + reminded_by, turns - unknown + taught):
                 m.lesson.scope = "always"
 
     async def refresh_taught(self, namespace: str, state: NamespaceState) -> None:

@@ -64,7 +64,9 @@ ALWAYS_SHARE = 0.5      # the share of the namespace's turns that needed it, fro
 def learned_always(needed: int, turns: int) -> bool:
     """True when a lesson was needed by more than `ALWAYS_SHARE` of the namespace's rated turns since
     it was first taught (`needed`: turns it was taught from, plus rated turns that named it as used
-    and were not rated down; `turns`: rated turns in that time, its teaching turns included), and
+    and were not rated down; `turns`: rated turns in that time, its teaching turns included, less
+    those that named it and were rated down: the correction of such a turn is most often about
+    another rule, so it says nothing either way), and
     by at least `ALWAYS_MIN_NEEDED`: from there on, showing it on every request is right more often
     than not, whatever the request says. A count, so no similarity scale to tune per encoder."""
     return needed >= ALWAYS_MIN_NEEDED and turns > 0 and needed / turns > ALWAYS_SHARE
