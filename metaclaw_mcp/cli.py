@@ -265,7 +265,7 @@ def skills_show(ref: str = typer.Argument(..., help="Slug, id, or the start of a
     """Show a skill and its versions."""
     async def get(app: Any) -> dict[str, Any]:
         skill = await app.library.get(namespace, await full_skill_ref(app, namespace, ref))
-        return skill.as_dict() | {"versions": await app.library.versions(skill.id)}
+        return skill.as_dict() | {"versions": [v.as_dict() for v in await app.library.versions(skill.id)]}
     data = _run(get)
     if as_json:
         _print_json(data)

@@ -147,7 +147,7 @@ async def test_a_proposal_with_a_taken_name_becomes_a_new_version_of_that_skill(
     assert (acc.slug, acc.version, acc.revised, acc.proposed_name) == ("write-unit-tests", 2, True, "write-unit-tests")
     skill = await app.library.get("default", "write-unit-tests")
     assert skill.version == 2 and skill.source == "agent" and skill.provenance == [failures["tz"]]
-    assert [v["source"] for v in await app.library.versions(skill.id)] == ["starter", "agent"]
+    assert [v.source for v in await app.library.versions(skill.id)] == ["starter", "agent"]
     assert (await app.library.rollback("default", "write-unit-tests")).source == "starter"  # one step back
 
 

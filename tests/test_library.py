@@ -177,8 +177,8 @@ async def test_revise_then_rollback(app):
     assert [s.slug for s in await app.library.search("okapi pelicans")] == ["zebra-crossing"]
     assert await app.library.search("quagga") == []  # old text no longer matches
     versions = await app.library.versions(sk.id)
-    assert [(v["version"], v["parent_version"]) for v in versions] == [(1, None), (2, 1)]
-    assert versions[0]["body"] == ZEBRA.body
+    assert [(v.version, v.parent_version) for v in versions] == [(1, None), (2, 1)]
+    assert versions[0].body == ZEBRA.body
 
     back = await app.library.rollback("default", sk.id, 1)
     assert back.version == 1 and back.body == ZEBRA.body and back.description == ZEBRA.description
@@ -190,7 +190,7 @@ async def test_revise_then_rollback(app):
     v3 = await app.library.revise("default", sk.id, SkillDoc(name="x", description="Use when gnus migrate.",
                                                               body="1. Count the gnus."))
     assert v3.version == 3
-    assert (await app.library.versions(sk.id))[-1]["parent_version"] == 1
+    assert (await app.library.versions(sk.id))[-1].parent_version == 1
     # default rollback target: the version before the current one
     assert (await app.library.rollback("default", sk.id)).version == 2
 

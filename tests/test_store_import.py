@@ -150,7 +150,7 @@ async def test_cancelled_import_leaves_nothing_and_frees_its_names(tmp_path):
                                       progress=lambda done, total: done >= total // 2 + 150 and scope.cancel())
         assert scope.cancelled_caught
         assert [s.slug for s in await library.list("bulk")] == ["bulk-skill-3"]
-        assert [v["version"] for v in await library.versions((await library.get("bulk", "bulk-skill-3")).id)] == [1]
+        assert [v.version for v in await library.versions((await library.get("bulk", "bulk-skill-3")).id)] == [1]
         assert await db.scalar("SELECT COUNT(*) FROM skills") == 1
         assert await db.scalar("SELECT COUNT(*) FROM skills_fts") == 1
         report = await library.import_docs(((f"d{i}", doc(i)) for i in range(n)), n, "bulk", chunk_size=50)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound
 from ..messages import content_text
-from ..skills.library import SkillRecord
+from ..skills.library import SkillRecord, SkillVersion
 
 if TYPE_CHECKING:
     from ..app import App
@@ -363,22 +363,14 @@ class Use:
 
 
 @dataclass
-class VersionView:
-    """One version of a skill, with its credit (uses, rated, mean reward, uplift, se)."""
-    version: int
-    name: str
-    description: str
-    body: str
-    category: str
-    source: str
-    provenance: list[str]
-    parent_version: int | None
-    created_at: str
-    uses: int
-    rated: int
-    mean_reward: float | None
-    uplift: float
-    se: float | None
+class VersionView(SkillVersion):
+    """One version of a skill (`SkillVersion`) with its credit: uses, rated uses, mean reward,
+    uplift and its standard error (None while unknown)."""
+    uses: int = 0
+    rated: int = 0
+    mean_reward: float | None = None
+    uplift: float = 0.0
+    se: float | None = None
 
 
 @dataclass
@@ -445,12 +437,9 @@ async def skill_detail(app: App, namespace: str, skill_id: int, diff_from: int |
     state = await app.retriever.state(namespace)
     versions = []
     for v in await app.library.versions(skill_id):
-        c = app.retriever.credit_of(state, skill_id, v["version"])
-        versions.append(VersionView(
-            version=v["version"], name=v["name"], description=v["description"], body=v["body"], category=v["category"],
-            source=v["source"], provenance=v["provenance"], parent_version=v["parent_version"],
-            created_at=v["created_at"], uses=c.uses, rated=c.rated, mean_reward=c.mean, uplift=c.uplift,
-            se=None if math.isinf(c.se) else c.se))
+        c = app.retriever.credit_of(state, skill_id, v.version)
+        versions.append(VersionView(**v.as_dict(), uses=c.uses, rated=c.rated, mean_reward=c.mean, uplift=c.uplift,
+                                    se=None if math.isinf(c.se) else c.se))
     by_number = {v.version: v for v in versions}
     to = diff_to if diff_to in by_number else record.version
     earlier = [n for n in by_number if n < to]

@@ -81,6 +81,26 @@ class SkillRecord:
         return {k: v for k, v in self.__dict__.items() if k != "score"}
 
 
+@dataclass
+class SkillVersion:
+    """One published version of a skill, as `SkillLibrary.versions` returns it: its text, where it
+    came from (`source`; `provenance`: ids of the turns it was learned from) and the version it
+    revised (`parent_version`, None for the first)."""
+    version: int
+    name: str
+    description: str
+    body: str
+    category: str
+    source: str
+    provenance: list[str]
+    parent_version: int | None
+    created_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, as plain data (for JSON output)."""
+        return dict(self.__dict__)
+
+
 # Leaves out the versions an import has written but not published yet (`v` is skill_versions).
 NOT_STAGED = ("NOT EXISTS (SELECT 1 FROM import_staged st WHERE st.skill_id = v.skill_id "
               "AND st.version = v.version)")
@@ -185,12 +205,12 @@ class SkillLibrary:
             sql += f" LIMIT {int(limit)}"
         return [record_from_row(r) for r in await self.db.fetchall(sql, params)]
 
-    async def versions(self, skill_id: int) -> list[dict[str, Any]]:
-        """Every published version of skill `skill_id`, oldest first, as plain data ([] for an unknown id)."""
+    async def versions(self, skill_id: int) -> list[SkillVersion]:
+        """Every published version of skill `skill_id`, oldest first ([] for an unknown id)."""
         rows = await self.db.fetchall(
             "SELECT version, name, description, body, category, source, provenance, parent_version, created_at "
             "FROM skill_versions v WHERE skill_id = ? AND " + NOT_STAGED + " ORDER BY version", (skill_id,))
-        return [dict(r) | {"provenance": json.loads(r["provenance"])} for r in rows]
+        return [SkillVersion(**(dict(r) | {"provenance": json.loads(r["provenance"])})) for r in rows]
 
     async def counts(self) -> dict[str, int]:
         """Skills per status over every namespace (a status with none is absent)."""
