@@ -149,7 +149,7 @@ class App:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._flush_loop)
                 tg.start_soon(self._credit_loop)
-                tg.start_soon(self._warm_up)
+                await tg.start(self._warm_up)   # serves once the indexes are loaded; the encoder follows
                 if serve_policy and self.policy is not None:
                     if self.trainer is not None:
                         from .policy.base import follow_checkpoints
@@ -292,11 +292,19 @@ class App:
         applied = await self.retriever.review(namespace, changed_only)
         return [{"namespace": ns, "slug": slug, "status": d.status, "reason": d.reason} for ns, slug, d in applied]
 
-    async def _warm_up(self) -> None:
-        """Background, once: load retrieval's model, indexes and experience before the first fetch asks."""
+    async def _warm_up(self, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Background, once: load retrieval's indexes (`Retriever.load_indexes`), report started (the
+        server serves from here), then its model and experience (`Retriever.warm_up`) before the
+        first fetches ask for them."""
+        namespaces: list[str] | None = None
         try:
-            await self.retriever.warm_up()
+            namespaces = await self.retriever.load_indexes()
         except Exception:  # the first fetch will load what it needs (and say what went wrong)
+            log.exception("could not load the retrieval indexes")
+        task_status.started()
+        try:
+            await self.retriever.warm_up(namespaces)
+        except Exception:
             log.exception("could not warm up retrieval")
 
     async def _credit_loop(self) -> None:

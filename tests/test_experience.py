@@ -258,6 +258,32 @@ async def test_a_running_server_loads_experience_before_the_first_fetch(tmp_path
         assert "find-user-by-email" in {s.slug for s in found.skills}
 
 
+async def test_fetches_during_the_warm_up_answer_without_waiting_for_experience(tmp_path, static):
+    """A running server serves once its indexes are loaded; until the warm-up has read a namespace's
+    rated turns (seconds for thousands), its fetches answer without their votes instead of reading
+    them on the fetch's path; after the warm-up the votes count."""
+    from metaclaw_mcp.app import App
+    config = load_config(home=tmp_path / "w", retrieval_mode="hybrid", embedding_encoder="static",
+                         load_starter_skills=False, retrieval_seed=3, credit_review_seconds=3600)
+    async with open_app(config) as app:
+        for d in DOCS:
+            await app.library.add(d, namespace="shop")
+        await app.retriever.ensure_embeddings("shop")
+        await learn_cancellations(app)
+    query = "I want to cancel the blender I ordered yesterday"
+    async with open_app(config) as app:
+        assert await app.retriever.load_indexes() == ["shop"]   # the step a server waits for
+        assert app.retriever.peek("shop") is not None
+        during = await app.fetch_skills(query, k=2, namespace="shop")
+        assert "find-user-by-email" not in {s.slug for s in during.skills}
+        assert len(app.retriever.peek("shop").experience or ()) == 0   # not read on the fetch's path
+        await app.retriever.warm_up(["shop"])
+        after = await app.fetch_skills(query, k=2, namespace="shop")
+        assert "find-user-by-email" in {s.slug for s in after.skills}
+    async with App(config).running() as app:
+        assert app.retriever.peek("shop") is not None   # loaded before the server serves
+
+
 async def test_failures_push_a_skill_down_and_a_rerating_counts_once(exp_app):
     app = exp_app
     query = "I want my money back for the headphones that arrived"

@@ -293,27 +293,43 @@ class Retriever:
         votes = self._experience_votes(state, query_D, fold=False) if use_experience else {}
         return den, votes
 
-    async def warm_up(self, max_namespaces: int = 16) -> None:
-        """Load now what the first fetch of each namespace would otherwise wait for: the encoder
-        (in a worker thread: building the static table or exporting the ONNX model takes a while,
-        once; until then fetches are lexical), the namespace's index, the vectors of skills that
-        have none yet (starter skills, another process's writes), and its experience (every rated
-        turn's request encoded: about a second for 10,000 turns here)."""
-        if self.uses_dense:
-            self.embedder.start_loading()
-            while not self.embedder.ready and self.embedder.error is None:
-                await anyio.sleep(0.05)
-            if self.embedder.ready:   # a runtime's first inference allocates (ONNX: ~0.4 s): not on a fetch
-                await anyio.to_thread.run_sync(self.embedder.encode, ["warm up the encoder"])
+    async def load_indexes(self, max_namespaces: int = 16) -> list[str]:
+        """The first step of the warm-up: load the index (metas and lexical side: well under a
+        second at 10,000 skills) of up to `max_namespaces` namespaces; returns their names. Until
+        `warm_up` has read a namespace's experience, its fetches vote with none rather than wait
+        for it (`refresh_experience`). Fetches are lexical until the encoder is loaded."""
         rows = await self.db.fetchall("SELECT DISTINCT namespace FROM skills LIMIT ?", (max_namespaces,))
         for row in rows:
-            state = await self.state(row[0])
-            if self.uses_dense and self.embedder.ready:
-                await self.ensure_embeddings(row[0])
-                if state.dense is not None:   # the search snapshot (an SVD past 4,096 vectors), built once here
-                    await anyio.to_thread.run_sync(state.dense.fold)
-            if self.terms_experience or (self.uses_dense and self.embedder.ready):
-                await self.refresh_experience(row[0], state)
+            (await self.state(row[0])).warming = True
+        return [row[0] for row in rows]
+
+    async def warm_up(self, namespaces: Sequence[str] | None = None) -> None:
+        """Load now what the first fetch of each namespace (default: `load_indexes`) would otherwise
+        wait for: the encoder (in a worker thread: building the static table or exporting the ONNX
+        model takes a while, once; until then fetches are lexical), the namespace's index, the
+        vectors of skills that have none yet (starter skills, another process's writes), and its
+        experience (every rated turn's request encoded: seconds for thousands of turns)."""
+        if namespaces is None:
+            namespaces = await self.load_indexes()
+        states = [(ns, await self.state(ns)) for ns in namespaces]
+        try:
+            if self.uses_dense:
+                self.embedder.start_loading()
+                while not self.embedder.ready and self.embedder.error is None:
+                    await anyio.sleep(0.05)
+                if self.embedder.ready:   # a runtime's first inference allocates (ONNX: ~0.4 s): not on a fetch
+                    await anyio.to_thread.run_sync(self.embedder.encode, ["warm up the encoder"])
+            for namespace, state in states:
+                if self.uses_dense and self.embedder.ready:
+                    await self.ensure_embeddings(namespace)
+                    if state.dense is not None:   # the search snapshot (an SVD past 4,096 vectors), built once here
+                        await anyio.to_thread.run_sync(state.dense.fold)
+                state.warming = False
+                if self.terms_experience or (self.uses_dense and self.embedder.ready):
+                    await self.refresh_experience(namespace, state)
+        finally:
+            for _, state in states:
+                state.warming = False
 
     # ---- experience: what went well on similar past requests ----
 
@@ -484,8 +500,9 @@ class Retriever:
         records = await self._records(state, ids)
         return [records[i] for i in ids if i in records]
 
-    async def refresh_experience(self, namespace: str, state: NamespaceState) -> None:
-        """Read the rated turns (with skills) not yet in `state.experience`; encode their requests."""
+    async def refresh_experience(self, namespace: str, state: NamespaceState, wait: bool = True) -> None:
+        """Read the rated turns (with skills) not yet in `state.experience`; encode their requests.
+        With `wait=False` (a fetch), return at once when another task is reading them."""
         cap = self.config.experience_turns
         if cap <= 0 or self.config.experience_weight <= 0 or (state.dense is None and not self.terms_experience):
             return
@@ -495,6 +512,8 @@ class Retriever:
         stats_gen = self.mirror.seen[2]
         if state.experience_stats == stats_gen:
             return
+        if not wait and (state.warming or state.experience_lock.locked()):
+            return   # being read (the warm-up encodes every rated turn once): this fetch votes with what is there
         async with state.experience_lock:   # one reader at a time (the warm-up and a fetch may meet here)
             stats_gen = self.mirror.seen[2]
             if state.experience_stats != stats_gen:
@@ -627,7 +646,7 @@ class Retriever:
         use_experience = (use_experience and self.config.experience_weight > 0
                           and (mode != "lexical" or self.terms_experience))
         if use_experience:
-            await self.refresh_experience(namespace, state)
+            await self.refresh_experience(namespace, state, wait=False)
             await self.refresh_taught(namespace, state)
         if state.boilerplate.shapes:   # what the namespace's requests all share says nothing of this one
             query = RetrievalQuery(state.boilerplate.strip(query.text) or query.text,

@@ -78,6 +78,7 @@ class NamespaceState:
     experience_since: str = ""                       # rated_at of the newest turn read into `experience`
     experience_stats: int = -1                       # the stats counter it was read at
     experience_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))  # one reader
+    warming: bool = False                            # the warm-up has yet to read its experience
     taught: TaughtIndex | None = None                # the requests lessons were taught from, encoded
     taught_stale: bool = True                        # a lesson changed since `taught` was built
     taught_vectors: dict[str, Any] = field(default_factory=dict)  # turn id -> its request's vector
