@@ -561,6 +561,13 @@ async def over_stdio(home: Path, queries: list[str], warm_up: list[str], mode: s
     from mcp import Client, StdioServerParameters
     env = env_for(home, mode, METACLAW_RETRIEVAL_SEED=str(seed),
                   **({"METACLAW_EMBEDDING_ENCODER": encoder} if encoder else {}))
+    if config is not None:   # before any other server starts: as `serve` runs it, warm-up in the background
+        async with App(config).running() as server_app:
+            for label in ("first fetch after start (App.running)", "second"):
+                t = time.perf_counter()
+                await server_app.fetch_skills(warm_up[0] if label == "second" else queries[0], k=5)
+                print(f"{label}, in-process: {(time.perf_counter() - t) * 1000:.1f} ms"
+                      + (" (goal: under 30)" if label != "second" else ""))
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(Client(StdioServerParameters(command=CLI, args=["serve"], env=env),
                                                         read_timeout_seconds=120))
@@ -580,8 +587,8 @@ async def over_stdio(home: Path, queries: list[str], warm_up: list[str], mode: s
                     t = time.perf_counter()
                     await app.fetch_skills("warm up the index", k=5)
                     if n_app == 0 and attempt == 0:
-                        print(f"first fetch after start, in-process: {(time.perf_counter() - t) * 1000:.1f} ms "
-                              f"(goal: under 30; the app had just opened: its index loads in the background)")
+                        print(f"first fetch after open_app (no warm-up: the fetch loads the index itself): "
+                              f"{(time.perf_counter() - t) * 1000:.1f} ms")
                     if mode == "lexical" or app.retriever.embedder.ready:
                         break
                     await anyio.sleep(0.1)

@@ -472,6 +472,11 @@ class DenseIndex:
         """Set (or, with None, remove) the vector of `key`; the matrix is rebuilt on next search."""
         self._pending[key] = vector_D
 
+    @property
+    def pending(self) -> int:
+        """Changes `put` but not yet folded into the search matrix (the next `fold` applies them)."""
+        return len(self._pending)
+
     def __contains__(self, key: int) -> bool:
         if key in self._pending:
             return self._pending[key] is not None

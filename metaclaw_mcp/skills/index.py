@@ -636,6 +636,11 @@ class Retriever:
                 # until then this server answers from the lexical index alone.
                 self.embedder.start_loading()
                 mode = "lexical"
+        if (mode == "hybrid" and state.warming and state.dense is not None
+                and state.dense.pending > INLINE_EMBED_MAX):
+            # the warm-up is about to fold the loaded vectors into the search matrix (an SVD at 10,000:
+            # hundreds of ms) in a worker thread: this fetch answers from the lexical index meanwhile
+            mode = "lexical"
         if mode != "lexical" and state.dense is not None and len(state.missing - state.unsaved) <= INLINE_EMBED_MAX:
             # a few new skills: vectors in memory now, stored by the background loop (no write here)
             await self.ensure_embeddings(namespace, write=False)
