@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from mcp.server.transport_security import TransportSecuritySettings
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import Response
 
     from .app import App
     from .store import Database

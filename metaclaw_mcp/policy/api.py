@@ -39,7 +39,8 @@ from ..access import LOCAL, Principal
 from ..errors import Busy, Forbidden, InvalidInput, MetaClawError, NotFound
 from ..messages import content_text, last_user_text
 from ..models import Message, TokenData
-from ..server import PRINCIPAL_KEY, argument_errors
+from ..arguments import argument_errors
+from ..server import PRINCIPAL_KEY
 from ..training.render import plain_messages, token_ids
 from .base import Policy, Sampled, SamplingRequest
 
