@@ -190,12 +190,8 @@ class MetaClawServer(MCPServer):
 
     async def list_resources(self) -> list[MCPResource]:
         """The static resources, plus one `skill://<namespace>/<slug>` resource per active or candidate skill
-        of every namespace; without the skills when tokens are bound to namespaces (`tokens_file`)."""
+        of every namespace (`listed_for_caller` then keeps those of the namespaces the caller may use)."""
         listed = await super().list_resources()
-        if self.app.config.tokens_file is not None:
-            # The SDK gives a listing no request to tell the caller by: with tokens bound to namespaces,
-            # no namespace's skills are listed (each stays readable, by a token that may use it, by URI).
-            return listed
         for status in ("active", "candidate"):
             for s in await self.app.library.list(namespace=None, status=status):
                 listed.append(MCPResource(uri=f"skill://{s.namespace}/{s.slug}", name=s.slug, title=s.name,
@@ -227,6 +223,39 @@ async def without_prompts(ctx: ServerRequestContext[Any, Any], call_next: CallNe
 PRINCIPAL_KEY = "metaclaw_principal"
 
 
+def principal_of(request: Any) -> Principal:
+    """The principal the bearer check put on an HTTP request's scope, else `LOCAL` (stdio, in-process,
+    or loopback HTTP without a token: the single-user default)."""
+    scope = getattr(request, "scope", None) or {}
+    found = (scope.get("state") or {}).get(PRINCIPAL_KEY)
+    return found if isinstance(found, Principal) else LOCAL
+
+
+def _skill_namespace(uri: str) -> str | None:
+    """`ns` of a `skill://ns/slug` URI, else None."""
+    return uri[len("skill://"):].split("/", 1)[0] if uri.startswith("skill://") else None
+
+
+async def listed_for_caller(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """Server middleware: a `resources/list` answer keeps the `skill://` resources of the namespaces
+    the caller may use (`Principal.may_use`; everything for the single-user default)."""
+    result = await call_next(ctx)
+    if ctx.method != "resources/list":
+        return result
+    principal = principal_of(ctx.request)
+
+    def keep(entry: Any) -> bool:
+        uri = entry.get("uri") if isinstance(entry, dict) else getattr(entry, "uri", None)
+        ns = _skill_namespace(str(uri or ""))
+        return ns is None or principal.may_use(ns)
+    if isinstance(result, dict) and isinstance(result.get("resources"), list):
+        return {**result, "resources": [r for r in result["resources"] if keep(r)]}
+    resources = getattr(result, "resources", None)
+    if isinstance(resources, list) and hasattr(result, "model_copy"):
+        return result.model_copy(update={"resources": [r for r in resources if keep(r)]})
+    return result
+
+
 def caller(ctx: Context | None) -> Principal:
     """Who is calling: the principal the bearer check put on the HTTP request, else `LOCAL` (stdio,
     in-process, or loopback HTTP without a token: the single-user default)."""
@@ -236,9 +265,7 @@ def caller(ctx: Context | None) -> Principal:
         request = ctx.request_context.request
     except (AttributeError, LookupError, ValueError):   # no request context: not over a transport
         return LOCAL
-    scope = getattr(request, "scope", None) or {}
-    found = (scope.get("state") or {}).get(PRINCIPAL_KEY)
-    return found if isinstance(found, Principal) else LOCAL
+    return principal_of(request)
 
 
 async def ask_client_model(ctx: Context, namespace: str = "default", max_new: int | None = None,
@@ -375,7 +402,7 @@ def build_server(app: App) -> MetaClawServer:
     skills_extension = SkillsExtension(app, PRINCIPAL_KEY)   # the MCP Skills extension (skills/list, skills/get)
     mcp = MetaClawServer(app, name="metaclaw-mcp", title="MetaClaw skills", version=__version__,
                          instructions=INSTRUCTIONS, log_level=app.config.log_level, tools=tools, subscriptions=bus,
-                         middleware=[without_prompts], extensions=[skills_extension])
+                         middleware=[without_prompts, listed_for_caller], extensions=[skills_extension])
     skills_extension.attach(mcp)
 
     # Status and checkpoints span every namespace, and the SDK tells a static resource nothing of its

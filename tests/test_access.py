@@ -80,9 +80,15 @@ async def test_tokens_bound_to_namespaces_isolate_clients(tmp_path, transport):
             assert err and "may not use namespace 'team-b'" in text and "\n" not in text
             err, text = await call(a, "evolve_skills", {"namespace": "default"})
             assert err and "may not use namespace 'default'" in text
+            err, out = await call(a, "evolve_skills", {"namespace": "team-a", "proposals": [{
+                "name": "plan-a-checklist", "description": "Use when writing a plan for team A.",
+                "body": "List the owner and the due date of every step.", "addresses": [turn_a]}]})
+            assert not err and [p["slug"] for p in out["accepted"]] == ["plan-a-checklist"]
             listed = [str(r.uri) for r in (await a.list_resources()).resources]
-            assert not any(u.startswith("skill://") for u in listed) and "metaclaw://status" not in listed
+            assert [u for u in listed if u.startswith("skill://")] == ["skill://team-a/plan-a-checklist"]
+            assert "metaclaw://status" not in listed
         async with connect(transport, home, port, "auto", token=bob) as b:
+            assert not any(str(r.uri).startswith("skill://") for r in (await b.list_resources()).resources)
             err, text = await call(b, "rate_turn", {"turn_id": turn_a, "score": 1.0})    # another team's turn
             assert err and "no turn" in text
             err, out = await call(b, "evolve_skills", {"namespace": "team-b"})
