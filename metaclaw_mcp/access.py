@@ -29,6 +29,7 @@ import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError, Forbidden
 
@@ -170,6 +171,15 @@ class TokenTable:
         return cls(entries)
 
 
+def principal_of(request: Any, key: str) -> Principal:
+    """The principal the HTTP bearer check left in a request's scope state under `key` (the
+    transport's `server.PRINCIPAL_KEY`), else `LOCAL` (stdio, in-process, or loopback HTTP without a
+    token: the single-user default). `request`: anything with an ASGI `scope` (or None)."""
+    scope = getattr(request, "scope", None) or {}
+    found = (scope.get("state") or {}).get(key)
+    return found if isinstance(found, Principal) else LOCAL
+
+
 def token_entry(name: str, token: str, namespaces: Sequence[str], role: str = "agent") -> str:
     """The TOML of one token-file entry (the token's SHA-256, never the token itself)."""
     if role not in ROLES:
@@ -179,4 +189,5 @@ def token_entry(name: str, token: str, namespaces: Sequence[str], role: str = "a
             f'role = "{role}"\n')
 
 
-__all__ = ["ALL", "LOCAL", "author_of", "Principal", "ROLES", "TokenTable", "digest", "new_token", "token_entry"]
+__all__ = ["ALL", "LOCAL", "author_of", "Principal", "ROLES", "TokenTable", "digest", "new_token", "principal_of",
+           "token_entry"]

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .access import LOCAL, Principal
+from .access import principal_of
 from .errors import Forbidden
 
 if TYPE_CHECKING:
@@ -240,12 +240,6 @@ def metrics_for(app: App) -> Metrics:
     if found is None:
         found = _BY_APP[app] = Metrics(app.db)
     return found
-
-
-def principal_of(request: Request, principal_key: str) -> Principal:
-    """The caller the bearer check left in the request's scope state under `principal_key`, else `LOCAL`."""
-    found = (request.scope.get("state") or {}).get(principal_key)
-    return found if isinstance(found, Principal) else LOCAL
 
 
 def metrics_app(app: App, security: TransportSecuritySettings | None, principal_key: str) -> Starlette:

@@ -24,7 +24,7 @@ from mcp_types import ToolAnnotations
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
 from . import __version__
-from .access import LOCAL, Principal
+from .access import LOCAL, Principal, principal_of
 from .app import App
 from .arguments import argument_errors
 from .errors import MetaClawError, NotFound
@@ -223,14 +223,6 @@ async def without_prompts(ctx: ServerRequestContext[Any, Any], call_next: CallNe
 PRINCIPAL_KEY = "metaclaw_principal"
 
 
-def principal_of(request: Any) -> Principal:
-    """The principal the bearer check put on an HTTP request's scope, else `LOCAL` (stdio, in-process,
-    or loopback HTTP without a token: the single-user default)."""
-    scope = getattr(request, "scope", None) or {}
-    found = (scope.get("state") or {}).get(PRINCIPAL_KEY)
-    return found if isinstance(found, Principal) else LOCAL
-
-
 def _skill_namespace(uri: str) -> str | None:
     """`ns` of a `skill://ns/slug` URI, else None."""
     return uri[len("skill://"):].split("/", 1)[0] if uri.startswith("skill://") else None
@@ -242,18 +234,14 @@ async def listed_for_caller(ctx: ServerRequestContext[Any, Any], call_next: Call
     result = await call_next(ctx)
     if ctx.method != "resources/list":
         return result
-    principal = principal_of(ctx.request)
+    if not isinstance(result, dict) or not isinstance(result.get("resources"), list):
+        return result   # the SDK answers handlers' results as JSON-shaped dicts
+    principal = principal_of(ctx.request, PRINCIPAL_KEY)
 
     def keep(entry: Any) -> bool:
-        uri = entry.get("uri") if isinstance(entry, dict) else getattr(entry, "uri", None)
-        ns = _skill_namespace(str(uri or ""))
+        ns = _skill_namespace(str(entry.get("uri") or "")) if isinstance(entry, dict) else None
         return ns is None or principal.may_use(ns)
-    if isinstance(result, dict) and isinstance(result.get("resources"), list):
-        return {**result, "resources": [r for r in result["resources"] if keep(r)]}
-    resources = getattr(result, "resources", None)
-    if isinstance(resources, list) and hasattr(result, "model_copy"):
-        return result.model_copy(update={"resources": [r for r in resources if keep(r)]})
-    return result
+    return {**result, "resources": [r for r in result["resources"] if keep(r)]}
 
 
 def caller(ctx: Context | None) -> Principal:
@@ -265,7 +253,7 @@ def caller(ctx: Context | None) -> Principal:
         request = ctx.request_context.request
     except (AttributeError, LookupError, ValueError):   # no request context: not over a transport
         return LOCAL
-    return principal_of(request)
+    return principal_of(request, PRINCIPAL_KEY)
 
 
 async def ask_client_model(ctx: Context, namespace: str = "default", max_new: int | None = None,

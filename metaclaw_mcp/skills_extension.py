@@ -37,7 +37,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp_types import INVALID_PARAMS, PaginatedRequestParams, RequestParams
 
-from .access import LOCAL, Principal
+from .access import Principal, principal_of
 from .app import App
 from .models import SLUG_RE
 from .skills.library import SELECT_SKILL, SkillRecord, record_from_row
@@ -103,14 +103,6 @@ def skill_entry(record: SkillRecord) -> dict[str, Any]:
     uri = skill_md_uri(record.namespace, record.slug)
     text = skill_md_text(record)
     return {"uri": uri, "frontmatter": frontmatter_of(text), "resources": [file_entry(uri, text)]}
-
-
-def principal_of(request: Any, key: str) -> Principal:
-    """The principal the HTTP bearer check left in a request's scope state under `key`, else `LOCAL`
-    (stdio, in-process, or loopback HTTP without a token: the single-user default)."""
-    scope = getattr(request, "scope", None) or {}
-    found = (scope.get("state") or {}).get(key)
-    return found if isinstance(found, Principal) else LOCAL
 
 
 def encode_cursor(namespace: str, slug: str) -> str:

@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..access import LOCAL, Principal
+from ..access import Principal, principal_of
 from ..errors import Busy, Forbidden, InvalidInput, MetaClawError, NotFound
 from ..messages import content_text, last_user_text
 from ..models import Message, TokenData
@@ -388,7 +388,7 @@ class PolicyApi:
 
     @staticmethod
     def _caller(request: Request) -> Principal:
-        return (request.scope.get("state") or {}).get(PRINCIPAL_KEY, LOCAL)
+        return principal_of(request, PRINCIPAL_KEY)
 
     def _app_error(self, exc: MetaClawError, anthropic: bool = False) -> JSONResponse:
         status = {InvalidInput: 400, Forbidden: 403, NotFound: 404, Busy: 503}.get(type(exc), 500)
